@@ -1,0 +1,142 @@
+"""Recognise which row of the user's ``train_dataset`` each sequence of a DPO batch came from.
+
+The collator drops every column but the token ids and the sampler shuffles, so rows are matched by
+content: the key of a pair is a hash of its truncated ``prompt+chosen`` and ``prompt+rejected`` ids,
+exactly as :class:`trl.trainer.dpo_trainer.DataCollatorForPreference` lays them out. Identical
+pairs share a key and are handed out round-robin. Rows TRL dropped for truncation are skipped
+through the processed dataset's index mapping, so ``row`` always indexes the dataset the user passed.
+
+Example:
+    >>> index = RowIndex.from_trainer(trainer)                      # doctest: +SKIP
+    >>> index.lookup(batch.input_ids, batch.attention_mask)         # doctest: +SKIP
+    array([17, 3, -1, 42])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def pair_key(chosen: Sequence[int], rejected: Sequence[int]) -> bytes:
+    """A short digest of one preference pair's two token sequences."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray(chosen, dtype="<i8").tobytes())
+    h.update(b"|")
+    h.update(np.asarray(rejected, dtype="<i8").tobytes())
+    return h.digest()
+
+
+def truncate(ids: list[int], max_length: int | None, mode: str) -> list[int]:
+    if max_length is None:
+        return ids
+    return ids[:max_length] if mode == "keep_start" else ids[-max_length:]
+
+
+def to_text(value: Any) -> str:
+    """Render a prompt/completion (plain text or a list of chat messages) as text."""
+    if isinstance(value, list):
+        return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in value if isinstance(m, dict))
+    return "" if value is None else str(value)
+
+
+class RowIndex:
+    """Maps batch sequences back to rows of the user's dataset, with their ``id`` and ``source``."""
+
+    def __init__(
+        self,
+        keys: list[bytes],
+        rows: np.ndarray,
+        ids: list[Any] | None,
+        sources: list[str | None] | None,
+        texts: dict[str, list[str]] | None = None,
+    ) -> None:
+        self._by_key: dict[bytes, list[int]] = {}
+        for key, row in zip(keys, rows):
+            self._by_key.setdefault(key, []).append(int(row))
+        self._turn: dict[bytes, int] = {}
+        self.n_rows = int(rows.max()) + 1 if len(rows) else 0
+        self._ids = dict(zip(rows.tolist(), ids)) if ids is not None else {}
+        self._sources = dict(zip(rows.tolist(), sources)) if sources is not None else {}
+        self._texts = {k: dict(zip(rows.tolist(), v)) for k, v in (texts or {}).items()}
+        self.duplicates = sum(len(v) - 1 for v in self._by_key.values())
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        max_length: int | None = None,
+        truncation_mode: str = "keep_start",
+        id_column: str = "id",
+        source_column: str = "source",
+    ) -> RowIndex:
+        """Index a dataset processed by ``DPOTrainer`` (with ``prompt_ids``/``chosen_ids``/``rejected_ids``)."""
+        missing = {"prompt_ids", "chosen_ids", "rejected_ids"} - set(dataset.column_names)
+        if missing:
+            raise ValueError(
+                f"The trainer's train_dataset has no {sorted(missing)} columns: it was not tokenized by "
+                "DPOTrainer. probe_callback needs the map-style dataset DPOTrainer prepares."
+            )
+        indices = getattr(dataset, "_indices", None)
+        rows = (
+            np.asarray(indices.column(0).to_numpy(), dtype=np.int64)
+            if indices is not None
+            else np.arange(len(dataset), dtype=np.int64)
+        )
+        keys = []
+        for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+            keys.append(pair_key(truncate(p + c, max_length, truncation_mode), truncate(p + r, max_length, truncation_mode)))
+        cols = set(dataset.column_names)
+        texts = {k: [to_text(v) for v in dataset[k]] for k in ("prompt", "chosen", "rejected") if k in cols}
+        return cls(
+            keys,
+            rows,
+            ids=list(dataset[id_column]) if id_column in cols else None,
+            sources=[None if s is None else str(s) for s in dataset[source_column]] if source_column in cols else None,
+            texts=texts,
+        )
+
+    @classmethod
+    def from_trainer(cls, trainer: Any, id_column: str = "id", source_column: str = "source") -> RowIndex:
+        collator = trainer.data_collator
+        return cls.from_dataset(
+            trainer.train_dataset,
+            max_length=getattr(collator, "max_length", None),
+            truncation_mode=getattr(collator, "truncation_mode", "keep_start"),
+            id_column=id_column,
+            source_column=source_column,
+        )
+
+    def lookup(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+        """Row of each pair in a ``[chosen; rejected]`` batch (length B); -1 where unknown."""
+        half = input_ids.shape[0] // 2
+        ids, mask = input_ids.numpy(), attention_mask.numpy().astype(bool)
+        out = np.full(half, -1, dtype=np.int64)
+        for i in range(half):
+            key = pair_key(ids[i][mask[i]], ids[i + half][mask[i + half]])
+            rows = self._by_key.get(key)
+            if rows:
+                turn = self._turn.get(key, 0)
+                out[i] = rows[turn % len(rows)]
+                self._turn[key] = turn + 1
+        return out
+
+    def id(self, row: int) -> Any:
+        return self._ids.get(row)
+
+    def source(self, row: int) -> str | None:
+        return self._sources.get(row)
+
+    def text(self, row: int, field: str) -> str:
+        return self._texts.get(field, {}).get(row, "")
+
+    def sources_array(self) -> list[str | None]:
+        """Source of every row index (``None`` where unknown), for per-source aggregation."""
+        return [self._sources.get(i) for i in range(self.n_rows)]
+
+    def describe(self, row: int) -> dict[str, Any]:
+        return {"row": row, "id": self.id(row), "source": self.source(row)}

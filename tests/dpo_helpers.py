@@ -1,0 +1,65 @@
+"""Builders shared by the tests that run a real DPOTrainer on a tiny model."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+TOPICS = "cat dog bird fish tree river city music book code".split()
+
+
+def preference_rows(n: int, seed: int = 0, sources: tuple[str, ...] = ("alpha", "beta")) -> list[dict[str, Any]]:
+    """n preference rows with ``id`` and ``source`` columns and varied lengths."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = rng.choice(TOPICS)
+        prompt = f"tell me about the {topic} " + " ".join(rng.choices(TOPICS, k=rng.randint(1, 6)))
+        rows.append(
+            {
+                "id": f"row-{i}",
+                "source": sources[i % len(sources)],
+                "prompt": prompt,
+                "chosen": f" the {topic} is " + " ".join(rng.choices(TOPICS, k=rng.randint(2, 8))),
+                "rejected": " no " + " ".join(rng.choices(TOPICS, k=rng.randint(1, 5))),
+            }
+        )
+    return rows
+
+
+def dpo_trainer(
+    tokenizer: Any,
+    model_factory: Any,
+    rows: list[dict[str, Any]] | Dataset,
+    out: Path,
+    **config: Any,
+) -> DPOTrainer:
+    """A real DPOTrainer on CPU with a separate reference model (both from ``model_factory``)."""
+    settings = {
+        "output_dir": str(out),
+        "per_device_train_batch_size": 4,
+        "max_steps": 6,
+        "learning_rate": 1e-3,
+        "bf16": False,
+        "use_cpu": True,
+        "report_to": [],
+        "gradient_checkpointing": False,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+    settings.update(config)
+    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(rows)
+    return DPOTrainer(
+        model=model_factory(),
+        ref_model=model_factory(),
+        args=DPOConfig(**settings),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
