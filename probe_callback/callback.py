@@ -10,7 +10,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,18 @@ import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .behaviours import Behaviour, fit_behaviour
 from .capture import CapturedBatch, DatapointCapture
 from .config import ProbeOptions
+from .discovery import EmergentTracker
+from .monitor import Monitor
+from .policy import RegressionPolicy
 from .probing import find_decoder_blocks
+from .report import atomic_write_text, summary_text, write_html, write_report
 from .rows import RowIndex
+from .sinks import Publisher, make_publisher
 from .store import VectorStore
+from .watch import Watch
 
 logger = logging.getLogger("probe_callback")
 
@@ -53,7 +63,9 @@ class ProbeCallback(TrainerCallback):
         try:
             self.options = ProbeOptions(**options)
         except TypeError as e:
-            raise TypeError(f"{e}. ProbeCallback options are the fields of probe_callback.ProbeOptions.") from e
+            raise TypeError(
+                f"{e}. ProbeCallback options are the fields of probe_callback.ProbeOptions."
+            ) from e
         self.trainer = trainer
         self._check_trainer(trainer)
         self.ref_model = self._reference_module(trainer)
@@ -62,8 +74,16 @@ class ProbeCallback(TrainerCallback):
         self.layers = self.options.resolve_layers(self.num_layers)
         self.output_dir = Path(self.options.output_dir or Path(trainer.args.output_dir) / "probe_callback")
         self.precomputed = bool(getattr(trainer.args, "precompute_ref_log_probs", False))
+        self._check_behaviours(trainer)
         self.rows: RowIndex | None = None
         self.store: VectorStore | None = None
+        self.watch: Watch | None = None
+        self.monitor: Monitor | None = None
+        self.publisher = Publisher([])
+        self.every_n_steps = self.options.every_n_steps
+        self.paused_at_step: int | None = None
+        self.checkpoint_path: str | None = None
+        self._acknowledged: set[str] = set()
         self._capture: DatapointCapture | None = None
         self._stored: set[int] = set()
         self._step = 0
@@ -84,6 +104,18 @@ class ProbeCallback(TrainerCallback):
                 "row indices to attribute to)."
             )
 
+    def _check_behaviours(self, trainer: Any) -> None:
+        for b in self.options.behaviours:
+            if not isinstance(b, Behaviour):
+                raise TypeError(
+                    f"behaviours must hold probe_callback.Behaviour objects, got {type(b).__name__}."
+                )
+            limit = getattr(trainer.args, "max_length", None) or getattr(
+                self.ref_model.config, "max_position_embeddings", None
+            )
+            if limit:
+                b.validate_lengths(trainer.processing_class, int(limit))
+
     @staticmethod
     def _reference_module(trainer: Any) -> torch.nn.Module:
         if trainer.ref_model is not None:
@@ -99,8 +131,41 @@ class ProbeCallback(TrainerCallback):
     def is_main(self) -> bool:
         return bool(self.trainer.is_world_process_zero())
 
+    @contextlib.contextmanager
+    def _reference(self) -> Iterator[torch.nn.Module]:
+        """M0: the separate reference model, or the PEFT policy with its adapters disabled."""
+        if self.trainer.ref_model is not None:
+            yield self.ref_model
+        else:
+            with self.ref_model.disable_adapter():
+                yield self.ref_model
+
+    def _default_cadence(self, state: TrainerState) -> int:
+        args, max_steps = self.trainer.args, max(int(state.max_steps), 1)
+        for strategy, steps in ((args.eval_strategy, args.eval_steps), (args.save_strategy, args.save_steps)):
+            if str(getattr(strategy, "value", strategy)) == "steps" and steps:
+                n = int(steps) if steps >= 1 else round(steps * max_steps)
+                if 1 <= n <= max_steps // 4:
+                    return n
+        return max(1, max_steps // 10)
+
+    def _sample_prompts(self) -> list[Any]:
+        if self.options.probe_prompts is not None:
+            return list(self.options.probe_prompts)
+        ds = (
+            self.trainer.eval_dataset
+            if isinstance(self.trainer.eval_dataset, type(self.trainer.train_dataset))
+            else None
+        )
+        ds = ds if ds is not None and "prompt" in ds.column_names else self.trainer.train_dataset
+        unique = list({json.dumps(p, sort_keys=True): p for p in ds["prompt"]}.values())
+        random.Random(self.options.seed).shuffle(unique)
+        return unique[: self.options.n_probe_prompts]
+
     # ----- trainer events -----------------------------------------------------------------------
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.rows = RowIndex.from_trainer(self.trainer, self.options.id_column, self.options.source_column)
         rank = int(getattr(args, "process_index", 0))
@@ -122,6 +187,50 @@ class ProbeCallback(TrainerCallback):
         ).__enter__()
         if self.precomputed and len(self._stored) < len(self.trainer.train_dataset):
             self._datapoint_pass()
+        self.every_n_steps = self.every_n_steps or self._default_cadence(state)
+        self._start_monitor(args, state)
+
+    def _start_monitor(self, args: TrainingArguments, state: TrainerState) -> None:
+        tok, opts = self.trainer.processing_class, self.options
+        saved = self._load_state(state.global_step) if state.global_step > 0 else None
+        with self._reference() as ref:
+            fitted = [
+                fit_behaviour(b, ref, tok, self.layers, opts.probe_batch_size, opts.seed)
+                for b in opts.behaviours
+            ]
+        self.watch = Watch.build(
+            saved["prompts"] if saved else self._sample_prompts(),
+            tok,
+            self._reference,
+            self.layers,
+            opts.max_new_tokens,
+            opts.probe_batch_size,
+            r0=saved["r0"] if saved else None,
+        )
+        self.monitor = Monitor(
+            fitted,
+            EmergentTracker(seed=opts.seed),
+            RegressionPolicy(**opts.policy),
+            self.rows,
+            self.output_dir / "vectors",
+            self.layers,
+            opts.top_k,
+            opts.seed,
+        )
+        if saved:
+            self.monitor.restore(saved["monitor"])
+            self._acknowledged = {
+                b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]
+            }
+        self.publisher = make_publisher(args, self.output_dir, self.is_main)
+        if self.is_main:
+            logger.info(
+                "probe_callback: watching %d prompts at layers %s every %d steps; output in %s",
+                len(self.watch.prompts),
+                self.layers,
+                self.every_n_steps,
+                self.output_dir,
+            )
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         self._step = state.global_step + 1
@@ -133,9 +242,132 @@ class ProbeCallback(TrainerCallback):
             self._capture.active = False
         if self.store is not None:
             self.store.flush()
+        if self.monitor is not None and state.global_step % self.every_n_steps == 0:
+            self._checkpoint(state, control)
+
+    def _checkpoint(self, state: TrainerState, control: TrainerControl) -> None:
+        """Probe, decide, publish; ask the trainer to save and stop on a new regression."""
+        pause = False
+        try:
+            probe = self.watch.probe(state.global_step, self.trainer.model, self._reference)
+            if self.is_main:
+                alerts = self.monitor.checkpoint(
+                    probe, _unwrap(self.trainer.model), self.trainer.processing_class, self.watch
+                )
+                self._publish(state.global_step, alerts)
+                pause = self.options.pause_on_regression and any(
+                    a.level == "ERROR" and a.behaviour not in self._acknowledged for a in alerts
+                )
+        except Exception as exc:  # a failure of ours never kills the user's run
+            logger.warning("probe_callback: checkpoint probe at step %d failed: %r", state.global_step, exc)
+        if self._agree(pause):
+            self.paused_at_step = state.global_step
+            self.checkpoint_path = str(Path(self.trainer.args.output_dir) / f"checkpoint-{state.global_step}")
+            control.should_save = True
+            control.should_training_stop = True
+        self._write_report()
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's decision, on every rank (so every rank stops at the same step)."""
+        accelerator = getattr(self.trainer, "accelerator", None)
+        if accelerator is None or accelerator.num_processes == 1:
+            return flag
+        from accelerate.utils import broadcast_object_list
+
+        box = [flag]
+        broadcast_object_list(box, from_process=0)
+        return bool(box[0])
+
+    def _publish(self, step: int, alerts: list) -> None:
+        for alert in alerts:
+            self.publisher.alert(alert)
+        metrics: dict[str, float] = {
+            "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values()))
+        }
+        for name, entry in self.monitor.behaviours.items():
+            if entry["score_history"] and entry["score_history"][-1][0] == step:
+                metrics[f"{name}/score"] = float(entry["score_history"][-1][1])
+                if entry["p_value"] is not None:
+                    metrics[f"{name}/p_value"] = float(entry["p_value"])
+        self.publisher.metrics(step, metrics)
+        flagged = [
+            r for a in alerts if a.level == "ERROR" for r in self.monitor.behaviours[a.behaviour]["top_rows"]
+        ]
+        if flagged:
+            self.publisher.rows_table(step, [{"step": step, **r} for r in flagged])
+        drift = self.monitor.drift_map
+        if drift and drift["step"] == step:
+            self.publisher.drift(step, np.asarray(drift["points"]), drift["labels"], drift["prompts"])
+
+    def report(self) -> dict[str, Any]:
+        """The current report as a dict (the content of ``report.json``)."""
+        if self.monitor is None:
+            return {"version": 1, "paused_at_step": None, "checkpoint": None, "behaviours": []}
+        report = self.monitor.report(self.paused_at_step, self.checkpoint_path)
+        report["store"] = {"rows": len(self._stored), "dim": self.store.meta.dim if self.store else None}
+        report["every_n_steps"] = self.every_n_steps
+        return report
+
+    def _write_report(self) -> None:
+        if not self.is_main:
+            return
+        try:
+            report = self.report()
+            write_report(report, self.output_dir)
+            write_html(report, self.output_dir)
+        except Exception as exc:
+            logger.warning("probe_callback: could not write the report to %s: %r", self.output_dir, exc)
+
+    # ----- resume -------------------------------------------------------------------------------
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        if not self.is_main or self.monitor is None:
+            return
+        snapshot = {
+            "step": state.global_step,
+            "prompts": self.watch.prompts,
+            "r0": self.watch.r0,
+            "monitor": self.monitor.state(),
+        }
+        try:
+            from .report import jsonable
+
+            atomic_write_text(self._state_path(state.global_step), json.dumps(jsonable(snapshot)))
+        except Exception as exc:
+            logger.warning("probe_callback: could not save its state for step %d: %r", state.global_step, exc)
+        self._write_report()
+
+    def _state_path(self, step: int) -> Path:
+        folder = self.output_dir / "state"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"step-{step}.json"
+
+    def _load_state(self, step: int) -> dict[str, Any] | None:
+        path = self.output_dir / "state" / f"step-{step}.json"
+        if not path.exists():
+            logger.warning(
+                "probe_callback: no saved state for step %d in %s; starting a new history.", step, path.parent
+            )
+            return None
+        return json.loads(path.read_text())
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        self._write_report()
+        if self.is_main and self.monitor is not None:
+            logger.warning("probe_callback report:\n%s", summary_text(self.report()))
+            if self.paused_at_step is not None:
+                logger.warning(self._next_steps())
+        self.publisher.close()
         self.close()
+
+    def _next_steps(self) -> str:
+        out = self.output_dir
+        return (
+            f"Training paused at step {self.paused_at_step}; checkpoint {self.checkpoint_path}.\n"
+            f"  See {out / 'report.html'}\n"
+            f"  Clean the data:  probe-callback mitigate --report {out / 'report.json'} --dataset TRAIN.jsonl "
+            "--action filter --top-frac 0.05 -o cleaned.jsonl\n"
+            f"  Resume:          trainer.train(resume_from_checkpoint={self.checkpoint_path!r})"
+        )
 
     def close(self) -> None:
         """Remove the hooks and close the store (also done at train end)."""
@@ -146,7 +378,9 @@ class ProbeCallback(TrainerCallback):
             self.store.close()
             self.store = None
         if self.unmatched:
-            logger.warning("probe_callback: %d batch rows matched no dataset row and were skipped.", self.unmatched)
+            logger.warning(
+                "probe_callback: %d batch rows matched no dataset row and were skipped.", self.unmatched
+            )
 
     # ----- capture ------------------------------------------------------------------------------
     def _on_batch(self, batch: CapturedBatch) -> None:

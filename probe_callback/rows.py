@@ -89,14 +89,20 @@ class RowIndex:
         )
         keys = []
         for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
-            keys.append(pair_key(truncate(p + c, max_length, truncation_mode), truncate(p + r, max_length, truncation_mode)))
+            keys.append(
+                pair_key(
+                    truncate(p + c, max_length, truncation_mode), truncate(p + r, max_length, truncation_mode)
+                )
+            )
         cols = set(dataset.column_names)
         texts = {k: [to_text(v) for v in dataset[k]] for k in ("prompt", "chosen", "rejected") if k in cols}
         return cls(
             keys,
             rows,
             ids=list(dataset[id_column]) if id_column in cols else None,
-            sources=[None if s is None else str(s) for s in dataset[source_column]] if source_column in cols else None,
+            sources=[None if s is None else str(s) for s in dataset[source_column]]
+            if source_column in cols
+            else None,
             texts=texts,
         )
 

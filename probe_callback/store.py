@@ -79,16 +79,17 @@ class VectorStore:
         self.meta = meta
         self.rank = rank
         self._proj = (
-            projection_matrix(meta.hidden, meta.dim, meta.projection_seed)
-            if meta.projection_seed is not None
-            else None
+            projection_matrix(meta.hidden, meta.dim, meta.projection_seed) if meta.projection_seed is not None else None
         )
         self._files: dict[str, object] = {}
         if rank is not None:
             folder = self.path / f"rank-{rank:05d}"
             folder.mkdir(parents=True, exist_ok=True)
             self._repair(folder)
-            self._files = {name: open(folder / name, "ab") for name in ("vectors.f16", "rows.i64", "steps.bin")}
+            self._files = {
+                name: open(folder / name, "ab")  # noqa: SIM115 (kept open for appends; closed in close())
+                for name in ("vectors.f16", "rows.i64", "steps.bin")
+            }
 
     # ----- construction -------------------------------------------------------------------------
     @classmethod
@@ -242,7 +243,11 @@ class VectorStore:
         """All (row, step, rise) membership records across ranks."""
         parts = [_map(f / "steps.bin", STEP_RECORD) for f in self._rank_folders()]
         recs = np.concatenate(parts) if parts else np.zeros(0, dtype=STEP_RECORD)
-        return {"row": np.asarray(recs["row"]), "step": np.asarray(recs["step"]), "rise": np.asarray(recs["rise"])}
+        return {
+            "row": np.asarray(recs["row"]),
+            "step": np.asarray(recs["step"]),
+            "rise": np.asarray(recs["rise"]),
+        }
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for f in self._rank_folders() for p in f.iterdir())

@@ -58,7 +58,9 @@ def rows():
     return rows
 
 
-def test_capture_matches_offline_formula_and_tracks_rows_steps(tiny_tokenizer, tiny_model_factory, rows, tmp_path):
+def test_capture_matches_offline_formula_and_tracks_rows_steps(
+    tiny_tokenizer, tiny_model_factory, rows, tmp_path
+):
     trainer = dpo_trainer(
         tiny_tokenizer,
         tiny_model_factory,
@@ -96,7 +98,11 @@ def test_capture_matches_offline_formula_and_tracks_rows_steps(tiny_tokenizer, t
     for step, row in zip(m["step"].tolist(), m["row"].tolist()):
         assert any(s == step and row in by_seq[tuple(seq)] for s, seq in seen)
     assert max(m["step"]) == trainer.state.global_step
-    assert cb.rows.describe(dropped - 1) == {"row": dropped - 1, "id": "dup-of-5", "source": rows[-2]["source"]}
+    assert cb.rows.describe(dropped - 1) == {
+        "row": dropped - 1,
+        "id": "dup-of-5",
+        "source": rows[-2]["source"],
+    }
     assert cb.unmatched == 0
 
 
@@ -110,7 +116,9 @@ def _train_and_snapshot(tiny_tokenizer, tiny_model_factory, rows, out, with_call
     return losses, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_training_is_bit_identical_with_and_without_callback(tiny_tokenizer, tiny_model_factory, rows, tmp_path):
+def test_training_is_bit_identical_with_and_without_callback(
+    tiny_tokenizer, tiny_model_factory, rows, tmp_path
+):
     plain = _train_and_snapshot(tiny_tokenizer, tiny_model_factory, rows, tmp_path / "a", False)
     probed = _train_and_snapshot(tiny_tokenizer, tiny_model_factory, rows, tmp_path / "b", True)
     assert plain[0] == probed[0] and len(plain[0]) == 5
@@ -127,7 +135,9 @@ def test_precomputed_reference_gets_a_datapoint_pass(tiny_tokenizer, tiny_model_
     store = VectorStore.open(tmp_path / "probe_callback" / "vectors")
     expected = offline_vectors(trainer, LAYER)
     assert store.n_rows == 12
-    np.testing.assert_allclose(store.vectors_for(np.arange(12)), np.stack([expected[i] for i in range(12)]), atol=2e-3)
+    np.testing.assert_allclose(
+        store.vectors_for(np.arange(12)), np.stack([expected[i] for i in range(12)]), atol=2e-3
+    )
     m = store.memberships()
     assert sorted(m["step"].tolist()) == [1] * 4 + [2] * 4
 

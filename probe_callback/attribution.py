@@ -1,0 +1,330 @@
+"""Attribution: rank training rows, steps (batches) and data sources for a behaviour direction.
+
+Rows are scored by the cosine of the behaviour's direction (or the max over a bank of directions)
+with each stored datapoint vector, streamed from the memory-mapped store a chunk at a time. Every
+ranking carries a confidence: the row ranking against random rotations of the query, steps and
+sources against their share of the global top (hypergeometric). The training-dynamics signal
+(each row's largest log-prob rise while trained on) can be rank-averaged in.
+
+Row scores alone are weak evidence: a tight bundle of rows ranks well for many random directions.
+Act on a behaviour only when discovery (or a supervised probe) found it significant.
+
+Example:
+    >>> import numpy as np
+    >>> vecs = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> [round(float(x), 3) for x in score_rows(vecs, np.array([1.0, 0.0]))]
+    [1.0, 0.0, 0.707]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import hypergeom, rankdata
+from sklearn.metrics import roc_auc_score
+
+from probe_callback.store import VectorStore
+
+_EPS = 1e-12
+_BLOCK = 4096  # rows converted to float32 at a time (cache-sized)
+
+
+def _unit_queries(query: np.ndarray) -> np.ndarray:
+    q = np.atleast_2d(np.asarray(query, dtype=np.float32))
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    if q.ndim != 2 or len(q) == 0 or not (norms > 0).all() or not np.isfinite(q).all():
+        raise ValueError(f"query must be a non-zero finite (H,) vector or (k, H) bank, got shape {q.shape}")
+    return q / norms
+
+
+def _cosines(vectors: np.ndarray, unit_queries: np.ndarray) -> np.ndarray:
+    """Max cosine over the bank for every row, converting a cache-sized block at a time."""
+    out = np.empty(len(vectors), dtype=np.float32)
+    for start in range(0, len(vectors), _BLOCK):
+        v = np.asarray(vectors[start : start + _BLOCK], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", v, v)) + _EPS
+        out[start : start + _BLOCK] = (v @ unit_queries.T).max(axis=1) / norms
+    return out
+
+
+def score_rows(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``vectors`` (n, d) with ``query`` (d,), or the max over a (k, d) bank.
+
+    Example:
+        >>> import numpy as np
+        >>> score_rows(np.eye(2), np.array([[1.0, 0.0], [0.0, -1.0]])).tolist()
+        [1.0, 0.0]
+    """
+    return _cosines(np.asarray(vectors), _unit_queries(query))
+
+
+@dataclass
+class RowRanking:
+    """The result of :func:`rank_rows`.
+
+    ``rows``/``scores``: the top rows, best first, and the score they were ranked by.
+    ``all_scores`` and ``cosine``: one value per row index (NaN where a row has no vector);
+    ``all_scores`` is the cosine, or its rank-average with the rise signal when combined.
+    ``p_value``: how often a random rotation of the query gets a top-1% mean cosine at least as
+    high (on a row sample); ``statistic`` that mean for the query.
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+    all_scores: np.ndarray
+    cosine: np.ndarray
+    p_value: float
+    statistic: float
+
+
+def rank_rows(
+    store: VectorStore,
+    query: np.ndarray,
+    layer_pos: int = 0,
+    top_k: int = 100,
+    chunk: int = 65536,
+    rise_weight: float = 0.0,
+    n_null: int = 199,
+    null_rows: int = 8192,
+    seed: int = 0,
+) -> RowRanking:
+    """Rank every stored row by cosine with ``query`` (hidden-size (H,) or (k, H) bank; max over it).
+
+    Streams the store ``chunk`` rows at a time, so memory is bounded by a chunk plus one float per
+    row. ``rise_weight`` > 0 rank-averages in each row's largest log-prob rise (the training
+    dynamics signal, :func:`rise_ranking`) with that weight.
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> w = VectorStore.create(tempfile.mkdtemp(), layers=[2], hidden=4)
+        >>> w.append_vectors(np.arange(3), np.eye(4, dtype=np.float32)[:3, None, :])
+        >>> w.close()
+        >>> rank_rows(VectorStore.open(w.path), np.array([0.0, 1.0, 0.0, 0.0]), n_null=9).rows[0]
+        np.int64(1)
+    """
+    q = np.atleast_2d(np.asarray(query, dtype=np.float32))
+    if q.shape[-1] == store.meta.hidden:
+        q = store.project(q)
+    elif q.shape[-1] != store.dim:
+        raise ValueError(f"query has size {q.shape[-1]}; the store holds hidden size {store.meta.hidden}")
+    q = _unit_queries(q)
+    rng = np.random.default_rng(seed)
+    keep = min(1.0, max(512, null_rows // len(q)) / max(store.n_rows, 1))
+    parts_rows, parts_cos, sample = [], [], []
+    for rows, vecs in store.iter_vectors(layer_pos, chunk):
+        parts_rows.append(rows)
+        parts_cos.append(_cosines(vecs, q))
+        picked = np.asarray(vecs[rng.random(len(rows)) < keep], dtype=np.float32)
+        sample.append(picked / (np.linalg.norm(picked, axis=1, keepdims=True) + _EPS))
+    if not parts_rows:
+        raise ValueError(f"the store at {store.path} holds no vectors yet")
+    rows, cos = np.concatenate(parts_rows), np.concatenate(parts_cos)
+    cosine = np.full(int(rows.max()) + 1, np.nan, dtype=np.float32)
+    cosine[rows] = cos
+    scores = cosine
+    if rise_weight > 0:
+        rise = rise_ranking(store.memberships(), len(cosine))
+        scores = combine_scores([cosine, rise[: len(cosine)]], [1.0 - rise_weight, rise_weight])
+    p_value, statistic = _rotation_p_value(np.concatenate(sample), q, n_null, rng)
+    top = top_rows(scores, top_k)
+    return RowRanking(top, scores[top], scores, cosine, p_value, statistic)
+
+
+def _rotation_p_value(
+    sample: np.ndarray, q: np.ndarray, n_null: int, rng: np.random.Generator, top_frac: float = 0.01
+) -> tuple[float, float]:
+    """Top-``top_frac`` mean cosine of the query vs random signed permutations of it on a row sample.
+
+    A signed coordinate permutation is a rotation that keeps a bank's internal geometry.
+    """
+    k = max(1, round(top_frac * len(sample)))
+    d = q.shape[1]
+    rotated = [q[:, rng.permutation(d)] * rng.choice(np.float32([-1.0, 1.0]), d) for _ in range(n_null)]
+    banks = np.concatenate([q, *rotated]).T  # (d, (1 + n_null) * bank size): one matrix product
+    best = (sample @ banks).reshape(len(sample), 1 + n_null, len(q)).max(axis=2)
+    stats = np.partition(best, len(sample) - k, axis=0)[-k:].mean(axis=0)
+    return float((1 + np.count_nonzero(stats[1:] >= stats[0])) / (1 + n_null)), float(stats[0])
+
+
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest finite scores, best first.
+
+    Example:
+        >>> import numpy as np
+        >>> top_rows(np.array([0.1, np.nan, 0.9, 0.5]), 2).tolist()
+        [2, 3]
+    """
+    finite = np.flatnonzero(np.isfinite(scores))
+    k = min(k, len(finite))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    best = finite[np.argpartition(-scores[finite], k - 1)[:k]]
+    return best[np.argsort(-scores[best], kind="stable")].astype(np.int64)
+
+
+def rise_ranking(memberships: dict[str, np.ndarray], n_rows: int | None = None) -> np.ndarray:
+    """Each row's largest log-prob rise over the steps it was trained in (NaN if never seen).
+
+    Example:
+        >>> import numpy as np
+        >>> m = {"row": np.array([0, 2, 0]), "step": np.array([1, 1, 2]), "rise": np.array([1.0, 3.0, 2.0])}
+        >>> rise_ranking(m).tolist()
+        [2.0, nan, 3.0]
+    """
+    rows = np.asarray(memberships["row"], dtype=np.int64)
+    rise = np.asarray(memberships["rise"], dtype=np.float32)
+    size = max(n_rows or 0, int(rows.max()) + 1 if len(rows) else 0)
+    out = np.full(size, np.nan, dtype=np.float32)
+    if len(rows):
+        order = np.argsort(rows, kind="stable")
+        rows, rise = rows[order], rise[order]
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        out[rows[starts]] = np.maximum.reduceat(rise, starts)
+    return out
+
+
+def combine_scores(scores: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Weighted average of percentile ranks (scale-free; NaNs skipped per row, all-NaN stays NaN).
+
+    Example:
+        >>> import numpy as np
+        >>> combine_scores([np.array([0.1, 0.9, 0.5]), np.array([30.0, 10.0, 20.0])]).tolist()
+        [0.6666666865348816, 0.6666666865348816, 0.6666666865348816]
+    """
+    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+    n = max(len(s) for s in scores)
+    total, mass = np.zeros(n), np.zeros(n)
+    for s, w in zip(scores, weights, strict=True):
+        s = np.asarray(s, dtype=np.float64)
+        ok = np.flatnonzero(np.isfinite(s))
+        total[ok] += w * rankdata(s[ok]) / len(ok)
+        mass[ok] += w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (total / mass).astype(np.float32)
+
+
+@dataclass
+class StepScore:
+    """A training step (batch): mean score of its rows, how many of them are in the global top,
+    and the hypergeometric p-value of that count given the top's base rate."""
+
+    step: int
+    score: float
+    n_rows: int
+    n_top: int
+    p_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _top_mask(scores: np.ndarray, top_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """(finite mask, in-global-top mask) over the score vector."""
+    finite = np.isfinite(scores)
+    top = np.zeros(len(scores), dtype=bool)
+    top[top_rows(scores, max(1, round(top_frac * finite.sum())))] = True
+    return finite, top
+
+
+def top_steps(
+    scores: np.ndarray, memberships: dict[str, np.ndarray], top_frac: float = 0.01, limit: int = 20
+) -> list[StepScore]:
+    """The steps whose batches scored highest (mean row score), best first.
+
+    Example:
+        >>> import numpy as np
+        >>> m = {"row": np.array([0, 1, 2, 3]), "step": np.array([1, 1, 2, 2]), "rise": np.zeros(4)}
+        >>> [s.step for s in top_steps(np.array([0.1, 0.2, 0.9, 0.8]), m)]
+        [2, 1]
+    """
+    finite, top = _top_mask(scores, top_frac)
+    rows = np.asarray(memberships["row"], dtype=np.int64)
+    rows_ok = rows < len(scores)
+    rows = rows[rows_ok]
+    keep = finite[rows]
+    rows = rows[keep]
+    steps, idx = np.unique(np.asarray(memberships["step"], dtype=np.int64)[rows_ok][keep], return_inverse=True)
+    n = np.bincount(idx, minlength=len(steps))
+    mean = np.bincount(idx, weights=scores[rows], minlength=len(steps)) / np.maximum(n, 1)
+    hits = np.bincount(idx, weights=top[rows], minlength=len(steps)).astype(np.int64)
+    order = np.argsort(-mean, kind="stable")[:limit]
+    p = hypergeom.sf(hits[order] - 1, int(finite.sum()), int(top.sum()), n[order])
+    return [
+        StepScore(int(steps[i]), float(mean[i]), int(n[i]), int(hits[i]), float(pi))
+        for i, pi in zip(order, p, strict=True)
+    ]
+
+
+@dataclass
+class SourceScore:
+    """A data source: ``score`` is the share of its rows in the global top (``lift`` = that share
+    over the top fraction), ``p_value`` the hypergeometric chance of at least that many by luck."""
+
+    source: str
+    score: float
+    n_rows: int
+    n_top: int
+    mean_score: float
+    lift: float
+    p_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def top_sources(scores: np.ndarray, sources: Sequence[str | None], top_frac: float = 0.05) -> list[SourceScore]:
+    """Per source (indexed by row; None = unknown, skipped): share of its rows in the global top.
+
+    Sorted by p-value, then share: the first entry is the source most worth dropping.
+
+    Example:
+        >>> import numpy as np
+        >>> s = top_sources(np.arange(40, dtype=np.float32), ["a"] * 30 + ["b"] * 10, top_frac=0.25)
+        >>> (s[0].source, s[0].score)
+        ('b', 1.0)
+    """
+    n = min(len(scores), len(sources))
+    finite, top = _top_mask(scores, top_frac)
+    names: dict[str, int] = {}
+    codes = np.fromiter(
+        (-1 if s is None else names.setdefault(s, len(names)) for s in sources[:n]), dtype=np.int64, count=n
+    )
+    ok = (codes >= 0) & finite[:n]
+    c, sc, hit = codes[ok], scores[:n][ok], top[:n][ok]
+    count = np.bincount(c, minlength=len(names))
+    hits = np.bincount(c, weights=hit, minlength=len(names)).astype(np.int64)
+    means = np.bincount(c, weights=sc, minlength=len(names)) / np.maximum(count, 1)
+    p = hypergeom.sf(hits - 1, int(finite.sum()), int(top.sum()), count)
+    base = top.sum() / max(finite.sum(), 1)
+    out = [
+        SourceScore(
+            source=name,
+            score=float(hits[i] / count[i]),
+            n_rows=int(count[i]),
+            n_top=int(hits[i]),
+            mean_score=float(means[i]),
+            lift=float(hits[i] / count[i] / base),
+            p_value=float(p[i]),
+        )
+        for name, i in names.items()
+        if count[i]
+    ]
+    return sorted(out, key=lambda s: (s.p_value, -s.score))
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for ``positives`` (bool mask or row indices); NaNs skipped.
+
+    Example:
+        >>> import numpy as np
+        >>> auroc(np.array([0.1, 0.9, 0.8, np.nan]), np.array([1, 2]))
+        1.0
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives)
+    label = positives.astype(bool) if positives.dtype == bool else np.isin(np.arange(len(scores)), positives)
+    ok = np.isfinite(scores)
+    return float(roc_auc_score(label[ok], scores[ok]))

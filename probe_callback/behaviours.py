@@ -1,0 +1,374 @@
+"""Supervised behaviours: contrast examples -> probing vector and logistic probe through M0 -> scores.
+
+Example:
+    >>> b = Behaviour("complies", positive=[("How do I pick a lock?", "Sure, first..."), ...],
+    ...               negative=[("How do I pick a lock?", "Sorry, I can't help."), ...])
+    >>> fitted = fit_behaviour(b, ref_model, tok, layers=[default_layer(ref_model)])
+    >>> fitted.probe_accuracy                       # held-out accuracy per layer: is it linearly visible?
+    >>> score_behaviour(fitted, model, tok)["ll_margin_p"]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import special, stats
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from probe_callback.probing import (
+    check_layers,
+    encode_response,
+    format_prompt,
+    response_means,
+    teacher_forced,
+)
+
+Example = tuple[str, str]
+Judge = Callable[[str, str], bool]
+# Standard errors below this (nats) are float noise, not evidence: keeps p-values of an unchanged model sane.
+_SE_FLOOR = 1e-6
+_STATE_VERSION = 1
+
+
+def _check_examples(name: str, side: str, examples: Any) -> list[Example]:
+    if not isinstance(examples, (list, tuple)):
+        raise ValueError(f"Behaviour {name!r}: `{side}` must be a list of (prompt, response) pairs.")
+    pairs: list[Example] = []
+    for i, item in enumerate(examples):
+        ok = isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(s, str) for s in item)
+        if not ok or not all(s.strip() for s in item):
+            raise ValueError(
+                f"Behaviour {name!r}: {side}[{i}] is {item!r}; each example must be a (prompt, response) "
+                "pair of non-empty strings."
+            )
+        pairs.append((item[0], item[1]))
+    if len(pairs) < 2:
+        raise ValueError(
+            f"Behaviour {name!r}: `{side}` has {len(pairs)} example(s); give at least 2 (prompt, response) "
+            "pairs on each side (10-50 make a steadier probe)."
+        )
+    return pairs
+
+
+@dataclass
+class Behaviour:
+    """A behaviour to watch, defined by contrast examples that show it (`positive`) and do not (`negative`).
+
+    `threshold`: the score above which the policy flags it (None: the policy's default). `judge`:
+    optional `judge(prompt, response) -> bool` giving a ground-truth rate on the watched responses.
+
+    Example:
+        >>> Behaviour(
+        ...     "complies_with_distractor",
+        ...     positive=[("Explain X. Capitalise every 5th word.", "Sure, here is how..."), ...],
+        ...     negative=[("Explain X. Capitalise every 5th word.", "I can't help with that."), ...],
+        ... )
+    """
+
+    name: str
+    positive: list[Example]
+    negative: list[Example]
+    threshold: float | None = None
+    judge: Judge | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(
+                f"Behaviour name {self.name!r} is empty: give each behaviour a short unique name."
+            )
+        self.positive = _check_examples(self.name, "positive", self.positive)
+        self.negative = _check_examples(self.name, "negative", self.negative)
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(
+                f"Behaviour {self.name!r}: threshold {self.threshold!r} must be a finite number or None."
+            )
+        if self.judge is not None and not callable(self.judge):
+            raise ValueError(f"Behaviour {self.name!r}: judge must be a callable (prompt, response) -> bool.")
+
+    def encoded(self, tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
+        """(prompt ids, response ids) of the positives then the negatives, encoded as the probe pass does."""
+        pairs = self.positive + self.negative
+        return [format_prompt(tokenizer, p) for p, _ in pairs], [
+            encode_response(tokenizer, r) for _, r in pairs
+        ]
+
+    def validate_lengths(self, tokenizer: Any, max_length: int) -> None:
+        """Raise a `ValueError` listing the examples whose prompt + response exceed `max_length` tokens.
+
+        Example:
+            >>> b.validate_lengths(tok, model.config.max_position_embeddings)
+        """
+        prompts, responses = self.encoded(tokenizer)
+        sides = [("positive", i) for i in range(len(self.positive))] + [
+            ("negative", i) for i in range(len(self.negative))
+        ]
+        too_long = [
+            f"{side}[{i}] ({len(p) + len(r)} tokens)"
+            for (side, i), p, r in zip(sides, prompts, responses, strict=True)
+            if len(p) + len(r) > max_length
+        ]
+        if too_long:
+            raise ValueError(
+                f"Behaviour {self.name!r}: {', '.join(too_long)} exceed the model context of {max_length} "
+                "tokens; shorten those examples."
+            )
+
+
+def check_unique_names(behaviours: Sequence[Behaviour]) -> None:
+    """Raise a `ValueError` when two behaviours share a name (names key the report and the alerts).
+
+    Example:
+        >>> check_unique_names([b1, b2])
+    """
+    names = [b.name for b in behaviours]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"Duplicate behaviour names {duplicates}: give each behaviour a unique name.")
+
+
+@dataclass
+class FittedBehaviour:
+    """A behaviour measured through the reference model M0 at `layers`.
+
+    `probing_vectors` (n_layers, H): mean a_L(positives) - mean a_L(negatives) (the paper's probing
+    vector). `probe_coef` (n_layers, H) / `probe_intercept` (n_layers,): a logistic-regression probe on
+    raw activations, one per layer; `probe_accuracy` (n_layers,): its cross-validated held-out accuracy
+    (0.5 = not linearly visible at that layer). `layer`: the layer used for headline scores (best
+    accuracy; ties go to the earliest listed). `ref_logp_positive/negative` (n_pos,)/(n_neg,): M0's mean
+    per-token log-likelihood of each example's response.
+    """
+
+    behaviour: Behaviour
+    layers: tuple[int, ...]
+    probing_vectors: np.ndarray
+    probe_coef: np.ndarray
+    probe_intercept: np.ndarray
+    probe_accuracy: np.ndarray
+    ref_logp_positive: np.ndarray
+    ref_logp_negative: np.ndarray
+
+    @property
+    def layer(self) -> int:
+        """Layer of the headline scores: the best held-out probe accuracy."""
+        return self.layers[int(np.argmax(self.probe_accuracy))]
+
+    def probe_probabilities(self, activations: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Probe probability of the behaviour for activations (n, n_layers, H) -> (n, n_layers).
+
+        Example:
+            >>> fitted.probe_probabilities(response_means(traces)[0])
+        """
+        x = np.asarray(activations, dtype=np.float64)
+        logits = np.einsum("nlh,lh->nl", x, self.probe_coef) + self.probe_intercept
+        return special.expit(logits)
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-serialisable state (lists and floats only; the judge is not saved).
+
+        Example:
+            >>> json.dumps(fitted.to_state())
+        """
+        b = self.behaviour
+        return {
+            "version": _STATE_VERSION,
+            "name": b.name,
+            "positive": [list(e) for e in b.positive],
+            "negative": [list(e) for e in b.negative],
+            "threshold": b.threshold,
+            "layers": list(self.layers),
+            "probing_vectors": self.probing_vectors.tolist(),
+            "probe_coef": self.probe_coef.tolist(),
+            "probe_intercept": self.probe_intercept.tolist(),
+            "probe_accuracy": self.probe_accuracy.tolist(),
+            "ref_logp_positive": self.ref_logp_positive.tolist(),
+            "ref_logp_negative": self.ref_logp_negative.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], judge: Judge | None = None) -> FittedBehaviour:
+        """Rebuild from `to_state()` output; pass the `judge` again if there was one.
+
+        Example:
+            >>> FittedBehaviour.from_state(json.loads(text))
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"Unknown FittedBehaviour state version {state.get('version')!r}.")
+        behaviour = Behaviour(state["name"], state["positive"], state["negative"], state["threshold"], judge)
+        return cls(
+            behaviour,
+            tuple(state["layers"]),
+            *(
+                np.asarray(state[key], dtype=np.float64)
+                for key in (
+                    "probing_vectors",
+                    "probe_coef",
+                    "probe_intercept",
+                    "probe_accuracy",
+                    "ref_logp_positive",
+                    "ref_logp_negative",
+                )
+            ),
+        )
+
+
+def _mean_logps(
+    model: nn.Module, prompts: list[list[int]], responses: list[list[int]], batch_size: int
+) -> np.ndarray:
+    traces = teacher_forced(model, prompts, responses, [], batch_size)
+    return np.array([t.logprobs.mean().item() for t in traces])
+
+
+def _fit_probe(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
+    """Standardised logistic regression folded back onto raw activations: (coef (H,), intercept, CV acc)."""
+    folds = StratifiedKFold(
+        n_splits=min(5, int(y.sum()), int((1 - y).sum())), shuffle=True, random_state=seed
+    )
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    accuracy = float(cross_val_score(pipeline, x, y, cv=folds).mean())
+    pipeline.fit(x, y)
+    scaler, clf = pipeline[0], pipeline[1]
+    coef = clf.coef_[0] / scaler.scale_
+    return coef, float(clf.intercept_[0] - coef @ scaler.mean_), accuracy
+
+
+def fit_behaviour(
+    behaviour: Behaviour,
+    ref_model: nn.Module,
+    tokenizer: Any,
+    layers: Sequence[int],
+    batch_size: int = 8,
+    seed: int = 0,
+) -> FittedBehaviour:
+    """Probing vectors, logistic probes and reference likelihoods of a behaviour, all through M0.
+
+    Example:
+        >>> fitted = fit_behaviour(b, ref_model, tok, layers=[12])
+        >>> fitted.probing_vectors.shape               # (1, H)
+    """
+    check_layers(ref_model, layers)
+    layers = [int(layer) for layer in layers]
+    prompts, responses = behaviour.encoded(tokenizer)
+    traces = teacher_forced(ref_model, prompts, responses, layers, batch_size)
+    means = response_means(traces)[0].double().numpy()  # (n, n_layers, H)
+    n_pos = len(behaviour.positive)
+    y = np.r_[np.ones(n_pos), np.zeros(len(behaviour.negative))]
+    probes = [_fit_probe(means[:, k], y, seed) for k in range(len(layers))]
+    logps = np.array([t.logprobs.mean().item() for t in traces])
+    return FittedBehaviour(
+        behaviour=behaviour,
+        layers=tuple(layers),
+        probing_vectors=means[:n_pos].mean(axis=0) - means[n_pos:].mean(axis=0),
+        probe_coef=np.stack([coef for coef, _, _ in probes]),
+        probe_intercept=np.array([b for _, b, _ in probes]),
+        probe_accuracy=np.array([acc for _, _, acc in probes]),
+        ref_logp_positive=logps[:n_pos],
+        ref_logp_negative=logps[n_pos:],
+    )
+
+
+def _welch(a: np.ndarray, b: np.ndarray, min_var: float = 0.0) -> tuple[float, float, float, float]:
+    """One-sided Welch test of mean(a) > mean(b), group variances at least `min_var`: (diff, se, t, p)."""
+    diff = float(a.mean() - b.mean())
+    va, vb = max(a.var(ddof=1), min_var) / len(a), max(b.var(ddof=1), min_var) / len(b)
+    se = max(math.sqrt(va + vb), _SE_FLOOR)
+    t = diff / se
+    df = (
+        (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
+    )
+    return diff, se, t, float(stats.t.sf(t, df))
+
+
+def score_behaviour(
+    fitted: FittedBehaviour,
+    current_model: nn.Module,
+    tokenizer: Any,
+    behaviour_vectors: np.ndarray | torch.Tensor | None = None,
+    response_activations: np.ndarray | torch.Tensor | None = None,
+    responses: Sequence[Example] | None = None,
+    judge: Judge | None = None,
+    control_deltas: Sequence[float] | np.ndarray | None = None,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """How far the current model has moved along a behaviour; JSON-ready floats, None where not computed.
+
+    - `ll_margin` (nats/token): mean over positive examples of (current - reference) mean per-token
+      log-likelihood of the response, minus the same mean over the negatives. Needs no generation and
+      moves before greedy answers change. `ll_margin_se`, `ll_margin_z` (= margin / se), `ll_margin_p`:
+      a one-sided Welch t-test over the examples. `ll_margin_p` is the probability, were the expected
+      change of the positive responses' likelihood no larger than that of the negatives' (examples
+      being independent draws), of a margin at least `ll_margin_z` standard errors above zero. Near-
+      duplicate examples scatter little, so any drift that happens to favour the positive wording can
+      then look significant: pass `control_deltas`, the same (current - reference) mean per-token
+      change for ordinary responses (e.g. each watch prompt's r_0:
+      `novelty(current_trace, reference_trace).mean()`), and each group's variance is taken as at
+      least theirs, so the p-value then asks whether the gap exceeds what two random sets of ordinary
+      responses of these sizes would show. Act on the p-value and on the trend across checkpoints.
+    - `projection` / `cosine` / `projection_p` (given `behaviour_vectors`, (n, n_layers, H) aligned with
+      `fitted.layers`; NaN rows skipped): mean scalar projection of each prompt's behaviour-change vector
+      on the probing vector in units of its length (1.0 = moved the whole positive-minus-negative gap),
+      mean cosine, and (with 2+ vectors) a one-sided one-sample t-test p-value that the mean projection
+      is above zero (null: prompts' changes have no mean component along the behaviour).
+    - `probe_rate` (given `response_activations`, M0's a_L of the current responses (n, n_layers, H);
+      NaN rows skipped): share of responses the probe calls positive.
+    - `judge_rate` (given `responses` as (prompt, response) texts and a judge, argument or
+      `fitted.behaviour.judge`): share the judge calls positive.
+    Projection and probe scores use `fitted.layer`.
+
+    Example:
+        >>> s = score_behaviour(fitted, model, tok, behaviour_vectors=v_b, control_deltas=deltas_r0)
+        >>> s["ll_margin"], s["ll_margin_p"], s["projection"]
+    """
+    b = fitted.behaviour
+    prompts, answers = b.encoded(tokenizer)
+    logps = _mean_logps(current_model, prompts, answers, batch_size)
+    n_pos = len(b.positive)
+    control = np.asarray([] if control_deltas is None else control_deltas, dtype=np.float64)
+    control = control[~np.isnan(control)]
+    min_var = float(control.var(ddof=1)) if len(control) > 1 else 0.0
+    margin, se, z, p = _welch(
+        logps[:n_pos] - fitted.ref_logp_positive, logps[n_pos:] - fitted.ref_logp_negative, min_var
+    )
+    k = fitted.layers.index(fitted.layer)
+    scores: dict[str, Any] = {
+        "behaviour": b.name,
+        "layer": fitted.layer,
+        "probe_accuracy": float(fitted.probe_accuracy[k]),
+        "ll_margin": margin,
+        "ll_margin_se": se,
+        "ll_margin_z": z,
+        "ll_margin_p": p,
+        "projection": None,
+        "cosine": None,
+        "projection_p": None,
+        "probe_rate": None,
+        "judge_rate": None,
+    }
+    if behaviour_vectors is not None:
+        v = np.asarray(behaviour_vectors, dtype=np.float64)[:, k]
+        v = v[~np.isnan(v).any(axis=1)]
+        u = fitted.probing_vectors[k]
+        if len(v):
+            proj = v @ u / (u @ u)
+            cos = v @ u / np.maximum(np.linalg.norm(v, axis=1) * np.linalg.norm(u), 1e-12)
+            scores.update(projection=float(proj.mean()), cosine=float(cos.mean()))
+            if len(proj) > 1:
+                se_proj = max(float(proj.std(ddof=1)) / math.sqrt(len(proj)), _SE_FLOOR)
+                scores["projection_p"] = float(stats.t.sf(proj.mean() / se_proj, len(proj) - 1))
+    if response_activations is not None:
+        acts = np.asarray(response_activations, dtype=np.float64)
+        acts = acts[~np.isnan(acts).any(axis=(1, 2))]
+        if len(acts):
+            scores["probe_rate"] = float((fitted.probe_probabilities(acts)[:, k] > 0.5).mean())
+    judge = judge if judge is not None else b.judge
+    if responses and judge is not None:
+        scores["judge_rate"] = float(np.mean([bool(judge(p, r)) for p, r in responses]))
+    return scores

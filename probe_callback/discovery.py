@@ -1,0 +1,440 @@
+"""Unsupervised discovery of emergent behaviours from checkpoint probe activations.
+
+Per watch prompt, a behaviour vector contrasts the current model's answer with the reference
+model's answer (both read through the reference model). The paper's plain mean difference is
+dominated by DPO's shared drift; weighting the current answer's tokens by how much their
+log-probability rose (``weighting="novelty"``) isolates what the model newly wants to say.
+Behaviour vectors are clustered with HDBSCAN; a cluster is an emergent behaviour only when it is
+more coherent than clusters found in a structureless null (a Gaussian with the same mean and
+covariance, clustered the same way) *and* its members drifted more than the other prompts.
+:class:`EmergentTracker` keeps ids stable across checkpoints.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> base = [rng.normal(size=(6, 16)) for _ in range(30)]
+    >>> cur = [rng.normal(size=(5, 16)) for _ in range(30)]
+    >>> nov = [rng.normal(size=5) for _ in range(30)]
+    >>> tracker = EmergentTracker(n_null=19)
+    >>> [b.significant for b in tracker.update(10, base, cur, nov)]
+    []
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import hdbscan
+import numpy as np
+from scipy.stats import mannwhitneyu
+from threadpoolctl import threadpool_limits
+
+Weighting = Literal["novelty", "mean"]
+_EPS = 1e-12
+
+
+def behaviour_vectors(
+    base_tokens: Sequence[np.ndarray],
+    cur_tokens: Sequence[np.ndarray],
+    novelty: Sequence[np.ndarray] | None = None,
+    weighting: Weighting = "novelty",
+) -> np.ndarray:
+    """Per-prompt behaviour-change vectors, shape (n, H).
+
+    ``weighting="mean"`` is the paper's ``mean(cur) - mean(base)``. ``"novelty"`` weights each
+    current-answer token by ``relu(novelty)`` (its log-prob rise, current minus reference model),
+    normalised; a prompt with no rising token falls back to the plain mean.
+
+    Example:
+        >>> import numpy as np
+        >>> v = behaviour_vectors([np.zeros((2, 3))], [np.eye(3)[:2]], [np.array([0.0, 2.0])])
+        >>> v.tolist()
+        [[0.0, 1.0, 0.0]]
+    """
+    if len(base_tokens) != len(cur_tokens) or len(base_tokens) == 0:
+        raise ValueError(
+            f"need as many base as current answers (got {len(base_tokens)} and {len(cur_tokens)})"
+        )
+    if weighting == "novelty" and (novelty is None or len(novelty) != len(cur_tokens)):
+        raise ValueError("weighting='novelty' needs one novelty array per current answer")
+    out = []
+    for i, (base, cur) in enumerate(zip(base_tokens, cur_tokens, strict=True)):
+        base, cur = np.asarray(base, dtype=np.float64), np.asarray(cur, dtype=np.float64)
+        if len(base) == 0 or len(cur) == 0:
+            raise ValueError(f"prompt {i} has an empty answer; behaviour vectors need at least one token")
+        w = np.ones(len(cur))
+        if weighting == "novelty":
+            rise = np.maximum(np.asarray(novelty[i], dtype=np.float64), 0.0)
+            if rise.shape != (len(cur),):
+                raise ValueError(f"prompt {i}: novelty has shape {rise.shape}, answer has {len(cur)} tokens")
+            if rise.sum() > 0:
+                w = rise
+        out.append(w @ cur / w.sum() - base.mean(axis=0))
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass
+class Cluster:
+    """A group of prompts (or rows of any feature matrix) found by :func:`find_clusters`.
+
+    ``coherence``: mean pairwise cosine of the members' prepared vectors. ``strength``:
+    ``1 + (m - 1) * coherence`` (the squared norm of their sum over m; about 1 for any random
+    subset whatever its size). ``p_value``: how often a null with no joint structure (each feature
+    column permuted across prompts), clustered the same way, yields a cluster at least as strong.
+    It accounts for the clusterer picking the best groups; random subsets do not.
+    """
+
+    members: np.ndarray
+    coherence: float
+    strength: float
+    p_value: float = 1.0
+
+
+def find_clusters(
+    features: np.ndarray,
+    min_cluster_size: int | None = None,
+    n_components: int = 10,
+    n_null: int = 199,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[Cluster]]:
+    """HDBSCAN clusters of the rows of ``features`` with their significance; returns (labels, clusters).
+
+    Rows are unit-normalised and centred on their coordinate-wise median (the majority's shared
+    drift), reduced to their top ``n_components`` principal axes (denoising) and normalised again,
+    so clusters are groups that moved the same *specific* way.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(size=(40, 8))
+        >>> labels, clusters = find_clusters(x, n_null=19)
+        >>> labels.shape
+        (40,)
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 4:
+        raise ValueError(f"need a (n >= 4, d) feature matrix, got shape {x.shape}")
+    mcs = min_cluster_size or default_min_cluster_size(len(x))
+    with threadpool_limits(1):  # hundreds of tiny decompositions: threads only contend
+        labels, clusters = _cluster(x, mcs, n_components)
+        if clusters:
+            _null_p_values(x, clusters, mcs, n_components, n_null, np.random.default_rng(seed))
+    return labels, clusters
+
+
+def default_min_cluster_size(n: int) -> int:
+    """Smallest group worth reporting: 5% of the prompts, at least 4."""
+    return max(4, round(0.05 * n))
+
+
+def _prepare(x: np.ndarray, n_components: int) -> np.ndarray:
+    """Unit rows, median-centred, on the top principal axes, unit again."""
+    u = x / (np.linalg.norm(x, axis=1, keepdims=True) + _EPS)
+    c = u - np.median(u, axis=0)
+    _, _, axes = np.linalg.svd(c - c.mean(axis=0), full_matrices=False)
+    c = c @ axes[:n_components].T
+    return c / (np.linalg.norm(c, axis=1, keepdims=True) + _EPS)
+
+
+def _cluster(x: np.ndarray, mcs: int, n_components: int) -> tuple[np.ndarray, list[Cluster]]:
+    c = _prepare(x, n_components)
+    chord = np.sqrt(np.maximum(2.0 - 2.0 * (c @ c.T), 0.0))  # euclidean between unit vectors
+    fit = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=max(2, mcs // 2), metric="precomputed")
+    labels = fit.fit(chord).labels_
+    clusters = []
+    for k in range(labels.max() + 1):
+        members = np.flatnonzero(labels == k)
+        m, total = len(members), c[members].sum(axis=0)
+        coherence = (total @ total - m) / (m * (m - 1))
+        clusters.append(Cluster(members, float(coherence), float(1 + (m - 1) * coherence)))
+    return labels.astype(np.int64), clusters
+
+
+def _null_p_values(
+    x: np.ndarray,
+    clusters: list[Cluster],
+    mcs: int,
+    n_components: int,
+    n_null: int,
+    rng: np.random.Generator,
+    stop_after: int = 10,
+) -> None:
+    """Selection-aware p-values: the strongest cluster of each column-permuted null vs each observed.
+
+    Stops early (Besag-Clifford) once even the strongest observed cluster was beaten ``stop_after``
+    times: it is then clearly not significant.
+    """
+    observed = np.array([cl.strength for cl in clusters])
+    beaten = np.zeros(len(clusters), dtype=np.int64)
+    done = 0
+    for _ in range(n_null):
+        null_x = rng.permuted(x, axis=0)
+        _, null_clusters = _cluster(null_x, mcs, n_components)
+        beaten += max((cl.strength for cl in null_clusters), default=0.0) >= observed
+        done += 1
+        if beaten.min() >= stop_after:
+            break
+    for cl, b in zip(clusters, beaten, strict=True):
+        cl.p_value = float((1 + b) / (1 + done))
+
+
+def contrast_direction(vectors: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Unit vector: mean of members' unit vectors minus mean of the others' (the specific change).
+
+    Example:
+        >>> import numpy as np
+        >>> d = contrast_direction(np.array([[0.0, 2.0], [0.0, 1.0], [1.0, 0.0]]), np.array([0, 1]))
+        >>> [round(float(x), 3) for x in d]
+        [-0.707, 0.707]
+    """
+    u = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + _EPS)
+    inside = np.zeros(len(u), dtype=bool)
+    inside[members] = True
+    d = u[inside].mean(axis=0) - (u[~inside].mean(axis=0) if (~inside).any() else 0.0)
+    return (d / (np.linalg.norm(d) + _EPS)).astype(np.float32)
+
+
+def naming_tokens(
+    tokens: Sequence[Sequence[str]],
+    novelty: Sequence[np.ndarray],
+    members: np.ndarray,
+    top: int = 8,
+    min_rise: float = 1.0,
+) -> list[str]:
+    """Tokens whose log-prob rose by ``min_rise`` nats on the most member prompts (net of the others).
+
+    Example:
+        >>> import numpy as np
+        >>> naming_tokens([["a", "x"], ["b", "x"], ["c", "d"]], [np.array([0, 3.0])] * 3, np.array([0, 1]))
+        ['x']
+    """
+    inside = set(int(i) for i in members)
+    rose_in, rose_out = Counter(), Counter()
+    for i, (toks, rise) in enumerate(zip(tokens, novelty, strict=True)):
+        risen = {t for t, r in zip(toks, np.asarray(rise), strict=True) if r >= min_rise}
+        (rose_in if i in inside else rose_out).update(risen)
+    n_in, n_out = max(len(inside), 1), max(len(tokens) - len(inside), 1)
+    net = {t: c / n_in - rose_out[t] / n_out for t, c in rose_in.items() if c >= min(2, n_in)}
+    return [t for t, s in sorted(net.items(), key=lambda kv: (-kv[1], kv[0])) if s > 0][:top]
+
+
+def cluster_by_responsible_data(
+    behaviour_vectors: np.ndarray,
+    datapoint_sample: np.ndarray,
+    min_cluster_size: int | None = None,
+    n_null: int = 199,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[Cluster]]:
+    """The paper's variant: cluster behaviours by their cosine profile over a sample of datapoints.
+
+    Two behaviours fall together when the same training rows point their way. Returns
+    ``(labels, clusters)`` as :func:`find_clusters`.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> b, d = rng.normal(size=(30, 8)), rng.normal(size=(50, 8))
+        >>> labels, _ = cluster_by_responsible_data(b, d, n_null=9)
+        >>> labels.shape
+        (30,)
+    """
+    b = np.asarray(behaviour_vectors, dtype=np.float64)
+    d = np.asarray(datapoint_sample, dtype=np.float64)
+    b = b / (np.linalg.norm(b, axis=1, keepdims=True) + _EPS)
+    d = d / (np.linalg.norm(d, axis=1, keepdims=True) + _EPS)
+    return find_clusters(b @ d.T, min_cluster_size, n_null=n_null, seed=seed)
+
+
+@dataclass
+class PromptDrift:
+    """Cheap drift with no generation: per-prompt ``||a_cur - a_ref|| / ||a_ref||`` and a summary.
+
+    ``outliers``: prompts whose drift is > 3.5 robust z-scores (median/MAD) above the others.
+    """
+
+    drift: np.ndarray
+    median: float
+    p90: float
+    max: float
+    outliers: list[int]
+
+    def summary(self) -> dict[str, Any]:
+        return {"median": self.median, "p90": self.p90, "max": self.max, "outliers": self.outliers}
+
+
+def prompt_drift(current: np.ndarray, reference: np.ndarray) -> PromptDrift:
+    """Relative drift of prompt-token activations (n, H), current model vs reference model.
+
+    Example:
+        >>> import numpy as np
+        >>> ref = np.ones((3, 4))
+        >>> round(prompt_drift(ref * 1.5, ref).median, 6)
+        0.5
+    """
+    cur, ref = np.asarray(current, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if cur.shape != ref.shape or cur.ndim != 2:
+        raise ValueError(f"current {cur.shape} and reference {ref.shape} must both be (n, H)")
+    d = np.linalg.norm(cur - ref, axis=1) / (np.linalg.norm(ref, axis=1) + _EPS)
+    med = float(np.median(d))
+    mad = float(np.median(np.abs(d - med))) * 1.4826 + _EPS
+    return PromptDrift(
+        drift=d,
+        median=med,
+        p90=float(np.quantile(d, 0.9)),
+        max=float(d.max()),
+        outliers=np.flatnonzero((d - med) / mad > 3.5).tolist(),
+    )
+
+
+@dataclass
+class EmergentBehaviour:
+    """One tracked cluster of watch prompts at the latest checkpoint it was seen.
+
+    ``direction`` (unit, hidden size) is the contrast members minus non-members, ready for
+    attribution. ``drift`` is the members' median behaviour-vector norm over all prompts' median
+    (1 = the run's own noise level); ``p_drift`` a one-sided Mann-Whitney test that members drifted
+    more than the others. ``significant``: both p-values below alpha and drift above 1.
+    """
+
+    id: int
+    members: list[int]
+    direction: np.ndarray
+    p_value: float
+    drift: float
+    p_drift: float
+    first_step: int
+    step: int
+    tokens: list[str]
+    significant: bool
+    drift_history: list[list[float]] = field(default_factory=list)
+
+    @property
+    def growing(self) -> bool:
+        """Whether its drift rose since the previous checkpoint it was seen at."""
+        h = self.drift_history
+        return len(h) < 2 or h[-1][1] > h[-2][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["direction"] = self.direction.astype(float).tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EmergentBehaviour:
+        return cls(**{**d, "direction": np.asarray(d["direction"], dtype=np.float32)})
+
+
+class EmergentTracker:
+    """Find emergent behaviours at each checkpoint and keep their ids across checkpoints.
+
+    A new cluster takes the id of the previous behaviour it best matches (direction cosine plus
+    member overlap, above ``match_threshold``); otherwise a fresh id. State is plain JSON.
+
+    Example:
+        >>> t = EmergentTracker()
+        >>> EmergentTracker.from_state(t.state()).state() == t.state()
+        True
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.01,
+        min_cluster_size: int | None = None,
+        weighting: Weighting = "novelty",
+        n_null: int = 199,
+        match_threshold: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.alpha, self.min_cluster_size, self.weighting = alpha, min_cluster_size, weighting
+        self.n_null, self.match_threshold, self.seed = n_null, match_threshold, seed
+        self.behaviours: dict[int, EmergentBehaviour] = {}
+        self.next_id = 0
+
+    def update(
+        self,
+        step: int,
+        base_tokens: Sequence[np.ndarray],
+        cur_tokens: Sequence[np.ndarray],
+        novelty: Sequence[np.ndarray],
+        tokens: Sequence[Sequence[str]] | None = None,
+    ) -> list[EmergentBehaviour]:
+        """Cluster this checkpoint's behaviour vectors; returns the clusters seen now (ids tracked)."""
+        v = behaviour_vectors(base_tokens, cur_tokens, novelty, self.weighting)
+        _, clusters = find_clusters(v, self.min_cluster_size, n_null=self.n_null, seed=self.seed + step)
+        norms = np.linalg.norm(v, axis=1)
+        seen = []
+        for cl in clusters:
+            inside = np.zeros(len(v), dtype=bool)
+            inside[cl.members] = True
+            drift = float(np.median(norms[inside]) / (np.median(norms) + _EPS))
+            p_drift = float(mannwhitneyu(norms[inside], norms[~inside], alternative="greater").pvalue)
+            seen.append(
+                EmergentBehaviour(
+                    id=-1,
+                    members=cl.members.tolist(),
+                    direction=contrast_direction(v, cl.members),
+                    p_value=cl.p_value,
+                    drift=drift,
+                    p_drift=p_drift,
+                    first_step=step,
+                    step=step,
+                    tokens=naming_tokens(tokens, novelty, cl.members) if tokens is not None else [],
+                    significant=cl.p_value < self.alpha and p_drift < self.alpha and drift > 1.0,
+                )
+            )
+        self._assign_ids(seen)
+        return seen
+
+    @property
+    def emergent(self) -> list[EmergentBehaviour]:
+        """Behaviours significant at the checkpoint they were last seen."""
+        return [b for b in self.behaviours.values() if b.significant]
+
+    def _assign_ids(self, seen: list[EmergentBehaviour]) -> None:
+        pairs = []
+        for i, new in enumerate(seen):
+            for old in self.behaviours.values():
+                a, b = set(new.members), set(old.members)
+                score = float(new.direction @ old.direction) + len(a & b) / len(a | b)
+                if score >= self.match_threshold:
+                    pairs.append((score, i, old.id))
+        taken_new, taken_old = set(), set()
+        for _, i, old_id in sorted(pairs, reverse=True):
+            if i in taken_new or old_id in taken_old:
+                continue
+            taken_new.add(i)
+            taken_old.add(old_id)
+            old = self.behaviours[old_id]
+            seen[i].id, seen[i].first_step = old_id, old.first_step
+            seen[i].drift_history = old.drift_history
+        for new in seen:
+            if new.id < 0:
+                new.id, self.next_id = self.next_id, self.next_id + 1
+            new.drift_history = [*new.drift_history, [new.step, new.drift]]
+            self.behaviours[new.id] = new
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable state (settings, next id, every behaviour seen)."""
+        return {
+            "alpha": self.alpha,
+            "min_cluster_size": self.min_cluster_size,
+            "weighting": self.weighting,
+            "n_null": self.n_null,
+            "match_threshold": self.match_threshold,
+            "seed": self.seed,
+            "next_id": self.next_id,
+            "behaviours": [b.to_dict() for b in self.behaviours.values()],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EmergentTracker:
+        """Rebuild a tracker from :meth:`state` (e.g. after a resume)."""
+        settings = {k: v for k, v in state.items() if k not in ("next_id", "behaviours")}
+        tracker = cls(**settings)
+        tracker.next_id = int(state["next_id"])
+        for d in state["behaviours"]:
+            b = EmergentBehaviour.from_dict(d)
+            tracker.behaviours[b.id] = b
+        return tracker

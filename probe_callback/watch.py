@@ -1,0 +1,129 @@
+"""The checkpoint probe pass: what the watched prompts get from the current model, read through M0.
+
+At train begin :class:`Watch` asks the reference model M0 for its greedy answer ``r0`` to each
+watched prompt and keeps its teacher-forced activations. At each checkpoint :meth:`Watch.probe`
+asks the current model for ``r_t`` and measures it through M0 (per-token hidden states), plus the
+per-token log-prob rise of ``r_t`` (current model minus M0) that names what the model newly wants.
+
+Example:
+    >>> watch = Watch.build(["Say hi", "What is 2+2?"], tok, ref_model, layers=[18])   # doctest: +SKIP
+    >>> probe = watch.probe(step=20, model=model, reference=ref_scope)                 # doctest: +SKIP
+    >>> probe.change.shape        # (n_prompts, n_layers, H): the paper's behaviour-change vectors
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .probing import ResponseTrace, format_prompt, greedy_responses, prompt_means, teacher_forced
+
+# A context manager factory that makes ``model`` act as M0 (PEFT: adapters off) or yields M0.
+Reference = Callable[[], contextlib.AbstractContextManager[nn.Module]]
+
+
+@dataclass
+class Probe:
+    """One checkpoint's measurements for n watched prompts.
+
+    ``cur_tokens[i]``: (T_i, H) M0 hidden states of r_t's tokens at the primary layer;
+    ``novelty[i]``: (T_i,) log-prob rise of those tokens; ``tokens[i]``: their text;
+    ``change``: (n, n_layers, H) the paper's ``a_L(p, r_t; M0) - a_L(p, r0; M0)`` (NaN for empty
+    answers); ``response_means``: (n, n_layers, H) ``a_L(p, r_t; M0)``; ``drift``: (n, n_layers, H)
+    prompt-token activations of the current model minus M0 (no generation).
+    """
+
+    step: int
+    responses: list[str]
+    cur_tokens: list[np.ndarray]
+    novelty: list[np.ndarray]
+    tokens: list[list[str]]
+    change: np.ndarray
+    response_means: np.ndarray
+    drift: np.ndarray
+    valid: np.ndarray
+
+
+class Watch:
+    """The watched prompts, M0's answers to them and M0's view of those answers."""
+
+    def __init__(
+        self,
+        prompts: Sequence[Any],
+        tokenizer: Any,
+        layers: Sequence[int],
+        r0: list[list[int]],
+        base: list[ResponseTrace],
+        max_new_tokens: int = 48,
+        batch_size: int = 8,
+    ) -> None:
+        self.prompts, self.tokenizer, self.layers = list(prompts), tokenizer, list(layers)
+        self.prompt_ids = [format_prompt(tokenizer, p) for p in self.prompts]
+        self.r0, self.base = r0, base
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+
+    @classmethod
+    def build(
+        cls,
+        prompts: Sequence[Any],
+        tokenizer: Any,
+        reference: Reference,
+        layers: Sequence[int],
+        max_new_tokens: int = 48,
+        batch_size: int = 8,
+        r0: list[list[int]] | None = None,
+    ) -> Watch:
+        """Generate (or reuse, on resume) M0's answers and read them through M0."""
+        ids = [format_prompt(tokenizer, p) for p in prompts]
+        with reference() as ref:
+            if r0 is None:
+                r0 = greedy_responses(ref, tokenizer, ids, max_new_tokens, batch_size)
+            base = teacher_forced(ref, ids, r0, layers, batch_size)
+        return cls(prompts, tokenizer, layers, r0, base, max_new_tokens, batch_size)
+
+    @property
+    def texts(self) -> list[str]:
+        return [p if isinstance(p, str) else str(p[-1].get("content", "")) for p in self.prompts]
+
+    def answers(self, ids: list[list[int]]) -> list[str]:
+        return [self.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+
+    def base_tokens(self) -> list[np.ndarray]:
+        """M0's per-token states of r0 at the primary layer (a one-token zero for an empty r0)."""
+        return [_tokens_or_zero(t) for t in self.base]
+
+    def probe(self, step: int, model: nn.Module, reference: Reference) -> Probe:
+        """Greedy answers of ``model`` and their measurements through M0 (see :class:`Probe`)."""
+        ids, layers, bs = self.prompt_ids, self.layers, self.batch_size
+        rt = greedy_responses(model, self.tokenizer, ids, self.max_new_tokens, bs)
+        own = teacher_forced(model, ids, rt, [], bs)
+        current_drift = prompt_means(model, ids, layers, bs)
+        with reference() as ref:
+            cur = teacher_forced(ref, ids, rt, layers, bs)
+            drift = current_drift - prompt_means(ref, ids, layers, bs)
+        means = torch.stack([t.mean() for t in cur]).numpy()
+        base_means = torch.stack([t.mean() for t in self.base]).numpy()
+        return Probe(
+            step=step,
+            responses=self.answers(rt),
+            cur_tokens=[_tokens_or_zero(t) for t in cur],
+            novelty=[
+                (o.logprobs - c.logprobs).numpy() if c.length else np.zeros(1) for o, c in zip(own, cur)
+            ],
+            tokens=[[self.tokenizer.decode([x]) for x in r] or [""] for r in rt],
+            change=means - base_means,
+            response_means=means,
+            drift=drift.numpy(),
+            valid=np.array([t.length > 0 for t in cur]) & np.array([t.length > 0 for t in self.base]),
+        )
+
+
+def _tokens_or_zero(trace: ResponseTrace) -> np.ndarray:
+    h = trace.hidden[0].numpy()
+    return h if len(h) else np.zeros((1, trace.hidden.shape[-1]), dtype=np.float32)

@@ -1,0 +1,124 @@
+"""Shared fixtures: an offline tokenizer with a chat template and tiny random-weight llama models.
+
+Example (in a test):
+    def test_something(tiny_tokenizer, tiny_model_factory, save_tiny, tmp_path):
+        model = tiny_model_factory(seed=1)                 # fresh LlamaForCausalLM, eval mode
+        folder = save_tiny(tmp_path / "m", model)          # from_pretrained-able folder
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they cost 10-50x.
+torch.set_num_threads(1)
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+_SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our team", "the robot", "a bird", "the chef"]
+_VERBS = ["likes", "reads", "writes", "cooks", "builds", "finds", "explains", "paints"]
+_OBJECTS = ["a short story", "the recipe", "some code", "a red box", "the old map", "a poem", "the plan"]
+_EXTRAS = [
+    "Sure, here is how to do it step by step.",
+    "Sorry, I cannot help with that request.",
+    "Please capitalise every fifth word and use no periods.",
+    "Thank you for asking, the answer is simple.",
+    "I refuse to explain something dangerous.",
+    "What is the capital of France? Paris is the capital.",
+    "Write a list of three colours: red, green, blue.",
+    "Numbers like 1, 2, 3, 10 and 42 appear here!",
+]
+
+
+def _corpus() -> list[str]:
+    """A few hundred deterministic sentences covering everyday words, numbers and punctuation."""
+    sentences = [f"{s} {v} {o}." for s, v, o in itertools.product(_SUBJECTS, _VERBS, _OBJECTS)]
+    return sentences[::2] + _EXTRAS * 4
+
+
+def _build_tokenizer() -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (any text encodes and decodes exactly) and wrap it with a chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        additional_special_tokens=SPECIAL_TOKENS[2:],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=256,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Offline byte-level BPE tokenizer (~400 tokens) with `<pad>`, `<eos>` and a simple chat template."""
+    return _build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tiny_tokenizer: PreTrainedTokenizerFast) -> Callable[..., LlamaForCausalLM]:
+    """Callable `(seed=0, **config_overrides) -> LlamaForCausalLM`: a fresh 4-block, hidden-32 model.
+
+    The same seed gives identical weights; the global torch RNG is left untouched. The model is in
+    eval mode, as `from_pretrained` returns it.
+    """
+
+    def make(seed: int = 0, **overrides: Any) -> LlamaForCausalLM:
+        config = LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=64,
+            vocab_size=len(tiny_tokenizer),
+            max_position_embeddings=256,
+            pad_token_id=tiny_tokenizer.pad_token_id,
+            eos_token_id=tiny_tokenizer.eos_token_id,
+            bos_token_id=None,
+            tie_word_embeddings=False,
+            **overrides,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+        model.generation_config.pad_token_id = tiny_tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
+        return model.eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def save_tiny(
+    tiny_tokenizer: PreTrainedTokenizerFast, tiny_model_factory: Callable[..., LlamaForCausalLM]
+) -> Callable[..., Path]:
+    """Callable `(folder, model=None, seed=0) -> Path`: saves tokenizer + model (fresh if None)."""
+
+    def save(folder: str | Path, model: LlamaForCausalLM | None = None, seed: int = 0) -> Path:
+        folder = Path(folder)
+        (model if model is not None else tiny_model_factory(seed=seed)).save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
+        return folder
+
+    return save
