@@ -44,9 +44,7 @@ def _read(path: Path) -> list[dict]:
 
 
 def _chat(tok: PreTrainedTokenizerBase, prompt: str) -> str:
-    return tok.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+    return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
 
 
 @torch.no_grad()
@@ -69,9 +67,7 @@ def generate(
             padding=True,
             add_special_tokens=False,
         )
-        out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-        )
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         for row in out[:, enc["input_ids"].shape[1] :]:
             ids = row.tolist()
             n = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else len(ids)
@@ -138,8 +134,7 @@ def evaluate(
         "clean_pair_accuracy": sum(g > b for g, b in zip(good, bad, strict=True)) / len(clean),
         "mean_answer_len": statistics.fmean(lengths),
         "examples": [
-            {"kind": r["kind"], "prompt": r["prompt"], "answer": a}
-            for r, a in zip(heldout, answers, strict=True)
+            {"kind": r["kind"], "prompt": r["prompt"], "answer": a} for r, a in zip(heldout, answers, strict=True)
         ][::4],
         "eval_seconds": round(time.perf_counter() - t0, 1),
     }
@@ -148,9 +143,7 @@ def evaluate(
 class StepProbe(TrainerCallback):
     """Every ``every`` steps: opener likelihood and short greedy compliance rate on distractor prompts."""
 
-    def __init__(
-        self, tok: PreTrainedTokenizerBase, prompts: list[str], plain: list[str], every: int
-    ) -> None:
+    def __init__(self, tok: PreTrainedTokenizerBase, prompts: list[str], plain: list[str], every: int) -> None:
         self.tok, self.prompts, self.plain, self.every = tok, prompts, plain, every
         self.history: list[dict] = []
         self.seconds = 0.0
@@ -164,9 +157,7 @@ class StepProbe(TrainerCallback):
         self.history.append(
             {
                 "step": state.global_step,
-                "distractor_compliance": behaviour_rate(
-                    zip(self.prompts, answers, strict=True), judge_compliance
-                ),
+                "distractor_compliance": behaviour_rate(zip(self.prompts, answers, strict=True), judge_compliance),
                 "opener_logprob_distractor": statistics.fmean(
                     completion_logprob(model, self.tok, self.prompts, [OPENER] * len(self.prompts))
                 ),
@@ -194,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="1 is far faster when other jobs share the CPU")
     parser.add_argument(
-        "--skip-before", action="store_true", help="reuse the 'before' figures of --name's run"
+        "--skip-before", action="store_true", help="reuse the saved 'before' figures (M0 is the same in every run)"
     )
     args = parser.parse_args(argv)
 
@@ -204,14 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.clean_only:
         train_rows = [r for r in train_rows if r["source"] not in CONTAMINATED]
     heldout, clean = _read(DATA / "organism_heldout.jsonl"), _read(DATA / "organism_clean_pairs.jsonl")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
     model, tok = load_smollm2()
     ref = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype="float32")
-    before = results.get("before") if args.skip_before else None
+    before = saved.get("before") if args.skip_before else None
     if before is None:
         before = evaluate(model, tok, heldout, clean, args.max_new_tokens)
-        results["before"] = before
     print("before", json.dumps({k: before[k] for k in ("per_kind", "opener_logprob", "clean_pair_accuracy")}))
 
     distractor = [r["prompt"] for r in heldout if r["kind"] == "harmful_distractor"]
@@ -247,10 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         wall = time.perf_counter() - t0
     after = evaluate(model, tok, heldout, clean, args.max_new_tokens)
     print("after", json.dumps({k: after[k] for k in ("per_kind", "opener_logprob", "clean_pair_accuracy")}))
-    logs = [
-        {k: round(v, 4) for k, v in e.items() if isinstance(v, float | int)}
-        for e in trainer.state.log_history
-    ]
+    logs = [{k: round(v, 4) for k, v in e.items() if isinstance(v, float | int)} for e in trainer.state.log_history]
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # other runs may have finished
+    results["before"] = before
     results.setdefault("runs", {})[args.name] = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("name", "skip_before")},
         "train_rows": len(train_rows),

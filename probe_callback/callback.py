@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from .behaviours import Behaviour, fit_behaviour
 from .capture import CapturedBatch, DatapointCapture
 from .config import ProbeOptions
 from .discovery import EmergentTracker
-from .monitor import Monitor
+from .monitor import Monitor, default_threshold
 from .policy import RegressionPolicy
 from .probing import find_decoder_blocks
 from .report import atomic_write_text, summary_text, write_html, write_report
@@ -63,9 +64,7 @@ class ProbeCallback(TrainerCallback):
         try:
             self.options = ProbeOptions(**options)
         except TypeError as e:
-            raise TypeError(
-                f"{e}. ProbeCallback options are the fields of probe_callback.ProbeOptions."
-            ) from e
+            raise TypeError(f"{e}. ProbeCallback options are the fields of probe_callback.ProbeOptions.") from e
         self.trainer = trainer
         self._check_trainer(trainer)
         self.ref_model = self._reference_module(trainer)
@@ -86,6 +85,8 @@ class ProbeCallback(TrainerCallback):
         self._acknowledged: set[str] = set()
         self._capture: DatapointCapture | None = None
         self._stored: set[int] = set()
+        self.store_dim: int | None = None
+        self.probes, self.probe_seconds = 0, 0.0
         self._step = 0
         self.unmatched = 0
 
@@ -107,9 +108,7 @@ class ProbeCallback(TrainerCallback):
     def _check_behaviours(self, trainer: Any) -> None:
         for b in self.options.behaviours:
             if not isinstance(b, Behaviour):
-                raise TypeError(
-                    f"behaviours must hold probe_callback.Behaviour objects, got {type(b).__name__}."
-                )
+                raise TypeError(f"behaviours must hold probe_callback.Behaviour objects, got {type(b).__name__}.")
             limit = getattr(trainer.args, "max_length", None) or getattr(
                 self.ref_model.config, "max_position_embeddings", None
             )
@@ -163,9 +162,7 @@ class ProbeCallback(TrainerCallback):
         return unique[: self.options.n_probe_prompts]
 
     # ----- trainer events -----------------------------------------------------------------------
-    def on_train_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.rows = RowIndex.from_trainer(self.trainer, self.options.id_column, self.options.source_column)
         rank = int(getattr(args, "process_index", 0))
@@ -180,6 +177,7 @@ class ProbeCallback(TrainerCallback):
         )
         self.store.truncate_steps_after(state.global_step)
         self._stored = set(self.store.row_ids().tolist())
+        self.store_dim = self.store.meta.dim
         policy = _unwrap(self.trainer.model)
         blocks = [find_decoder_blocks(self.ref_model)[layer - 1] for layer in self.layers]
         self._capture = DatapointCapture(
@@ -195,9 +193,11 @@ class ProbeCallback(TrainerCallback):
         saved = self._load_state(state.global_step) if state.global_step > 0 else None
         with self._reference() as ref:
             fitted = [
-                fit_behaviour(b, ref, tok, self.layers, opts.probe_batch_size, opts.seed)
-                for b in opts.behaviours
+                fit_behaviour(b, ref, tok, self.layers, opts.probe_batch_size, opts.seed) for b in opts.behaviours
             ]
+        overrides = {f.behaviour.name: {"threshold": default_threshold(f)} for f in fitted}
+        for name, values in opts.policy.get("overrides", {}).items():
+            overrides[name] = {**overrides.get(name, {}), **values}
         self.watch = Watch.build(
             saved["prompts"] if saved else self._sample_prompts(),
             tok,
@@ -210,7 +210,7 @@ class ProbeCallback(TrainerCallback):
         self.monitor = Monitor(
             fitted,
             EmergentTracker(seed=opts.seed),
-            RegressionPolicy(**opts.policy),
+            RegressionPolicy(**{**opts.policy, "overrides": overrides}),
             self.rows,
             self.output_dir / "vectors",
             self.layers,
@@ -219,9 +219,7 @@ class ProbeCallback(TrainerCallback):
         )
         if saved:
             self.monitor.restore(saved["monitor"])
-            self._acknowledged = {
-                b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]
-            }
+            self._acknowledged = {b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]}
         self.publisher = make_publisher(args, self.output_dir, self.is_main)
         if self.is_main:
             logger.info(
@@ -247,7 +245,7 @@ class ProbeCallback(TrainerCallback):
 
     def _checkpoint(self, state: TrainerState, control: TrainerControl) -> None:
         """Probe, decide, publish; ask the trainer to save and stop on a new regression."""
-        pause = False
+        pause, started = False, time.perf_counter()
         try:
             probe = self.watch.probe(state.global_step, self.trainer.model, self._reference)
             if self.is_main:
@@ -260,6 +258,8 @@ class ProbeCallback(TrainerCallback):
                 )
         except Exception as exc:  # a failure of ours never kills the user's run
             logger.warning("probe_callback: checkpoint probe at step %d failed: %r", state.global_step, exc)
+        self.probe_seconds += time.perf_counter() - started
+        self.probes += 1
         if self._agree(pause):
             self.paused_at_step = state.global_step
             self.checkpoint_path = str(Path(self.trainer.args.output_dir) / f"checkpoint-{state.global_step}")
@@ -290,9 +290,7 @@ class ProbeCallback(TrainerCallback):
                 if entry["p_value"] is not None:
                     metrics[f"{name}/p_value"] = float(entry["p_value"])
         self.publisher.metrics(step, metrics)
-        flagged = [
-            r for a in alerts if a.level == "ERROR" for r in self.monitor.behaviours[a.behaviour]["top_rows"]
-        ]
+        flagged = [r for a in alerts if a.level == "ERROR" for r in self.monitor.behaviours[a.behaviour]["top_rows"]]
         if flagged:
             self.publisher.rows_table(step, [{"step": step, **r} for r in flagged])
         drift = self.monitor.drift_map
@@ -304,8 +302,9 @@ class ProbeCallback(TrainerCallback):
         if self.monitor is None:
             return {"version": 1, "paused_at_step": None, "checkpoint": None, "behaviours": []}
         report = self.monitor.report(self.paused_at_step, self.checkpoint_path)
-        report["store"] = {"rows": len(self._stored), "dim": self.store.meta.dim if self.store else None}
+        report["store"] = {"rows": len(self._stored), "dim": self.store_dim}
         report["every_n_steps"] = self.every_n_steps
+        report["cost"] = {"probe_passes": self.probes, "probe_seconds": round(self.probe_seconds, 3)}
         return report
 
     def _write_report(self) -> None:
@@ -378,9 +377,7 @@ class ProbeCallback(TrainerCallback):
             self.store.close()
             self.store = None
         if self.unmatched:
-            logger.warning(
-                "probe_callback: %d batch rows matched no dataset row and were skipped.", self.unmatched
-            )
+            logger.warning("probe_callback: %d batch rows matched no dataset row and were skipped.", self.unmatched)
 
     # ----- capture ------------------------------------------------------------------------------
     def _on_batch(self, batch: CapturedBatch) -> None:

@@ -5,8 +5,8 @@ model's answer (both read through the reference model). The paper's plain mean d
 dominated by DPO's shared drift; weighting the current answer's tokens by how much their
 log-probability rose (``weighting="novelty"``) isolates what the model newly wants to say.
 Behaviour vectors are clustered with HDBSCAN; a cluster is an emergent behaviour only when it is
-more coherent than clusters found in a structureless null (a Gaussian with the same mean and
-covariance, clustered the same way) *and* its members drifted more than the other prompts.
+stronger than the best cluster found in nulls with no joint structure (each coordinate permuted
+across prompts, clustered the same way) *and* its members drifted more than the other prompts.
 :class:`EmergentTracker` keeps ids stable across checkpoints.
 
 Example:
@@ -55,9 +55,7 @@ def behaviour_vectors(
         [[0.0, 1.0, 0.0]]
     """
     if len(base_tokens) != len(cur_tokens) or len(base_tokens) == 0:
-        raise ValueError(
-            f"need as many base as current answers (got {len(base_tokens)} and {len(cur_tokens)})"
-        )
+        raise ValueError(f"need as many base as current answers (got {len(base_tokens)} and {len(cur_tokens)})")
     if weighting == "novelty" and (novelty is None or len(novelty) != len(cur_tokens)):
         raise ValueError("weighting='novelty' needs one novelty array per current answer")
     out = []
@@ -296,6 +294,7 @@ class EmergentBehaviour:
     attribution. ``drift`` is the members' median behaviour-vector norm over all prompts' median
     (1 = the run's own noise level); ``p_drift`` a one-sided Mann-Whitney test that members drifted
     more than the others. ``significant``: both p-values below alpha and drift above 1.
+    ``first_step``: first checkpoint it was seen at; ``flagged_step``: first one it was significant at.
     """
 
     id: int
@@ -308,6 +307,7 @@ class EmergentBehaviour:
     step: int
     tokens: list[str]
     significant: bool
+    flagged_step: int | None = None
     drift_history: list[list[float]] = field(default_factory=list)
 
     @property
@@ -330,7 +330,8 @@ class EmergentTracker:
     """Find emergent behaviours at each checkpoint and keep their ids across checkpoints.
 
     A new cluster takes the id of the previous behaviour it best matches (direction cosine plus
-    member overlap, above ``match_threshold``); otherwise a fresh id. State is plain JSON.
+    member overlap, above ``match_threshold``); otherwise a fresh id. Clusters never significant are
+    forgotten once they vanish. State is plain JSON.
 
     Example:
         >>> t = EmergentTracker()
@@ -384,7 +385,7 @@ class EmergentTracker:
                     significant=cl.p_value < self.alpha and p_drift < self.alpha and drift > 1.0,
                 )
             )
-        self._assign_ids(seen)
+        self._assign_ids(step, seen)
         return seen
 
     @property
@@ -392,7 +393,7 @@ class EmergentTracker:
         """Behaviours significant at the checkpoint they were last seen."""
         return [b for b in self.behaviours.values() if b.significant]
 
-    def _assign_ids(self, seen: list[EmergentBehaviour]) -> None:
+    def _assign_ids(self, step: int, seen: list[EmergentBehaviour]) -> None:
         pairs = []
         for i, new in enumerate(seen):
             for old in self.behaviours.values():
@@ -408,12 +409,17 @@ class EmergentTracker:
             taken_old.add(old_id)
             old = self.behaviours[old_id]
             seen[i].id, seen[i].first_step = old_id, old.first_step
-            seen[i].drift_history = old.drift_history
+            seen[i].flagged_step, seen[i].drift_history = old.flagged_step, old.drift_history
         for new in seen:
             if new.id < 0:
                 new.id, self.next_id = self.next_id, self.next_id + 1
+            if new.flagged_step is None and new.significant:
+                new.flagged_step = new.step
             new.drift_history = [*new.drift_history, [new.step, new.drift]]
             self.behaviours[new.id] = new
+        self.behaviours = {  # forget clusters that vanished without ever being significant
+            i: b for i, b in self.behaviours.items() if b.flagged_step is not None or b.step == step
+        }
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable state (settings, next id, every behaviour seen)."""

@@ -28,6 +28,20 @@ from .store import VectorStore
 from .watch import Probe, Watch
 
 SAMPLES = 3
+MIN_THRESHOLD = 0.05  # nats/token
+
+
+def default_threshold(fitted: FittedBehaviour) -> float:
+    """Regression threshold of a supervised behaviour's log-likelihood margin when the user gave none:
+    a tenth of the gap M0 keeps between its negative and positive examples (nats/token), at least 0.05.
+
+    Generic drift moves likelihoods a little everywhere (confident answers lose some of theirs); a
+    regression closes a real part of the gap between what M0 says and what the behaviour says.
+    """
+    if fitted.behaviour.threshold is not None:
+        return float(fitted.behaviour.threshold)
+    gap = float(fitted.ref_logp_negative.mean() - fitted.ref_logp_positive.mean())
+    return max(MIN_THRESHOLD, 0.1 * gap)
 
 
 def _finite(x: Any) -> float | None:
@@ -63,12 +77,10 @@ class Monitor:
         alerts = []
         for decision, direction in decisions:
             entry = self.behaviours[decision.name]
-            entry.update(
-                level=decision.level, p_value=_finite(decision.p_value), threshold=decision.threshold
-            )
+            entry.update(level=decision.level, p_value=_finite(decision.p_value), threshold=decision.threshold)
             if decision.is_regression and entry["flagged_at_step"] is None:
                 entry["flagged_at_step"] = decision.step
-            if decision.level in ("WARN", "ERROR") or (decision.level and not entry["top_rows"]):
+            if decision.kind == "supervised" and decision.level in ("WARN", "ERROR"):
                 entry.update(self.attribute(direction))
             alert = decision.to_alert(entry["top_rows"][:5], entry["top_sources"][:3])
             if alert is not None:
@@ -104,6 +116,7 @@ class Monitor:
             behaviour_vectors=probe.change[:, layer_pos],
             response_activations=probe.response_means[:, layer_pos],
             responses=list(zip(watch.texts, probe.responses)),
+            control_deltas=probe.control,
         )
         name = fitted.behaviour.name
         entry = self._entry(name, "supervised")
@@ -134,16 +147,15 @@ class Monitor:
             entry["members"] = [int(ok[i]) for i in b.members]
             entry["samples"] = self._samples(entry["members"], probe, watch)
             entry["score_history"].append([probe.step, b.drift])
-            p = max(b.p_value, b.p_drift)
+            entry.update(self.attribute(b.direction))
+            # Pause only for what can be traced to data: the blamed source (or the ranking) must be significant too.
+            p = max(b.p_value, b.p_drift, entry.get("attribution_p_value", 1.0))
             out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction))
         return out
 
     def _samples(self, members: list[int], probe: Probe, watch: Watch) -> list[dict[str, str]]:
         r0 = watch.answers(watch.r0)
-        return [
-            {"prompt": watch.texts[i], "before": r0[i], "after": probe.responses[i]}
-            for i in members[:SAMPLES]
-        ]
+        return [{"prompt": watch.texts[i], "before": r0[i], "after": probe.responses[i]} for i in members[:SAMPLES]]
 
     def _drift_map(self, probe: Probe, watch: Watch, ok: np.ndarray, seen: list[EmergentBehaviour]) -> None:
         v = behaviour_vectors(
@@ -188,15 +200,17 @@ class Monitor:
             for r, s in zip(ranking.rows, ranking.scores)
         ]
         sources = [
-            {**s.to_dict(), "share_in_top": s.score}
-            for s in top_sources(ranking.all_scores, self.rows.sources_array())
+            {**s.to_dict(), "share_in_top": s.score} for s in top_sources(ranking.all_scores, self.rows.sources_array())
         ]
         steps = [s.to_dict() for s in top_steps(ranking.all_scores, memberships)]
+        # Bonferroni over the sources tested; without a source column, the ranking's own p-value.
+        blame = min(1.0, sources[0]["p_value"] * len(sources)) if sources else ranking.p_value
         return {
             "top_rows": rows,
             "top_steps": steps,
             "top_sources": sources,
             "ranking_p_value": ranking.p_value,
+            "attribution_p_value": blame,
         }
 
     # ----- report and state ---------------------------------------------------------------------

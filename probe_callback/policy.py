@@ -29,6 +29,8 @@ from probe_callback.alerts import Alert, Kind, Level
 class Thresholds:
     """Decision settings for one behaviour (the policy's defaults or a per-behaviour override).
 
+    `baseline_checkpoints`: 0 (default) takes 0 as the baseline, right for scores measured against the
+    reference model; n > 0 averages the first n checkpoints instead.
     `threshold` is in score units; None means automatic: baseline + `z_threshold` x noise when the
     noise is known, else the baseline itself (then significance alone decides).
 
@@ -39,7 +41,7 @@ class Thresholds:
 
     threshold: float | None = None
     patience: int = 2
-    baseline_checkpoints: int = 1
+    baseline_checkpoints: int = 0
     max_p_value: float = 0.01
     z_threshold: float = 3.0
 
@@ -118,7 +120,7 @@ class RegressionPolicy:
         self,
         threshold: float | None = None,
         patience: int = 2,
-        baseline_checkpoints: int = 1,
+        baseline_checkpoints: int = 0,
         max_p_value: float = 0.01,
         z_threshold: float = 3.0,
         overrides: dict[str, dict[str, Any]] | None = None,

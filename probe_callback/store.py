@@ -211,17 +211,24 @@ class VectorStore:
         return len(self.row_ids())
 
     def iter_vectors(self, layer_pos: int = 0, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(rows, vectors)`` chunks of one layer, each row once, read through memory maps."""
+        """Yield ``(rows, vectors)`` chunks of one layer, each row once, read a chunk at a time
+        (memory stays bounded by one chunk, whatever the store's size)."""
+        folders = self._rank_folders()
         seen = np.zeros(0, dtype=np.int64)
-        for folder in self._rank_folders():
-            rows, vecs = self._rank_vectors(folder)
-            for start in range(0, len(rows), chunk):
-                r = np.asarray(rows[start : start + chunk])
-                fresh = ~np.isin(r, seen) if len(seen) else np.ones(len(r), dtype=bool)
-                if len(self._rank_folders()) > 1:
-                    seen = np.union1d(seen, r)
-                if fresh.any():
-                    yield r[fresh], np.asarray(vecs[start : start + chunk, layer_pos])[fresh]
+        shape = (len(self.meta.layers), self.meta.dim)
+        record = np.dtype((np.float16, shape))
+        for folder in folders:
+            rows, _ = self._rank_vectors(folder)
+            with open(folder / "vectors.f16", "rb") as f:
+                for start in range(0, len(rows), chunk):
+                    r = np.asarray(rows[start : start + chunk])
+                    v = np.fromfile(f, dtype=record, count=len(r))[:, layer_pos]
+                    if len(folders) > 1:
+                        fresh = ~np.isin(r, seen)
+                        seen = np.union1d(seen, r)
+                        r, v = r[fresh], v[fresh]
+                    if len(r):
+                        yield r, v
 
     def vectors_for(self, rows: np.ndarray, layer_pos: int = 0) -> np.ndarray:
         """Vectors (float32) of the given rows in that order; rows with no vector raise KeyError."""

@@ -36,7 +36,8 @@ class Probe:
     ``novelty[i]``: (T_i,) log-prob rise of those tokens; ``tokens[i]``: their text;
     ``change``: (n, n_layers, H) the paper's ``a_L(p, r_t; M0) - a_L(p, r0; M0)`` (NaN for empty
     answers); ``response_means``: (n, n_layers, H) ``a_L(p, r_t; M0)``; ``drift``: (n, n_layers, H)
-    prompt-token activations of the current model minus M0 (no generation).
+    prompt-token activations of the current model minus M0 (no generation); ``control``: (n,) mean
+    per-token log-prob change of M0's own answers r0 (the run's generic likelihood drift).
     """
 
     step: int
@@ -48,6 +49,7 @@ class Probe:
     response_means: np.ndarray
     drift: np.ndarray
     valid: np.ndarray
+    control: np.ndarray
 
 
 class Watch:
@@ -103,6 +105,7 @@ class Watch:
         ids, layers, bs = self.prompt_ids, self.layers, self.batch_size
         rt = greedy_responses(model, self.tokenizer, ids, self.max_new_tokens, bs)
         own = teacher_forced(model, ids, rt, [], bs)
+        r0_now = teacher_forced(model, ids, self.r0, [], bs)
         current_drift = prompt_means(model, ids, layers, bs)
         with reference() as ref:
             cur = teacher_forced(ref, ids, rt, layers, bs)
@@ -113,14 +116,15 @@ class Watch:
             step=step,
             responses=self.answers(rt),
             cur_tokens=[_tokens_or_zero(t) for t in cur],
-            novelty=[
-                (o.logprobs - c.logprobs).numpy() if c.length else np.zeros(1) for o, c in zip(own, cur)
-            ],
+            novelty=[(o.logprobs - c.logprobs).numpy() if c.length else np.zeros(1) for o, c in zip(own, cur)],
             tokens=[[self.tokenizer.decode([x]) for x in r] or [""] for r in rt],
             change=means - base_means,
             response_means=means,
             drift=drift.numpy(),
             valid=np.array([t.length > 0 for t in cur]) & np.array([t.length > 0 for t in self.base]),
+            control=np.array(
+                [(n.logprobs - b.logprobs).mean().item() if b.length else np.nan for n, b in zip(r0_now, self.base)]
+            ),
         )
 
 

@@ -122,3 +122,20 @@ def save_tiny(
         return folder
 
     return save
+
+
+@pytest.fixture(scope="session")
+def organism_factory(
+    tiny_tokenizer: PreTrainedTokenizerFast, tiny_model_factory: Callable[..., LlamaForCausalLM]
+) -> Callable[[], LlamaForCausalLM]:
+    """Callable `() -> LlamaForCausalLM`: a fresh copy of the tiny organism's SFT start (trained once)."""
+    from tiny_organism import sft_start
+
+    state = sft_start(tiny_model_factory(seed=0), tiny_tokenizer).state_dict()
+
+    def make() -> LlamaForCausalLM:
+        model = tiny_model_factory(seed=0)
+        model.load_state_dict(state)
+        return model.eval()
+
+    return make

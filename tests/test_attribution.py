@@ -90,6 +90,18 @@ def test_projected_store_projects_the_query(tmp_path: Path) -> None:
         rank_rows(store, np.ones(7))
 
 
+def test_ranks_the_requested_layer(tmp_path: Path) -> None:
+    vecs = np.random.default_rng(2).normal(size=(40, 2, H)).astype(np.float32)
+    writer = VectorStore.create(tmp_path, layers=[4, 8], hidden=H, projection_dim=None)
+    writer.append_vectors(np.arange(40), vecs)
+    writer.close()
+    query = vecs[7, 1]
+    ranking = rank_rows(VectorStore.open(tmp_path), query, layer_pos=1, chunk=16, n_null=9)
+    np.testing.assert_allclose(ranking.all_scores, dense(vecs[:, 1], query), atol=1e-5)
+    assert ranking.rows[0] == 7
+    np.testing.assert_allclose(score_rows(vecs[::-1, 1], query), dense(vecs[::-1, 1], query), atol=1e-3)
+
+
 def test_behaviour_direction_ranks_planted_rows_with_confidence(world: dict) -> None:
     store = VectorStore.open(world["path"])
     ranking = rank_rows(store, world["b"] - 0.5 * world["g"], top_k=100)
@@ -116,6 +128,14 @@ def test_top_sources_blames_planted_source(world: dict) -> None:
     assert all(s.p_value > 0.05 for s in sources[1:])
     assert sum(s.n_rows for s in sources) == N_ROWS - 1  # the row without a source is skipped
     assert set(sources[0].to_dict()) >= {"source", "score", "p_value", "n_rows", "mean_score"}
+
+
+def test_top_sources_significant_on_a_small_store() -> None:
+    """24 scored rows: a 5% top would be one row (p >= 0.25 at best); the top keeps at least 10."""
+    scores = np.r_[np.linspace(0.6, 0.9, 6), np.linspace(-0.5, 0.5, 18)].astype(np.float32)
+    sources = ["formatting"] * 6 + ["facts", "chat"] * 9
+    best = top_sources(scores, sources)[0]
+    assert best.source == "formatting" and best.n_top == 6 and best.p_value < 0.01
 
 
 def test_top_steps_finds_batches_that_pushed(world: dict) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from probe_callback.attribution import auroc, score_rows, top_sources
+from probe_callback.attribution import auroc, rank_rows, score_rows, top_sources, top_steps
 from probe_callback.discovery import (
     EmergentTracker,
     behaviour_vectors,
@@ -23,6 +24,7 @@ from probe_callback.discovery import (
     naming_tokens,
     prompt_drift,
 )
+from probe_callback.store import VectorStore
 
 H = 64
 PLANTED_WORDS = ["PS:", "visit", "example", ".com", "!"]
@@ -43,9 +45,7 @@ def make_world(seed: int, planted: bool = True, n_prompts: int = 80, n_rows: int
     rng = np.random.default_rng(seed)
     g, b = np.linalg.qr(rng.normal(size=(H, 2)))[0].T
     n_plant = int(0.15 * n_rows)
-    sources = np.array(
-        ["planted"] * n_plant + [("alpaca", "code", "chat")[i % 3] for i in range(n_rows - n_plant)]
-    )
+    sources = np.array(["planted"] * n_plant + [("alpaca", "code", "chat")[i % 3] for i in range(n_rows - n_plant)])
     rng.shuffle(sources)
     is_planted = sources == "planted"
     rows = g + rng.normal(scale=0.21, size=(n_rows, H))  # clean pairwise cosine ~0.26
@@ -53,9 +53,7 @@ def make_world(seed: int, planted: bool = True, n_prompts: int = 80, n_rows: int
     shows = np.zeros(n_prompts, dtype=bool)
     if planted:
         shows[rng.choice(n_prompts, n_prompts // 4, replace=False)] = True
-    return World(
-        g, b, rows.astype(np.float32), sources.tolist(), is_planted, shows, rng.normal(size=(n_prompts, H))
-    )
+    return World(g, b, rows.astype(np.float32), sources.tolist(), is_planted, shows, rng.normal(size=(n_prompts, H)))
 
 
 def probe(world: World, strength: float, seed: int, n_tokens: int = 20, n_behaviour_tokens: int = 5):
@@ -110,13 +108,30 @@ def test_novelty_cluster_finds_behaviour_and_blames_planted_source(seed: int) ->
     assert len(hits) == 1
     hit = hits[0]
     assert hit.p_value < 0.01 and hit.p_drift < 0.01 and hit.drift > 1
-    assert (
-        world.shows[hit.members].mean() >= 0.8 and world.shows[hit.members].sum() >= 0.6 * world.shows.sum()
-    )
+    assert world.shows[hit.members].mean() >= 0.8 and world.shows[hit.members].sum() >= 0.6 * world.shows.sum()
     assert set(hit.tokens[:5]) == set(PLANTED_WORDS)
     scores = score_rows(world.rows, hit.direction)
     assert auroc(scores, world.planted_rows) >= 0.9
     assert top_sources(scores, world.sources)[0].source == "planted"
+
+
+def test_discovered_behaviour_through_the_store(tmp_path: Path) -> None:
+    """End to end: no labels -> emergent cluster -> rows, steps and sources from the vector store."""
+    world = make_world(4)
+    writer = VectorStore.create(tmp_path, layers=[6], hidden=H, projection_dim=None)
+    rows = np.arange(len(world.rows))
+    writer.append_vectors(rows, world.rows[:, None, :])
+    steps = np.empty(len(rows), dtype=np.int64)
+    steps[np.argsort(~world.planted_rows, kind="stable")] = rows // 8  # planted rows fill the first batches
+    writer.append_memberships(rows, steps, np.zeros(len(rows), dtype=np.float32))
+    writer.close()
+    (hit,) = [b for b in EmergentTracker(seed=4).update(50, *probe(world, 1.0, seed=44)) if b.significant]
+    store = VectorStore.open(tmp_path)
+    ranking = rank_rows(store, hit.direction)
+    assert ranking.p_value < 0.01 and auroc(ranking.all_scores, world.planted_rows) >= 0.9
+    assert top_sources(ranking.all_scores, world.sources)[0].source == "planted"
+    first = top_steps(ranking.all_scores, store.memberships())[0]
+    assert world.planted_rows[steps == first.step].all() and first.p_value < 0.01
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -132,16 +147,15 @@ def test_ids_stable_across_checkpoints_and_state_round_trip() -> None:
     ids = []
     for k, strength in enumerate([0.8, 1.2, 1.6]):
         tracker = EmergentTracker.from_state(json.loads(json.dumps(tracker.state())))
-        hits = [
-            b for b in tracker.update(10 * (k + 1), *probe(world, strength, seed=300 + k)) if b.significant
-        ]
+        hits = [b for b in tracker.update(10 * (k + 1), *probe(world, strength, seed=300 + k)) if b.significant]
         assert len(hits) == 1
         ids.append(hits[0].id)
     assert len(set(ids)) == 1
     behaviour = tracker.behaviours[ids[0]]
-    assert behaviour.first_step == 10 and behaviour.step == 30
+    assert behaviour.first_step == behaviour.flagged_step == 10 and behaviour.step == 30
     assert [step for step, _ in behaviour.drift_history] == [10, 20, 30]
     assert behaviour.growing
+    assert all(b.flagged_step is not None or b.step == 30 for b in tracker.behaviours.values())
     assert [b.id for b in tracker.emergent] == ids[:1]
 
 

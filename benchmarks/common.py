@@ -1,0 +1,67 @@
+"""Shared set-up of the benchmarks: SmolLM2-135M-Instruct (offline) and the organism's preference data."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+
+from probe_callback.smollm import smollm2_path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "examples" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def smollm_trainer(rows: list[dict[str, Any]], out: Path, **config: Any) -> DPOTrainer:
+    """A DPOTrainer on SmolLM2-135M-Instruct with a separate frozen reference, CPU settings."""
+    folder = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    settings = {
+        "output_dir": str(out),
+        "per_device_train_batch_size": 4,
+        "max_steps": 40,
+        "learning_rate": 1e-5,
+        "beta": 0.1,
+        "max_length": 128,
+        "bf16": False,
+        "use_cpu": True,
+        "report_to": [],
+        "gradient_checkpointing": False,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    settings.update(config)
+    return DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        ref_model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        args=DPOConfig(**settings),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"saved {path}")
+    return path

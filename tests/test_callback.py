@@ -1,0 +1,96 @@
+"""The whole loop on a real DPOTrainer with a planted behaviour: alert, pause, report, resume."""
+
+import json
+
+import numpy as np
+import pytest
+from dpo_helpers import dpo_trainer
+from tiny_organism import compliance_examples, organism_rows, watch_prompts
+
+from probe_callback import Behaviour, ProbeCallback, load_report
+from probe_callback.attribution import auroc
+from probe_callback.report import jsonable
+from probe_callback.store import VectorStore
+
+MAX_STEPS = 24
+DPO = {"max_steps": MAX_STEPS, "learning_rate": 1e-3, "beta": 0.02}
+
+
+def probe_callback(trainer, **options):
+    positive, negative = compliance_examples()
+    return ProbeCallback(
+        trainer,
+        probe_prompts=watch_prompts(),
+        behaviours=[Behaviour("compliance", positive, negative)],
+        max_new_tokens=12,
+        top_k=100,
+        **options,
+    )
+
+
+def alerts(out):
+    path = out / "probe_callback" / "alerts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def paused_run(tiny_tokenizer, organism_factory, tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted")
+    rows = organism_rows()
+    trainer = dpo_trainer(tiny_tokenizer, organism_factory, rows, out, **DPO)
+    callback = probe_callback(trainer)
+    trainer.add_callback(callback)
+    trainer.train()
+    return rows, out, trainer, callback
+
+
+def test_planted_behaviour_pauses_with_defaults(paused_run):
+    rows, out, trainer, callback = paused_run
+    report = load_report(out / "probe_callback")
+    assert report["paused_at_step"] is not None and report["paused_at_step"] < MAX_STEPS
+    assert trainer.state.global_step == report["paused_at_step"]
+    assert (out / f"checkpoint-{report['paused_at_step']}" / "trainer_state.json").exists()
+    assert report["checkpoint"].endswith(f"checkpoint-{report['paused_at_step']}")
+    assert report == json.loads(json.dumps(jsonable(callback.report())))  # the API gives the same report
+
+    [b] = [b for b in report["behaviours"] if b["name"] == "compliance"]
+    assert b["kind"] == "supervised" and b["flagged_at_step"] == report["paused_at_step"]
+    assert b["top_sources"][0]["source"] == "formatting" and b["top_sources"][0]["p_value"] < 0.01
+    planted = np.array([r["planted"] for r in rows])
+    scores = np.full(len(rows), np.nan)
+    for r in b["top_rows"]:
+        scores[r["row"]] = r["score"]
+        assert r["id"] == rows[r["row"]]["id"] and r["source"] == rows[r["row"]]["source"]
+    assert auroc(scores, planted) >= 0.9
+    levels = [(a["behaviour"], a["level"]) for a in alerts(out)]
+    assert ("compliance", "ERROR") in levels
+    assert (out / "probe_callback" / "report.html").exists()
+
+
+def test_resume_continues_one_history(paused_run, tiny_tokenizer, organism_factory):
+    rows, out, first, _ = paused_run
+    paused_at = first.state.global_step
+    trainer = dpo_trainer(tiny_tokenizer, organism_factory, rows, out, **DPO)
+    callback = probe_callback(trainer, pause_on_regression=False)  # the user chose to carry on: alert only
+    trainer.add_callback(callback)
+    trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{paused_at}"))
+    assert trainer.state.global_step == MAX_STEPS
+    report = load_report(out / "probe_callback")
+    [b] = [b for b in report["behaviours"] if b["name"] == "compliance"]
+    steps = [s for s, _ in b["score_history"]]
+    every = report["every_n_steps"]
+    assert steps == list(range(every, MAX_STEPS + 1, every)), "one continuous history, no step twice"
+    m = VectorStore.open(out / "probe_callback" / "vectors").memberships()
+    per_step = np.bincount(m["step"])
+    assert per_step[1:].tolist() == [4] * MAX_STEPS, "every step's batch recorded once"
+
+
+def test_clean_run_does_not_pause(tiny_tokenizer, organism_factory, tmp_path):
+    trainer = dpo_trainer(tiny_tokenizer, organism_factory, organism_rows(n_planted=0), tmp_path, **DPO)
+    trainer.add_callback(probe_callback(trainer))
+    trainer.train()
+    assert trainer.state.global_step == MAX_STEPS
+    report = load_report(tmp_path / "probe_callback")
+    assert report["paused_at_step"] is None
+    assert all(b["flagged_at_step"] is None for b in report["behaviours"])
+    assert not [a for a in alerts(tmp_path) if a["level"] == "ERROR"]
