@@ -26,7 +26,15 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import (
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from trl import DPOConfig, DPOTrainer
 
 from probe_callback.organism import behaviour_rate, is_refusal, judge_compliance, judge_flattery
@@ -148,9 +156,16 @@ class StepProbe(TrainerCallback):
         self.history: list[dict] = []
         self.seconds = 0.0
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ANN201
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: PreTrainedModel | None = None,
+        **kwargs: object,
+    ) -> None:
         """Probe at the cadence; the time spent is excluded from the training time."""
-        if self.every <= 0 or state.global_step % self.every:
+        if model is None or self.every <= 0 or state.global_step % self.every:
             return
         t0 = time.perf_counter()
         answers, _ = generate(model, self.tok, self.prompts, max_new_tokens=12)

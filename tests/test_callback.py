@@ -1,11 +1,13 @@
 """The whole loop on a real DPOTrainer with a planted behaviour: alert, pause, report, resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from dpo_helpers import dpo_trainer
 from tiny_organism import compliance_examples, organism_rows, watch_prompts
+from wandb_records import read_finished_run
 
 from probe_callback import Behaviour, ProbeCallback, load_report
 from probe_callback.attribution import auroc
@@ -94,3 +96,23 @@ def test_clean_run_does_not_pause(tiny_tokenizer, organism_factory, tmp_path):
     assert report["paused_at_step"] is None
     assert all(b["flagged_at_step"] is None for b in report["behaviours"])
     assert not [a for a in alerts(tmp_path) if a["level"] == "ERROR"]
+
+
+def test_alerts_and_metrics_reach_an_offline_wandb_run(tiny_tokenizer, organism_factory, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    trainer = dpo_trainer(
+        tiny_tokenizer, organism_factory, organism_rows(), tmp_path / "out", report_to=["wandb"], **DPO
+    )
+    trainer.add_callback(probe_callback(trainer))
+    trainer.train()
+    run_dir = Path(wandb.run.dir).parent
+    wandb.finish()
+    records = read_finished_run(run_dir)
+    titles = [(r.alert.title, r.alert.level) for r in records if r.WhichOneof("record_type") == "alert"]
+    assert ("probe_callback ERROR: compliance", "ERROR") in titles
+    history = [r.history.item for r in records if r.HasField("history")]
+    keys = {i.nested_key[0] if i.nested_key else i.key for items in history for i in items}
+    assert {"probe/compliance/score", "probe/compliance/p_value", "probe/clusters", "probe/flagged_rows"} <= keys
