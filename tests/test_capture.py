@@ -5,7 +5,7 @@ import pytest
 import torch
 from dpo_helpers import dpo_trainer, preference_rows
 
-from probe_callback import ProbeCallback
+from probe_callback import Behaviour, ProbeCallback
 from probe_callback.store import VectorStore
 
 LAYER = 2
@@ -154,6 +154,19 @@ def test_attach_time_errors_name_the_fix(tiny_tokenizer, tiny_model_factory, row
         ProbeCallback(trainer, probe_prompts=[])
     with pytest.raises(TypeError, match="DPOTrainer"):
         ProbeCallback(object())
+    long = Behaviour("long", [("q", "word " * 2000), ("q", "a b")], [("q", "no"), ("q", "nope")])
+    with pytest.raises(ValueError, match="exceed the model context"):
+        ProbeCallback(trainer, behaviours=[long])
+    with pytest.raises(TypeError, match="Behaviour"):
+        ProbeCallback(trainer, behaviours=[("q", "a")])
+    short = Behaviour("short", [("q", "yes"), ("q", "sure")], [("q", "no"), ("q", "nope")])
+    with pytest.raises(ValueError, match="duplicate names"):
+        ProbeCallback(trainer, behaviours=[short, short])
+    reference = trainer.ref_model
+    trainer.ref_model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="decoder blocks"):
+        ProbeCallback(trainer)
+    trainer.ref_model = reference
     trainer.ref_model = None
     with pytest.raises(ValueError, match="ref_model"):
         ProbeCallback(trainer)
