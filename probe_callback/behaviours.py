@@ -82,24 +82,18 @@ class Behaviour:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(
-                f"Behaviour name {self.name!r} is empty: give each behaviour a short unique name."
-            )
+            raise ValueError(f"Behaviour name {self.name!r} is empty: give each behaviour a short unique name.")
         self.positive = _check_examples(self.name, "positive", self.positive)
         self.negative = _check_examples(self.name, "negative", self.negative)
         if self.threshold is not None and not math.isfinite(self.threshold):
-            raise ValueError(
-                f"Behaviour {self.name!r}: threshold {self.threshold!r} must be a finite number or None."
-            )
+            raise ValueError(f"Behaviour {self.name!r}: threshold {self.threshold!r} must be a finite number or None.")
         if self.judge is not None and not callable(self.judge):
             raise ValueError(f"Behaviour {self.name!r}: judge must be a callable (prompt, response) -> bool.")
 
     def encoded(self, tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
         """(prompt ids, response ids) of the positives then the negatives, encoded as the probe pass does."""
         pairs = self.positive + self.negative
-        return [format_prompt(tokenizer, p) for p, _ in pairs], [
-            encode_response(tokenizer, r) for _, r in pairs
-        ]
+        return [format_prompt(tokenizer, p) for p, _ in pairs], [encode_response(tokenizer, r) for _, r in pairs]
 
     def validate_lengths(self, tokenizer: Any, max_length: int) -> None:
         """Raise a `ValueError` listing the examples whose prompt + response exceed `max_length` tokens.
@@ -220,18 +214,14 @@ class FittedBehaviour:
         )
 
 
-def _mean_logps(
-    model: nn.Module, prompts: list[list[int]], responses: list[list[int]], batch_size: int
-) -> np.ndarray:
+def _mean_logps(model: nn.Module, prompts: list[list[int]], responses: list[list[int]], batch_size: int) -> np.ndarray:
     traces = teacher_forced(model, prompts, responses, [], batch_size)
     return np.array([t.logprobs.mean().item() for t in traces])
 
 
 def _fit_probe(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
     """Standardised logistic regression folded back onto raw activations: (coef (H,), intercept, CV acc)."""
-    folds = StratifiedKFold(
-        n_splits=min(5, int(y.sum()), int((1 - y).sum())), shuffle=True, random_state=seed
-    )
+    folds = StratifiedKFold(n_splits=min(5, int(y.sum()), int((1 - y).sum())), shuffle=True, random_state=seed)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     accuracy = float(cross_val_score(pipeline, x, y, cv=folds).mean())
     pipeline.fit(x, y)
@@ -281,9 +271,7 @@ def _welch(a: np.ndarray, b: np.ndarray, min_var: float = 0.0) -> tuple[float, f
     va, vb = max(a.var(ddof=1), min_var) / len(a), max(b.var(ddof=1), min_var) / len(b)
     se = max(math.sqrt(va + vb), _SE_FLOOR)
     t = diff / se
-    df = (
-        (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
-    )
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2
     return diff, se, t, float(stats.t.sf(t, df))
 
 

@@ -28,7 +28,7 @@ from .config import ProbeOptions
 from .discovery import EmergentTracker
 from .monitor import Monitor, default_threshold
 from .policy import RegressionPolicy
-from .probing import find_decoder_blocks
+from .probing import find_decoder_blocks, inference_mode
 from .report import atomic_write_text, summary_text, write_html, write_report
 from .rows import RowIndex
 from .sinks import Publisher, make_publisher
@@ -168,7 +168,7 @@ class ProbeCallback(TrainerCallback):
         rank = int(getattr(args, "process_index", 0))
         hidden = int(self.ref_model.config.get_text_config().hidden_size)
         self.store = VectorStore.create(
-            self.output_dir / "vectors",
+            self._store_dir(state.global_step),
             layers=self.layers,
             hidden=hidden,
             projection_dim=self.options.projection_dim,
@@ -183,10 +183,23 @@ class ProbeCallback(TrainerCallback):
         self._capture = DatapointCapture(
             self.ref_model, blocks, self._on_batch, policy=policy, reference_per_step=not self.precomputed
         ).__enter__()
-        if self.precomputed and len(self._stored) < len(self.trainer.train_dataset):
+        if self.precomputed:
             self._datapoint_pass()
         self.every_n_steps = self.every_n_steps or self._default_cadence(state)
         self._start_monitor(args, state)
+
+    def _store_dir(self, step: int) -> Path:
+        """The store of this dataset; a store written for other data (say, before a mitigation) is set aside."""
+        folder, stamp = self.output_dir / "vectors", self.output_dir / "vectors" / "dataset.txt"
+        if stamp.exists() and stamp.read_text() != self.rows.fingerprint and self.is_main:
+            aside = self.output_dir / f"vectors-before-step-{step}"
+            logger.warning("probe_callback: the training data changed; the old vector store moves to %s", aside)
+            folder.rename(aside)
+        self.trainer.accelerator.wait_for_everyone()
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            stamp.write_text(self.rows.fingerprint)
+        return folder
 
     def _start_monitor(self, args: TrainingArguments, state: TrainerState) -> None:
         tok, opts = self.trainer.processing_class, self.options
@@ -261,16 +274,26 @@ class ProbeCallback(TrainerCallback):
         self.probe_seconds += time.perf_counter() - started
         self.probes += 1
         if self._agree(pause):
+            self._complete_attribution()
             self.paused_at_step = state.global_step
             self.checkpoint_path = str(Path(self.trainer.args.output_dir) / f"checkpoint-{state.global_step}")
             control.should_save = True
             control.should_training_stop = True
         self._write_report()
 
+    def _complete_attribution(self) -> None:
+        """Before pausing: vectors for the rows not trained on yet, then rank every row again."""
+        try:
+            self._datapoint_pass()
+            self._stored = set(VectorStore.open(self.store.path).row_ids().tolist())
+            if self.is_main:
+                self.monitor.reattribute()
+        except Exception as exc:
+            logger.warning("probe_callback: could not rank the rows not trained on yet: %r", exc)
+
     def _agree(self, flag: bool) -> bool:
         """Rank 0's decision, on every rank (so every rank stops at the same step)."""
-        accelerator = getattr(self.trainer, "accelerator", None)
-        if accelerator is None or accelerator.num_processes == 1:
+        if self.trainer.accelerator.num_processes == 1:
             return flag
         from accelerate.utils import broadcast_object_list
 
@@ -396,25 +419,29 @@ class ProbeCallback(TrainerCallback):
             self.store.append_vectors(rows[fresh], diff[fresh])
             self._stored.update(int(r) for r in rows[fresh])
 
-    @torch.no_grad()
     def _datapoint_pass(self) -> None:
-        """One reference pass over the training rows when DPO precomputes its reference log-probs."""
-        trainer, model = self.trainer, self.ref_model
-        device = next(model.parameters()).device
-        bs = trainer.args.per_device_train_batch_size
-        cols = ["prompt_ids", "chosen_ids", "rejected_ids"]
-        ds = trainer.train_dataset.select_columns(cols)
+        """A reference pass over the training rows that have no stored vector yet.
+
+        Made at train begin when DPO precomputes its reference log-probs (no reference forward per
+        step), and at a pause, so the report ranks every row, not only those trained on so far.
+        Ranks split the rows between them.
+        """
+        args, ds = (
+            self.trainer.args,
+            self.trainer.train_dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
+        )
+        todo = [pos for pos, row in enumerate(self.rows.order) if int(row) not in self._stored]
+        todo = todo[args.process_index :: args.world_size]
+        bs = args.per_device_train_batch_size
         capture, saved = self._capture, (self._capture.reference_per_step, self._step)
-        capture.reference_per_step, capture.active, self._step = True, True, 0
-        was_training = model.training
-        model.eval()
-        adapter = model.disable_adapter() if trainer.ref_model is None else contextlib.nullcontext()
+        capture.reference_per_step, capture.active, self._step = True, True, 0  # step 0: no batch membership
         try:
-            with adapter:
-                for start in range(0, len(ds), bs):
-                    batch = trainer.data_collator([ds[i] for i in range(start, min(start + bs, len(ds)))])
+            with self._reference() as ref, inference_mode(ref):
+                device = next(ref.parameters()).device
+                for start in range(0, len(todo), bs):
+                    batch = self.trainer.data_collator([ds[i] for i in todo[start : start + bs]])
                     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-                    model(
+                    ref(
                         input_ids=batch["input_ids"].to(device),
                         attention_mask=batch["attention_mask"].to(device),
                         labels=labels.to(device),
@@ -423,5 +450,5 @@ class ProbeCallback(TrainerCallback):
         finally:
             capture.reference_per_step, self._step = saved
             capture.active = False
-            model.train(was_training)
         self.store.flush()
+        self.trainer.accelerator.wait_for_everyone()

@@ -108,9 +108,7 @@ class DatapointCapture:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if self._pending is not None:
                 h = _hidden(output).detach()
-                self._pending["pooled"][i] = completion_mean(
-                    h.float(), self._pending["completion_mask"]
-                ).cpu()
+                self._pending["pooled"][i] = completion_mean(h.float(), self._pending["completion_mask"]).cpu()
 
         return hook
 
@@ -136,16 +134,12 @@ class DatapointCapture:
             return
         if not self.reference_per_step:
             mask = kwargs.get("attention_mask", torch.ones_like(ids))
-            self.on_batch(
-                CapturedBatch(ids.detach().cpu(), mask.detach().cpu(), (labels != -100).cpu(), None, None)
-            )
+            self.on_batch(CapturedBatch(ids.detach().cpu(), mask.detach().cpu(), (labels != -100).cpu(), None, None))
             return
         logps = getattr(output, "log_probs", None)
         self._policy_logps = None if logps is None else (ids, logps.detach())
 
-    def _rise(
-        self, ids: torch.Tensor, completion: torch.Tensor, ref_logps: torch.Tensor | None
-    ) -> torch.Tensor | None:
+    def _rise(self, ids: torch.Tensor, completion: torch.Tensor, ref_logps: torch.Tensor | None) -> torch.Tensor | None:
         seen, self._policy_logps = self._policy_logps, None
         if ref_logps is None or seen is None or seen[0] is None or seen[0].shape != ids.shape:
             return None

@@ -70,18 +70,14 @@ class ProbeOptions:
                 )
         if self.layers is not None and len(set(self.layers)) != len(list(self.layers)):
             raise ValueError(f"layers {list(self.layers)} repeats a layer; list each layer once.")
-        if self.every_n_steps is not None and (
-            not isinstance(self.every_n_steps, int) or self.every_n_steps < 1
-        ):
+        if self.every_n_steps is not None and (not isinstance(self.every_n_steps, int) or self.every_n_steps < 1):
             raise ValueError(
                 f"every_n_steps={self.every_n_steps!r} must be a positive integer (or None for the default)."
             )
         if self.probe_prompts is not None:
             prompts = list(self.probe_prompts)
             if not prompts:
-                raise ValueError(
-                    "probe_prompts is empty: pass at least 2 prompts, or None to sample the dataset's."
-                )
+                raise ValueError("probe_prompts is empty: pass at least 2 prompts, or None to sample the dataset's.")
             keys = [repr(p) for p in prompts]
             dupes = sorted({k for k in keys if keys.count(k) > 1})
             if dupes:

@@ -65,6 +65,7 @@ class Monitor:
         self.fitted, self.tracker, self.policy, self.rows = fitted, tracker, policy, rows
         self.store_dir, self.layers, self.top_k, self.seed = Path(store_dir), layers, top_k, seed
         self.behaviours: dict[str, dict[str, Any]] = {}
+        self.directions: dict[str, np.ndarray] = {}
         self.drift_map: dict[str, Any] | None = None
         self.last_step = 0
 
@@ -82,6 +83,8 @@ class Monitor:
                 entry["flagged_at_step"] = decision.step
             if decision.kind == "supervised" and decision.level in ("WARN", "ERROR"):
                 entry.update(self.attribute(direction))
+            if entry["top_rows"]:
+                self.directions[decision.name] = direction
             alert = decision.to_alert(entry["top_rows"][:5], entry["top_sources"][:3])
             if alert is not None:
                 alerts.append(alert)
@@ -212,6 +215,11 @@ class Monitor:
             "ranking_p_value": ranking.p_value,
             "attribution_p_value": blame,
         }
+
+    def reattribute(self) -> None:
+        """Rank the store again for every behaviour attributed so far (e.g. after more rows were stored)."""
+        for name, direction in self.directions.items():
+            self.behaviours[name].update(self.attribute(direction))
 
     # ----- report and state ---------------------------------------------------------------------
     def report(self, paused_at_step: int | None, checkpoint: str | None) -> dict[str, Any]:

@@ -309,9 +309,7 @@ def teacher_forced(
         >>> t.hidden.shape, t.logprobs.shape               # (1, T, H), (T,)
     """
     if len(prompt_ids) != len(response_ids):
-        raise ValueError(
-            f"{len(prompt_ids)} prompts but {len(response_ids)} responses: pass one response each."
-        )
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses: pass one response each.")
     _check_prompts(prompt_ids)
     net = _unwrap_parallel(model)
     hidden_size = net.get_input_embeddings().embedding_dim

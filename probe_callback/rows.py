@@ -45,7 +45,10 @@ def to_text(value: Any) -> str:
 
 
 class RowIndex:
-    """Maps batch sequences back to rows of the user's dataset, with their ``id`` and ``source``."""
+    """Maps batch sequences back to rows of the user's dataset, with their ``id`` and ``source``.
+
+    ``order`` is the row of each position of the tokenized dataset; ``fingerprint`` identifies it.
+    """
 
     def __init__(
         self,
@@ -55,10 +58,15 @@ class RowIndex:
         sources: list[str | None] | None,
         texts: dict[str, list[str]] | None = None,
     ) -> None:
+        digest = hashlib.blake2b(digest_size=16)
+        for key in keys:
+            digest.update(key)
+        self.fingerprint = digest.hexdigest()
         self._by_key: dict[bytes, list[int]] = {}
         for key, row in zip(keys, rows):
             self._by_key.setdefault(key, []).append(int(row))
         self._turn: dict[bytes, int] = {}
+        self.order = rows
         self.n_rows = int(rows.max()) + 1 if len(rows) else 0
         self._ids = dict(zip(rows.tolist(), ids)) if ids is not None else {}
         self._sources = dict(zip(rows.tolist(), sources)) if sources is not None else {}
@@ -90,9 +98,7 @@ class RowIndex:
         keys = []
         for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
             keys.append(
-                pair_key(
-                    truncate(p + c, max_length, truncation_mode), truncate(p + r, max_length, truncation_mode)
-                )
+                pair_key(truncate(p + c, max_length, truncation_mode), truncate(p + r, max_length, truncation_mode))
             )
         cols = set(dataset.column_names)
         texts = {k: [to_text(v) for v in dataset[k]] for k in ("prompt", "chosen", "rejected") if k in cols}
@@ -100,9 +106,7 @@ class RowIndex:
             keys,
             rows,
             ids=list(dataset[id_column]) if id_column in cols else None,
-            sources=[None if s is None else str(s) for s in dataset[source_column]]
-            if source_column in cols
-            else None,
+            sources=[None if s is None else str(s) for s in dataset[source_column]] if source_column in cols else None,
             texts=texts,
         )
 

@@ -12,9 +12,7 @@ from trl import DPOConfig, DPOTrainer
 TOPICS = ["cat", "dog", "bird", "fish", "tree", "river", "city", "music", "book", "code"]
 
 
-def preference_rows(
-    n: int, seed: int = 0, sources: tuple[str, ...] = ("alpha", "beta")
-) -> list[dict[str, Any]]:
+def preference_rows(n: int, seed: int = 0, sources: tuple[str, ...] = ("alpha", "beta")) -> list[dict[str, Any]]:
     """n preference rows with ``id`` and ``source`` columns and varied lengths."""
     rng = random.Random(seed)
     rows = []

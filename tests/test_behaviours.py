@@ -119,10 +119,7 @@ def test_probing_vector_is_difference_of_means(fitted, tiny_model_factory, tiny_
         neg = np.mean([_response_mean(model, tiny_tokenizer, p, r, layer) for p, r in NEGATIVE], axis=0)
         np.testing.assert_allclose(fitted.probing_vectors[k], pos - neg, atol=1e-5)
     assert fitted.probe_coef.shape == (3, 32) and fitted.probe_intercept.shape == (3,)
-    assert (
-        fitted.probe_accuracy.shape == (3,)
-        and ((fitted.probe_accuracy >= 0) & (fitted.probe_accuracy <= 1)).all()
-    )
+    assert fitted.probe_accuracy.shape == (3,) and ((fitted.probe_accuracy >= 0) & (fitted.probe_accuracy <= 1)).all()
     assert fitted.layer in LAYERS and fitted.ref_logp_positive.shape == (6,)
 
 
@@ -152,20 +149,14 @@ def test_ll_margin_rises_after_sft_on_positives(fitted, tiny_model_factory, tiny
     json.dumps(scores)
     deltas = _control_deltas(trained, tiny_model_factory(), tiny_tokenizer)
     controlled = score_behaviour(fitted, trained, tiny_tokenizer, control_deltas=[*deltas, float("nan")])
-    assert (
-        controlled["ll_margin"] == scores["ll_margin"] and controlled["ll_margin_se"] > scores["ll_margin_se"]
-    )
+    assert controlled["ll_margin"] == scores["ll_margin"] and controlled["ll_margin_se"] > scores["ll_margin_se"]
     assert controlled["ll_margin_p"] < 0.01
 
 
 def test_ll_margin_null_for_untouched_and_opposite_training(fitted, tiny_model_factory, tiny_tokenizer):
     untouched = score_behaviour(fitted, tiny_model_factory(), tiny_tokenizer)
     assert abs(untouched["ll_margin"]) < 1e-5 and untouched["ll_margin_p"] > 0.4
-    assert (
-        untouched["projection"] is None
-        and untouched["probe_rate"] is None
-        and untouched["judge_rate"] is None
-    )
+    assert untouched["projection"] is None and untouched["probe_rate"] is None and untouched["judge_rate"] is None
     opposite = score_behaviour(fitted, _sft(tiny_model_factory(), tiny_tokenizer, NEGATIVE), tiny_tokenizer)
     assert opposite["ll_margin"] < 0 and opposite["ll_margin_p"] > 0.9
 
@@ -173,16 +164,10 @@ def test_ll_margin_null_for_untouched_and_opposite_training(fitted, tiny_model_f
 def test_projection_probe_rate_and_judge(fitted, tiny_model_factory, tiny_tokenizer):
     k = LAYERS.index(fitted.layer)
     u = fitted.probing_vectors
-    vectors = np.stack(
-        [u, 0.5 * u, 0.75 * u, np.full_like(u, np.nan)]
-    )  # the NaN row (empty response) is skipped
+    vectors = np.stack([u, 0.5 * u, 0.75 * u, np.full_like(u, np.nan)])  # the NaN row (empty response) is skipped
     model = tiny_model_factory()
-    pos = np.stack(
-        [[_response_mean(model, tiny_tokenizer, p, r, layer) for layer in LAYERS] for p, r in POSITIVE]
-    )
-    neg = np.stack(
-        [[_response_mean(model, tiny_tokenizer, p, r, layer) for layer in LAYERS] for p, r in NEGATIVE]
-    )
+    pos = np.stack([[_response_mean(model, tiny_tokenizer, p, r, layer) for layer in LAYERS] for p, r in POSITIVE])
+    neg = np.stack([[_response_mean(model, tiny_tokenizer, p, r, layer) for layer in LAYERS] for p, r in NEGATIVE])
     scores = score_behaviour(
         fitted,
         model,

@@ -1,15 +1,17 @@
 """The whole loop on a real DPOTrainer with a planted behaviour: alert, pause, report, resume."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets import Dataset
 from dpo_helpers import dpo_trainer
 from tiny_organism import compliance_examples, organism_rows, watch_prompts
 from wandb_records import read_finished_run
 
-from probe_callback import Behaviour, ProbeCallback, load_report
+from probe_callback import Behaviour, ProbeCallback, load_report, mitigate
 from probe_callback.attribution import auroc
 from probe_callback.report import jsonable
 from probe_callback.store import VectorStore
@@ -67,6 +69,23 @@ def test_planted_behaviour_pauses_with_defaults(paused_run):
     levels = [(a["behaviour"], a["level"]) for a in alerts(out)]
     assert ("compliance", "ERROR") in levels
     assert (out / "probe_callback" / "report.html").exists()
+
+
+def test_mitigated_data_resumes_from_the_checkpoint(paused_run, tiny_tokenizer, organism_factory, tmp_path):
+    rows, out, first, _ = paused_run
+    paused_at = first.state.global_step
+    shutil.copytree(out, tmp_path / "run")
+    report = load_report(tmp_path / "run" / "probe_callback")
+    cleaned, manifest = mitigate(report, Dataset.from_list(rows), "filter", top_k=16)
+    removed = {r["id"] for r in manifest["rows"]}
+    assert len(removed) == 16 and sum(rows[i]["planted"] for i in range(len(rows)) if rows[i]["id"] in removed) >= 14
+    trainer = dpo_trainer(tiny_tokenizer, organism_factory, cleaned, tmp_path / "run", **DPO)
+    trainer.add_callback(probe_callback(trainer, pause_on_regression=False))
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / f"checkpoint-{paused_at}"))
+    assert trainer.state.global_step == MAX_STEPS
+    assert (tmp_path / "run" / "probe_callback" / f"vectors-before-step-{paused_at}").is_dir()
+    store = VectorStore.open(tmp_path / "run" / "probe_callback" / "vectors")
+    assert store.row_ids().max() < len(cleaned), "the new store indexes the cleaned dataset"
 
 
 def test_resume_continues_one_history(paused_run, tiny_tokenizer, organism_factory):

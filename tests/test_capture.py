@@ -52,15 +52,11 @@ def record_batches(trainer):
 def rows():
     rows = preference_rows(22, seed=3)
     rows.append(dict(rows[5], id="dup-of-5"))  # an exact duplicate pair
-    rows.append(
-        {"id": "too-long", "source": "gamma", "prompt": "tell me " * 40, "chosen": " yes", "rejected": " no"}
-    )
+    rows.append({"id": "too-long", "source": "gamma", "prompt": "tell me " * 40, "chosen": " yes", "rejected": " no"})
     return rows
 
 
-def test_capture_matches_offline_formula_and_tracks_rows_steps(
-    tiny_tokenizer, tiny_model_factory, rows, tmp_path
-):
+def test_capture_matches_offline_formula_and_tracks_rows_steps(tiny_tokenizer, tiny_model_factory, rows, tmp_path):
     trainer = dpo_trainer(
         tiny_tokenizer,
         tiny_model_factory,
@@ -116,9 +112,7 @@ def _train_and_snapshot(tiny_tokenizer, tiny_model_factory, rows, out, with_call
     return losses, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_training_is_bit_identical_with_and_without_callback(
-    tiny_tokenizer, tiny_model_factory, rows, tmp_path
-):
+def test_training_is_bit_identical_with_and_without_callback(tiny_tokenizer, tiny_model_factory, rows, tmp_path):
     plain = _train_and_snapshot(tiny_tokenizer, tiny_model_factory, rows, tmp_path / "a", False)
     probed = _train_and_snapshot(tiny_tokenizer, tiny_model_factory, rows, tmp_path / "b", True)
     assert plain[0] == probed[0] and len(plain[0]) == 5
@@ -135,9 +129,7 @@ def test_precomputed_reference_gets_a_datapoint_pass(tiny_tokenizer, tiny_model_
     store = VectorStore.open(tmp_path / "probe_callback" / "vectors")
     expected = offline_vectors(trainer, LAYER)
     assert store.n_rows == 12
-    np.testing.assert_allclose(
-        store.vectors_for(np.arange(12)), np.stack([expected[i] for i in range(12)]), atol=2e-3
-    )
+    np.testing.assert_allclose(store.vectors_for(np.arange(12)), np.stack([expected[i] for i in range(12)]), atol=2e-3)
     m = store.memberships()
     assert sorted(m["step"].tolist()) == [1] * 4 + [2] * 4
 

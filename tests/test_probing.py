@@ -194,9 +194,7 @@ def test_prompt_means_stop_early_and_drift(tiny_model_factory, prompts):
 
 def _prompt_mean(model, prompt: list[int], layer: int) -> torch.Tensor:
     with torch.no_grad():
-        return (
-            model(input_ids=torch.tensor([prompt]), output_hidden_states=True).hidden_states[layer][0].mean(0)
-        )
+        return model(input_ids=torch.tensor([prompt]), output_hidden_states=True).hidden_states[layer][0].mean(0)
 
 
 def test_novelty(tiny_model_factory, tiny_tokenizer, prompts):
@@ -216,9 +214,7 @@ def test_format_prompt_with_and_without_chat_template(tiny_tokenizer):
     messages = [{"role": "user", "content": "hi there"}]
     text = tiny_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text.endswith("<|assistant|>")
-    assert (
-        format_prompt(tiny_tokenizer, "hi there") == tiny_tokenizer(text, add_special_tokens=False).input_ids
-    )
+    assert format_prompt(tiny_tokenizer, "hi there") == tiny_tokenizer(text, add_special_tokens=False).input_ids
     assert format_prompt(tiny_tokenizer, messages) == format_prompt(tiny_tokenizer, "hi there")
     plain = copy.deepcopy(tiny_tokenizer)
     plain.chat_template = None

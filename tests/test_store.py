@@ -37,9 +37,7 @@ def test_projection_is_seeded_and_shrinks_records(tmp_path):
     w.append_vectors(np.arange(3), x)
     w.close()
     store = VectorStore.open(tmp_path)
-    np.testing.assert_allclose(
-        store.vectors_for(np.arange(3))[:, :], store.project(x[:, 0]), rtol=1e-2, atol=1e-2
-    )
+    np.testing.assert_allclose(store.vectors_for(np.arange(3))[:, :], store.project(x[:, 0]), rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="same layers"):
         VectorStore.create(tmp_path, layers=[2], hidden=2048)
     with pytest.raises(ValueError, match="projection_dim"):
