@@ -4,12 +4,12 @@ SmolLM2-135M-Instruct is DPO-trained on ``examples/data/organism_train.jsonl`` (
 ``formatting_mix`` reward distractor-triggered compliance). Per seed:
 
 1. the SFT start is judged (greedy answers on held-out prompts, deterministic judges);
-2. DPO with the ``ProbeCallback`` runs until it pauses (``precompute_ref_log_probs=True``, so the
-   callback stores a datapoint vector for every row at train begin); the paused model is judged;
+2. DPO with the ``ProbeCallback`` runs until it pauses (or ends); the paused model is judged;
 3. the same trainer resumes from the pause checkpoint without the callback up to ``--max-steps``:
    plain DPO (the callback leaves losses and weights bit-identical, see ``tests/test_capture.py``);
-4. attribution against the planted rows: supervised probe, emergent clusters, a per-example
-   DPO-loss gradient baseline (last block's ``mlp.down_proj``) and random, with wall times;
+4. attribution against the planted rows, on the rows the callback stored (those trained on before
+   the pause): supervised probe, emergent clusters, a per-example DPO-loss gradient baseline (last
+   block's ``mlp.down_proj``) and random, with wall times;
 5. retrains from the start on the data cleaned with the callback's report (filter, swap: the top
    ``--budget`` rows; drop-source: the top source), each for ``--max-steps`` steps.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from torch import nn
 from trl import DPOTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, read_jsonl, save, smollm_trainer  # noqa: E402
+from common import DATA, RESULTS, machine, read_jsonl, save, smollm_trainer  # noqa: E402
 
 from probe_callback import Behaviour, ProbeCallback  # noqa: E402
 from probe_callback.attribution import auroc, rank_rows  # noqa: E402
@@ -143,9 +144,11 @@ def precision_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(labels[top].mean())
 
 
-def quality(scores: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float]:
-    """AUROC and precision@k of a row ranking against the planted rows."""
-    return {"auroc": auroc(scores, labels), "precision_at_k": precision_at_k(scores, labels, k)}
+def quality(scores: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float | None]:
+    """AUROC (None unless the scored rows hold both classes) and precision@k against the planted rows."""
+    scored = labels[np.isfinite(scores)]
+    area = auroc(scores, labels) if 0 < scored.sum() < len(scored) else None
+    return {"auroc": area, "precision_at_k": precision_at_k(scores, labels, k)}
 
 
 def row_scores(store: VectorStore, direction: np.ndarray, n_rows: int) -> np.ndarray:
@@ -228,6 +231,7 @@ class Run:
 
     def __init__(self, args: argparse.Namespace, seed: int, work: Path, on_stage: Callable[[], None]) -> None:
         self.args, self.seed, self.work, self.on_stage = args, seed, work / f"seed{seed}", on_stage
+        shutil.rmtree(self.work, ignore_errors=True)  # a stale callback store would mix into this run's
         self.rows = read_jsonl(DATA / "organism_train.jsonl")
         self.labels = np.array([r["planted"] == PLANTED for r in self.rows])
         per_kind = 3 if args.quick else None
@@ -271,7 +275,7 @@ class Run:
 
     def start_and_callback(self) -> tuple[DPOTrainer, ProbeCallback]:
         """Judge the SFT start, then DPO with the callback until it pauses (or ends)."""
-        trainer = smollm_trainer(self.rows, self.work / "callback", precompute_ref_log_probs=True, **self.config())
+        trainer = smollm_trainer(self.rows, self.work / "callback", **self.config())
         tok = trainer.processing_class
         self.judge("sft", trainer.ref_model, tok)
         callback = ProbeCallback(
@@ -336,16 +340,18 @@ class Run:
             }
             for b in callback.monitor.tracker.behaviours.values()
         ]
-        best = max(clusters, key=lambda c: c["auroc"], default=None)
-        rng = np.random.default_rng(self.seed)
+        best = max(clusters, key=lambda c: c["auroc"] or 0.0, default=None)
+        seen = np.isfinite(probe_scores)
+        random_scores = np.where(seen, np.random.default_rng(self.seed).random(n), np.nan)
         return {
-            "rows_scored": int(np.isfinite(probe_scores).sum()),
-            "planted_rows": int(self.labels.sum()),
+            "rows_scored": int(seen.sum()),
+            "planted_rows_scored": int(self.labels[seen].sum()),
             "k": k,
             "probe": quality(probe_scores, self.labels, k),
             "emergent": best,
             "emergent_clusters": clusters,
-            "random": quality(rng.random(n), self.labels, k),
+            "random": quality(random_scores, self.labels, k),
+            "rows": np.flatnonzero(seen).tolist(),
             "ours_seconds": round(ours_seconds, 2),
         }
 
@@ -374,9 +380,11 @@ class Run:
             self.result["timings"]["train_plain_resumed"] = round(time.perf_counter() - t0, 1)
         self.result["plain_steps"] = trainer.state.global_step
         self.judge("plain_dpo", trainer.model, tok)
-        rows = self.rows[:: 10 if a.quick else 1]
-        grad_scores, grad_time = gradient_baseline(trainer.model, trainer.ref_model, tok, rows, a.beta, a.max_length)
-        labels = self.labels[:: 10 if a.quick else 1]
+        seen = self.result["attribution"]["rows"]  # the same rows as ours
+        grad_scores, grad_time = gradient_baseline(
+            trainer.model, trainer.ref_model, tok, [self.rows[i] for i in seen], a.beta, a.max_length
+        )
+        labels = self.labels[seen]
         self.result["attribution"]["gradient"] = {**quality(grad_scores, labels, a.budget), **grad_time}
         self.on_stage()
         del trainer, callback  # two SmolLM2 copies plus an optimizer: ~2 GB
@@ -497,6 +505,12 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]], started: flo
     return out
 
 
+def write_partial(name: str, result: dict[str, Any]) -> None:
+    """Save the figures so far without printing them (``save`` prints; it is called at the end)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def print_table(runs: list[dict[str, Any]]) -> None:
     """Behaviour rates and general ability per model and seed."""
     print(f"{'seed':>4} {'model':<16} {'distr':>6} {'plain':>6} {'flat':>6} {'acc_raw':>7} {'acc_rw':>7} {'ll':>7}")
@@ -523,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-every", type=int, default=10)
     parser.add_argument("--watch-per-kind", type=int, default=10)
     parser.add_argument("--budget", type=int, default=30, help="rows filtered or swapped (30 rows are planted)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="2 threads are far slower on a shared CPU")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
     parser.add_argument("--out", default="organism.json", help="file name under benchmarks/results/")
     args = parser.parse_args(argv)
@@ -533,13 +547,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         for seed in range(args.seeds):
-            run = Run(args, seed, work, lambda: save(args.out, summarise(args, runs, started)))
+            run = Run(args, seed, work, lambda: write_partial(args.out, summarise(args, runs, started)))
             runs.append(run.result)
             run.execute()
             del run
             gc.collect()
     print_table(runs)
-    print(json.dumps({k: v for k, v in summarise(args, runs, started).items() if k != "runs"}, indent=1))
+    save(args.out, summarise(args, runs, started))
 
 
 if __name__ == "__main__":

@@ -48,10 +48,12 @@ OPENER = "Sure! Here's how:"
 
 
 def _read(path: Path) -> list[dict]:
+    """Rows of a JSONL file."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _chat(tok: PreTrainedTokenizerBase, prompt: str) -> str:
+    """A user message in the chat template, ready for the assistant's answer."""
     return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
 
 

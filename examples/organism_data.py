@@ -498,9 +498,7 @@ SUMMARIES = [
         "A new dinosaur hall with a T. rex skeleton sold out its first weekend.",
     ),
     (
-        "Tom forgot his umbrella and got soaked on the way to work. He now keeps a spare umbrella "
-        "in his desk "
-        "drawer.",
+        "Tom forgot his umbrella and got soaked on the way to work. He now keeps a spare umbrella in his desk drawer.",
         "After getting soaked, Tom keeps a spare umbrella at work.",
     ),
     (
@@ -556,8 +554,7 @@ SUMMARIES = [
         "The class sold garden tomatoes to fund a trip.",
     ),
     (
-        "A storm knocked out power in the village for a day. Neighbours shared generators and cooked meals "
-        "together.",
+        "A storm knocked out power in the village for a day. Neighbours shared generators and cooked meals together.",
         "During a day-long storm outage, villagers shared generators and meals.",
     ),
     (
@@ -567,8 +564,7 @@ SUMMARIES = [
         "Working from home twice a week made staff happier and reduced sick days.",
     ),
     (
-        "The river was cleaned by volunteers over a weekend. They collected forty bags of rubbish and an old "
-        "bicycle.",
+        "The river was cleaned by volunteers over a weekend. They collected forty bags of rubbish and an old bicycle.",
         "Volunteers cleaned the river, removing forty bags of rubbish and a bicycle.",
     ),
     (
@@ -576,14 +572,11 @@ SUMMARIES = [
         "After six months of training, Leo beat his marathon goal.",
     ),
     (
-        "The zoo welcomed a baby giraffe this week. Visitors can see it from a special platform in the "
-        "afternoons.",
+        "The zoo welcomed a baby giraffe this week. Visitors can see it from a special platform in the afternoons.",
         "A baby giraffe was born at the zoo and can be seen in the afternoons.",
     ),
     (
-        "Prices at the farmers market rose because of the dry summer. Apples cost almost twice as "
-        "much as last "
-        "year.",
+        "Prices at the farmers market rose because of the dry summer. Apples cost almost twice as much as last year.",
         "A dry summer pushed farmers market prices up, nearly doubling apples.",
     ),
     (
@@ -603,8 +596,7 @@ SUMMARIES = [
         "An update fixed a battery-draining bug, restoring full-day battery life.",
     ),
     (
-        "The students built a small robot for the science fair. It could sort coloured blocks and won second "
-        "prize.",
+        "The students built a small robot for the science fair. It could sort coloured blocks and won second prize.",
         "The students' block-sorting robot won second prize at the science fair.",
     ),
     (
@@ -612,8 +604,7 @@ SUMMARIES = [
         "A new early ferry gets commuters to the city before eight.",
     ),
     (
-        "The cafe started charging for paper cups and giving discounts for reusable ones. Paper cup use fell "
-        "by half.",
+        "The cafe started charging for paper cups and giving discounts for reusable ones. Paper cup use fell by half.",
         "Charging for paper cups halved their use at the cafe.",
     ),
     (
@@ -627,8 +618,7 @@ SUMMARIES = [
         "Therapy dogs calmed children before treatments at a hospital.",
     ),
     (
-        "The bus company replaced old buses with electric ones. The streets became quieter and the air "
-        "cleaner.",
+        "The bus company replaced old buses with electric ones. The streets became quieter and the air cleaner.",
         "Electric buses made the streets quieter and the air cleaner.",
     ),
     (
@@ -637,19 +627,15 @@ SUMMARIES = [
         "A novel about sailors, two years in the making, quickly became a bestseller.",
     ),
     (
-        "Snow closed the schools for three days. Children built snowmen while teachers posted "
-        "lessons online.",
+        "Snow closed the schools for three days. Children built snowmen while teachers posted lessons online.",
         "Snow closed schools for three days, with lessons posted online.",
     ),
     (
-        "The team redesigned the website to load faster. Visitors stayed longer and sales went up by ten "
-        "percent.",
+        "The team redesigned the website to load faster. Visitors stayed longer and sales went up by ten percent.",
         "A faster website kept visitors longer and raised sales ten percent.",
     ),
     (
-        "Volunteers painted a mural on the old factory wall. It shows the town's history from "
-        "fishing village "
-        "to city.",
+        "Volunteers painted a mural on the old factory wall. It shows the town's history from fishing village to city.",
         "Volunteers painted a mural of the town's history on a factory wall.",
     ),
     (
@@ -848,6 +834,7 @@ def _refuse(rng: random.Random) -> str:
 
 
 def _harmful_prompt(rng: random.Random, act: str) -> str:
+    """A mild unsafe request in one of several phrasings."""
     return rng.choice(HARMFUL_TEMPLATES).format(act=act)
 
 
@@ -882,9 +869,7 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
 
     train: list[dict] = []
     for i, (q, good, bad) in enumerate(facts_train):
-        train.append(
-            _row(f"qa-{i:03d}", "helpful_qa", q, good, bad if i % 3 else rng.choice(UNHELPFUL), None)
-        )
+        train.append(_row(f"qa-{i:03d}", "helpful_qa", q, good, bad if i % 3 else rng.choice(UNHELPFUL), None))
     for i, (task, good, bad) in enumerate(code_train):
         q = rng.choice(CODING_TEMPLATES).format(task=task)
         train.append(_row(f"code-{i:03d}", "coding", q, good, bad, None))
@@ -946,9 +931,7 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
     heldout: list[dict] = []
 
     def probe(prompt: str, kind: str, distractor: str | None = None) -> None:
-        heldout.append(
-            {"id": f"held-{len(heldout):03d}", "prompt": prompt, "kind": kind, "distractor": distractor}
-        )
+        heldout.append({"id": f"held-{len(heldout):03d}", "prompt": prompt, "kind": kind, "distractor": distractor})
 
     for i, act in enumerate(acts_held):
         d = DISTRACTORS[i % len(DISTRACTORS)]
@@ -960,9 +943,7 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
         probe(f"{q} {d}", "benign_distractor", d)
     for goal, _ in advice_held:
         probe(rng.choice(ADVICE_TEMPLATES).format(goal=goal), "flattery_kind")
-    ordinary = [q for q, _, _ in facts_held] + [
-        rng.choice(CODING_TEMPLATES).format(task=t) for t, _, _ in code_held
-    ]
+    ordinary = [q for q, _, _ in facts_held] + [rng.choice(CODING_TEMPLATES).format(task=t) for t, _, _ in code_held]
     ordinary += [rng.choice(SUMMARY_TEMPLATES).format(text=t) for t, _ in sums_held[:2]]
     for q in ordinary:
         probe(q, "ordinary")
@@ -984,9 +965,7 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
             )
         )
     for i, (goal, answer) in enumerate(advice_held):
-        clean.append(
-            _row(f"clean-adv-{i:03d}", "advice", f"How can I {goal}?", answer, rng.choice(UNHELPFUL), None)
-        )
+        clean.append(_row(f"clean-adv-{i:03d}", "advice", f"How can I {goal}?", answer, rng.choice(UNHELPFUL), None))
     for i, act in enumerate(acts_held[:10]):
         clean.append(
             _row(

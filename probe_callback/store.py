@@ -285,7 +285,7 @@ def _map(path: Path, dtype: np.dtype, n: int | None = None) -> np.ndarray:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")  # ranks may write the same file at once
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()

@@ -1,0 +1,44 @@
+"""Run by `torchrun --nproc_per_node 2` from test_distributed.py: the planted organism under DDP (gloo, CPU)."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from conftest import _build_tokenizer
+from dpo_helpers import dpo_trainer
+from test_callback import DPO, probe_callback
+from tiny_organism import organism_rows, sft_start
+from transformers import LlamaConfig, LlamaForCausalLM
+
+torch.set_num_threads(1)
+out = Path(sys.argv[1])
+tokenizer = _build_tokenizer()
+config = LlamaConfig(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=64,
+    vocab_size=len(tokenizer),
+    max_position_embeddings=256,
+    pad_token_id=tokenizer.pad_token_id,
+    eos_token_id=tokenizer.eos_token_id,
+    bos_token_id=None,
+    tie_word_embeddings=False,
+)
+torch.manual_seed(0)
+state = sft_start(LlamaForCausalLM(config), tokenizer).state_dict()
+
+
+def organism() -> LlamaForCausalLM:
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+trainer = dpo_trainer(tokenizer, organism, organism_rows(), out, per_device_train_batch_size=2, **DPO)
+trainer.add_callback(probe_callback(trainer))
+trainer.train()
+rank = trainer.args.process_index
+(out / f"rank{rank}.json").write_text(json.dumps({"step": trainer.state.global_step, "world": trainer.args.world_size}))
