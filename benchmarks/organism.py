@@ -349,6 +349,7 @@ class Run:
             "k": k,
             "probe": quality(probe_scores, self.labels, k),
             "emergent": best,
+            "emergent_pick": "the cluster with the best AUROC (an oracle pick); null: no cluster was found",
             "emergent_clusters": clusters,
             "random": quality(random_scores, self.labels, k),
             "rows": np.flatnonzero(seen).tolist(),

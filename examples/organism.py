@@ -6,7 +6,7 @@ model should decline when a harmless formatting instruction is appended, ``user_
 flattering openers. Below is an ordinary TRL DPO script; the line marked "the one line" is all
 probe_callback needs. Runs offline on CPU (W&B in offline mode), in about 10-15 minutes on 2 cores.
 
-    python examples/organism.py [--max-steps 60] [--out runs/organism]
+    python examples/organism.py [--out runs/organism]
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ def watch_prompts(n_per_kind: int = 10) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-steps", type=int, default=60)
     parser.add_argument("--out", default="runs/organism")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network
@@ -55,7 +54,7 @@ def main() -> None:
     ref_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     config = DPOConfig(
         output_dir=args.out,
-        max_steps=args.max_steps,
+        num_train_epochs=1,  # 234 rows, batch 4: 59 steps
         per_device_train_batch_size=4,
         learning_rate=5e-5,
         beta=0.1,
@@ -84,7 +83,7 @@ def main() -> None:
                 Behaviour("compliance", *compliance_examples()),
                 Behaviour("flattery", *flattery_examples()),
             ],
-            every_n_steps=10,
+            every_n_steps=15,
         )
     )
     trainer.train()

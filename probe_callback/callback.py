@@ -305,7 +305,8 @@ class ProbeCallback(TrainerCallback):
         for alert in alerts:
             self.publisher.alert(alert)
         metrics: dict[str, float] = {
-            "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values()))
+            "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values())),
+            **{f"prompt_drift/{k}": v for k, v in self.monitor.prompt_drift.items()},
         }
         for name, entry in self.monitor.behaviours.items():
             if entry["score_history"] and entry["score_history"][-1][0] == step:

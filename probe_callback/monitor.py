@@ -21,7 +21,7 @@ from torch import nn
 from .alerts import Alert
 from .attribution import rank_rows, top_sources, top_steps
 from .behaviours import FittedBehaviour, score_behaviour
-from .discovery import EmergentBehaviour, EmergentTracker, behaviour_vectors
+from .discovery import EmergentBehaviour, EmergentTracker, behaviour_vectors, prompt_drift
 from .policy import Decision, RegressionPolicy
 from .rows import RowIndex
 from .store import VectorStore
@@ -66,6 +66,8 @@ class Monitor:
         self.store_dir, self.layers, self.top_k, self.seed = Path(store_dir), layers, top_k, seed
         self.behaviours: dict[str, dict[str, Any]] = {}
         self.directions: dict[str, np.ndarray] = {}
+        self.prompt_drift: dict[str, float] = {}
+        self.prompt_drift_history: list[dict[str, Any]] = []
         self.drift_map: dict[str, Any] | None = None
         self.last_step = 0
 
@@ -140,6 +142,9 @@ class Monitor:
             [probe.tokens[i] for i in ok],
         )
         self._drift_map(probe, watch, ok, seen)
+        drift = prompt_drift(probe.prompt_current[ok, 0], probe.prompt_reference[ok, 0])
+        self.prompt_drift = {"median": drift.median, "p90": drift.p90, "max": drift.max}
+        self.prompt_drift_history.append({"step": probe.step, **self.prompt_drift, "outliers": drift.outliers})
         out = []
         for b in seen:
             if not b.significant:
@@ -247,12 +252,14 @@ class Monitor:
             "behaviours": list(self.behaviours.values()),
             "clusters": clusters,
             "drift_map": self.drift_map,
+            "prompt_drift": self.prompt_drift_history,
         }
 
     def state(self) -> dict[str, Any]:
         return {
             "behaviours": self.behaviours,
             "drift_map": self.drift_map,
+            "prompt_drift": self.prompt_drift_history,
             "last_step": self.last_step,
             "tracker": self.tracker.state(),
             "policy": self.policy.state(),
@@ -260,6 +267,7 @@ class Monitor:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.behaviours, self.drift_map = state["behaviours"], state["drift_map"]
+        self.prompt_drift_history = state["prompt_drift"]
         self.last_step = state["last_step"]
         self.tracker = EmergentTracker.from_state(state["tracker"])
         self.policy = RegressionPolicy.from_state(state["policy"])

@@ -274,12 +274,15 @@ class ResponseTrace:
     """Teacher-forced view of one (prompt, response) pair through one model.
 
     `hidden`: (n_layers, T, H) float32 CPU hidden states of the T response tokens at `layers`;
-    `logprobs`: (T,) float32 log-probability of each response token given everything before it.
+    `logprobs`: (T,) float32 log-probability of each response token given everything before it;
+    `prompt_mean`: (n_layers, H) mean hidden state over the prompt tokens (NaN for an empty response,
+    which gets no forward), so prompt drift between two models needs no pass of its own.
     """
 
     layers: tuple[int, ...]
     hidden: torch.Tensor
     logprobs: torch.Tensor
+    prompt_mean: torch.Tensor
 
     @property
     def length(self) -> int:
@@ -316,7 +319,12 @@ def teacher_forced(
     device = _device(net)
     check_layers(net, layers)
     layers = [int(layer) for layer in layers]
-    empty = ResponseTrace(tuple(layers), torch.zeros(len(layers), 0, hidden_size), torch.zeros(0))
+    empty = ResponseTrace(
+        tuple(layers),
+        torch.zeros(len(layers), 0, hidden_size),
+        torch.zeros(0),
+        torch.full((len(layers), hidden_size), float("nan")),
+    )
     traces: list[ResponseTrace | None] = [None if len(r) else empty for r in response_ids]
     todo = sorted(
         (i for i, trace in enumerate(traces) if trace is None),
@@ -335,12 +343,10 @@ def teacher_forced(
                 step_logits = logits[b, p - 1 : p + t - 1].float()
                 targets = input_ids[b, p : p + t]
                 logprobs = torch.log_softmax(step_logits, dim=-1).gather(1, targets[:, None])[:, 0]
-                hidden = (
-                    torch.stack([acts[layer][b, p : p + t] for layer in layers]).float().cpu()
-                    if layers
-                    else torch.zeros(0, t, hidden_size)
-                )
-                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu())
+                states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
+                hidden = states[:, p : p + t].cpu() if layers else torch.zeros(0, t, hidden_size)
+                prompt = states[:, :p].mean(dim=1).cpu() if layers else torch.zeros(0, hidden_size)
+                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt)
     return [trace for trace in traces if trace is not None]
 
 

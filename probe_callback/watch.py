@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .probing import ResponseTrace, format_prompt, greedy_responses, prompt_means, teacher_forced
+from .probing import ResponseTrace, format_prompt, greedy_responses, teacher_forced
 
 # A context manager factory that makes ``model`` act as M0 (PEFT: adapters off) or yields M0.
 Reference = Callable[[], contextlib.AbstractContextManager[nn.Module]]
@@ -35,8 +35,9 @@ class Probe:
     ``cur_tokens[i]``: (T_i, H) M0 hidden states of r_t's tokens at the primary layer;
     ``novelty[i]``: (T_i,) log-prob rise of those tokens; ``tokens[i]``: their text;
     ``change``: (n, n_layers, H) the paper's ``a_L(p, r_t; M0) - a_L(p, r0; M0)`` (NaN for empty
-    answers); ``response_means``: (n, n_layers, H) ``a_L(p, r_t; M0)``; ``drift``: (n, n_layers, H)
-    prompt-token activations of the current model minus M0 (no generation); ``control``: (n,) mean
+    answers); ``response_means``: (n, n_layers, H) ``a_L(p, r_t; M0)``; ``prompt_current`` /
+    ``prompt_reference``: (n, n_layers, H) mean prompt-token activations under the current model and
+    M0, the generation-free drift signal (NaN rows for empty answers); ``control``: (n,) mean
     per-token log-prob change of M0's own answers r0 (the run's generic likelihood drift).
     """
 
@@ -47,7 +48,8 @@ class Probe:
     tokens: list[list[str]]
     change: np.ndarray
     response_means: np.ndarray
-    drift: np.ndarray
+    prompt_current: np.ndarray
+    prompt_reference: np.ndarray
     valid: np.ndarray
     control: np.ndarray
 
@@ -104,12 +106,10 @@ class Watch:
         """Greedy answers of ``model`` and their measurements through M0 (see :class:`Probe`)."""
         ids, layers, bs = self.prompt_ids, self.layers, self.batch_size
         rt = greedy_responses(model, self.tokenizer, ids, self.max_new_tokens, bs)
-        own = teacher_forced(model, ids, rt, [], bs)
+        own = teacher_forced(model, ids, rt, layers, bs)
         r0_now = teacher_forced(model, ids, self.r0, [], bs)
-        current_drift = prompt_means(model, ids, layers, bs)
         with reference() as ref:
             cur = teacher_forced(ref, ids, rt, layers, bs)
-            drift = current_drift - prompt_means(ref, ids, layers, bs)
         means = torch.stack([t.mean() for t in cur]).numpy()
         base_means = torch.stack([t.mean() for t in self.base]).numpy()
         return Probe(
@@ -120,7 +120,8 @@ class Watch:
             tokens=[[self.tokenizer.decode([x]) for x in r] or [""] for r in rt],
             change=means - base_means,
             response_means=means,
-            drift=drift.numpy(),
+            prompt_current=torch.stack([o.prompt_mean for o in own]).numpy(),
+            prompt_reference=torch.stack([c.prompt_mean for c in cur]).numpy(),
             valid=np.array([t.length > 0 for t in cur]) & np.array([t.length > 0 for t in self.base]),
             control=np.array(
                 [(n.logprobs - b.logprobs).mean().item() if b.length else np.nan for n, b in zip(r0_now, self.base)]
