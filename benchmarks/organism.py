@@ -7,11 +7,11 @@ SmolLM2-135M-Instruct is DPO-trained on ``examples/data/organism_train.jsonl`` (
 2. DPO with the ``ProbeCallback`` runs until it pauses (or ends); the paused model is judged;
 3. the same trainer resumes from the pause checkpoint without the callback up to ``--max-steps``:
    plain DPO (the callback leaves losses and weights bit-identical, see ``tests/test_capture.py``);
-4. attribution against the planted rows, on the rows the callback stored (those trained on before
-   the pause): supervised probe, emergent clusters, a per-example DPO-loss gradient baseline (last
-   block's ``mlp.down_proj``) and random, with wall times;
+4. attribution against the planted rows, on the rows the callback stored (all rows after a pause,
+   else those trained on): supervised probe, emergent clusters and random, with wall times;
 5. retrains from the start on the data cleaned with the callback's report (filter, swap: the top
-   ``--budget`` rows; drop-source: the top source), each for ``--max-steps`` steps.
+   ``--budget`` rows; drop-source: the top source), each for ``--max-steps`` steps;
+6. the gradient baseline on the same rows: per-example DPO-loss gradients at the end of plain DPO.
 
 Results are written to ``benchmarks/results/organism.json`` after every stage.
 
@@ -179,40 +179,58 @@ def _sum_logps(model: nn.Module, seqs: list[tuple[list[int], int]], pad: int) ->
 
 
 def gradient_baseline(
-    policy: nn.Module, ref: nn.Module, tok: Any, rows: list[dict[str, Any]], beta: float, max_length: int
+    policy: nn.Module,
+    ref: nn.Module,
+    tok: Any,
+    rows: list[dict[str, Any]],
+    beta: float,
+    max_length: int,
+    batch_size: int = 8,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Per-row cosine of the DPO step direction with the behaviour's gradient (TracIn-style), and timings.
 
     Parameters: the last decoder block's ``mlp.down_proj.weight``. Query: the gradient of the
     compliance log-likelihood margin (mean summed log-prob of the positive examples minus the
     negative ones). A row scores ``cos(-grad DPO loss(row), grad margin)``: how much one SGD step on
-    the row raises the margin, per unit of gradient. Reference log-probs are computed here too.
+    the row raises the margin, per unit of gradient. Per-example gradients of a linear layer come
+    from its inputs and output gradients (``sum_t delta_t x_t^T``), so rows are batched. Reference
+    log-probs are computed here too.
     """
-    weight = policy.model.layers[-1].mlp.down_proj.weight
+    layer = policy.model.layers[-1].mlp.down_proj
     flags = [(p, p.requires_grad) for p in policy.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
-    weight.requires_grad_(True)
+    layer.weight.requires_grad_(True)
+    seen: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda _m, inputs, output: seen.update(x=inputs[0], out=output))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     policy.eval()
     t0 = time.perf_counter()
     positive, negative = compliance_examples()
     pos = _sum_logps(policy, [_sequence(tok, p, r, max_length) for p, r in positive], pad)
     neg = _sum_logps(policy, [_sequence(tok, p, r, max_length) for p, r in negative], pad)
-    (query,) = torch.autograd.grad(pos.mean() - neg.mean(), weight)
+    (query,) = torch.autograd.grad(pos.mean() - neg.mean(), layer.weight)
     query = query.flatten()
     ref_seconds, scores = 0.0, []
-    for row in rows:
-        seqs = [_sequence(tok, row["prompt"], row[side][0]["content"], max_length) for side in ("chosen", "rejected")]
+    for start in range(0, len(rows), batch_size):
+        seqs = [  # chosen, rejected, chosen, rejected, ...
+            _sequence(tok, row["prompt"], row[side][0]["content"], max_length)
+            for row in rows[start : start + batch_size]
+            for side in ("chosen", "rejected")
+        ]
         t_ref = time.perf_counter()
         with torch.no_grad():
-            ref_c, ref_r = _sum_logps(ref, seqs, pad)
+            ref_logps = _sum_logps(ref, seqs, pad)
         ref_seconds += time.perf_counter() - t_ref
-        pol_c, pol_r = _sum_logps(policy, seqs, pad)
-        loss = -torch.nn.functional.logsigmoid(beta * ((pol_c - ref_c) - (pol_r - ref_r)))
-        (grad,) = torch.autograd.grad(loss, weight)
-        scores.append(float(torch.nn.functional.cosine_similarity(-grad.flatten(), query, dim=0)))
+        logps = _sum_logps(policy, seqs, pad)
+        ratio = (logps - ref_logps).view(-1, 2)
+        loss = -torch.nn.functional.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1]))
+        (delta,) = torch.autograd.grad(loss.sum(), seen["out"])  # each row's loss reaches only its own sequences
+        per_seq = torch.einsum("sto,sti->soi", delta, seen["x"].detach()).flatten(1)
+        per_row = per_seq.view(-1, 2, per_seq.shape[1]).sum(dim=1)
+        scores += torch.nn.functional.cosine_similarity(-per_row, query[None], dim=1).tolist()
     seconds = time.perf_counter() - t0
+    handle.remove()
     for p, flag in flags:
         p.requires_grad_(flag)
     return np.array(scores), {"seconds": round(seconds, 2), "reference_seconds": round(ref_seconds, 2)}
@@ -381,14 +399,8 @@ class Run:
             self.result["timings"]["train_plain_resumed"] = round(time.perf_counter() - t0, 1)
         self.result["plain_steps"] = trainer.state.global_step
         self.judge("plain_dpo", trainer.model, tok)
-        seen = self.result["attribution"]["rows"]  # the same rows as ours
-        grad_scores, grad_time = gradient_baseline(
-            trainer.model, trainer.ref_model, tok, [self.rows[i] for i in seen], a.beta, a.max_length
-        )
-        labels = self.labels[seen]
-        self.result["attribution"]["gradient"] = {**quality(grad_scores, labels, a.budget), **grad_time}
-        self.on_stage()
-        del trainer, callback  # two SmolLM2 copies plus an optimizer: ~2 GB
+        plain, ref = trainer.model, trainer.ref_model  # for the gradient baseline, run last
+        del trainer, callback  # the optimizer: ~1 GB
         gc.collect()
         for action in ACTIONS:
             top_k = 1 if action == "drop-source" else a.budget
@@ -406,6 +418,10 @@ class Run:
             self.judge(action, retrained.model, retrained.processing_class)
             del retrained, cleaned
             gc.collect()
+        seen = self.result["attribution"]["rows"]  # the same rows as ours
+        grad_scores, grad_time = gradient_baseline(plain, ref, tok, [self.rows[i] for i in seen], a.beta, a.max_length)
+        self.result["attribution"]["gradient"] = {**quality(grad_scores, self.labels[seen], a.budget), **grad_time}
+        self.on_stage()
 
 
 def reduction(rates: dict[str, Any], name: str) -> float | None:
