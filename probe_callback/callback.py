@@ -306,7 +306,7 @@ class ProbeCallback(TrainerCallback):
             self.publisher.alert(alert)
         metrics: dict[str, float] = {
             "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values())),
-            **{f"prompt_drift/{k}": v for k, v in self.monitor.prompt_drift.items()},
+            **{f"prompt_drift/{k}": self.monitor.prompt_drift_history[-1][k] for k in ("median", "p90", "max")},
         }
         for name, entry in self.monitor.behaviours.items():
             if entry["score_history"] and entry["score_history"][-1][0] == step:

@@ -66,7 +66,6 @@ class Monitor:
         self.store_dir, self.layers, self.top_k, self.seed = Path(store_dir), layers, top_k, seed
         self.behaviours: dict[str, dict[str, Any]] = {}
         self.directions: dict[str, np.ndarray] = {}
-        self.prompt_drift: dict[str, float] = {}
         self.prompt_drift_history: list[dict[str, Any]] = []
         self.drift_map: dict[str, Any] | None = None
         self.last_step = 0
@@ -143,8 +142,9 @@ class Monitor:
         )
         self._drift_map(probe, watch, ok, seen)
         drift = prompt_drift(probe.prompt_current[ok, 0], probe.prompt_reference[ok, 0])
-        self.prompt_drift = {"median": drift.median, "p90": drift.p90, "max": drift.max}
-        self.prompt_drift_history.append({"step": probe.step, **self.prompt_drift, "outliers": drift.outliers})
+        self.prompt_drift_history.append(
+            {"step": probe.step, "median": drift.median, "p90": drift.p90, "max": drift.max, "outliers": drift.outliers}
+        )
         out = []
         for b in seen:
             if not b.significant:

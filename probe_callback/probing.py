@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,6 @@ _BLOCK_PATHS = (
     "h",
     "decoder.layers",
 )
-
-
-class _StopForward(Exception):
-    """Raised by a hook once the deepest requested layer ran, to skip the rest of the forward."""
 
 
 def _unwrap_parallel(model: nn.Module) -> nn.Module:
@@ -112,13 +108,8 @@ def check_layers(model: nn.Module, layers: Sequence[int]) -> None:
 
 
 @contextmanager
-def record_block_outputs(
-    model: nn.Module, layers: Sequence[int], stop_after_last: bool = False
-) -> Iterator[dict[int, torch.Tensor]]:
+def record_block_outputs(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Forward hooks filling `{layer: hidden states (B, S, H)}` on each forward; always removed on exit.
-
-    With `stop_after_last`, the deepest requested layer's hook raises `_StopForward` to skip the rest
-    of the forward (`prompt_means` catches it).
 
     Example:
         >>> with record_block_outputs(model, [2]) as acts:
@@ -128,13 +119,10 @@ def record_block_outputs(
     check_layers(model, layers)
     blocks = find_decoder_blocks(model)
     store: dict[int, torch.Tensor] = {}
-    deepest = max(layers, default=0)
 
     def hook_for(layer: int):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             store[layer] = (output[0] if isinstance(output, tuple) else output).detach()
-            if stop_after_last and layer == deepest:
-                raise _StopForward
 
         return hook
 
@@ -373,49 +361,3 @@ def novelty(current: ResponseTrace, reference: ResponseTrace) -> torch.Tensor:
             "teacher-forced through both models."
         )
     return current.logprobs - reference.logprobs
-
-
-def prompt_means(
-    model: nn.Module, prompt_ids: Sequence[Sequence[int]], layers: Sequence[int], batch_size: int = 8
-) -> torch.Tensor:
-    """Mean hidden state over each prompt's tokens, (n, n_layers, H) float32; stops after the deepest layer.
-
-    Example:
-        >>> prompt_means(model, [format_prompt(tok, "Hi")], [2]).shape        # (1, 1, H)
-    """
-    _check_prompts(prompt_ids)
-    if not layers:
-        raise ValueError("prompt_means needs at least one layer.")
-    net = _unwrap_parallel(model)
-    device = _device(net)
-    out: list[torch.Tensor] = []
-    with inference_mode(net), record_block_outputs(net, layers, stop_after_last=True) as acts:
-        for start in range(0, len(prompt_ids), batch_size):
-            seqs = [list(ids) for ids in prompt_ids[start : start + batch_size]]
-            width = max(len(s) for s in seqs)
-            input_ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-            with suppress(_StopForward):
-                net(input_ids=input_ids, attention_mask=mask, use_cache=False)
-            weights = (mask / mask.sum(dim=1, keepdim=True)).float()[:, None, :]  # (B, 1, S)
-            stacked = torch.stack([acts[layer].float() for layer in layers], dim=1)  # (B, n_layers, S, H)
-            out.append((weights[:, :, :, None] * stacked).sum(dim=2).cpu())
-    return torch.cat(out)
-
-
-def prompt_drift(
-    model: nn.Module,
-    ref_model: nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    layers: Sequence[int],
-    batch_size: int = 8,
-) -> torch.Tensor:
-    """The cheap, generation-free drift signal: prompt means of `model` minus `ref_model`, (n, n_layers, H).
-
-    For one PEFT model with a toggled adapter, call `prompt_means` twice instead.
-
-    Example:
-        >>> prompt_drift(model, ref_model, prompts, [2]).norm(dim=-1).mean()
-    """
-    current = prompt_means(model, prompt_ids, layers, batch_size)
-    return current - prompt_means(ref_model, prompt_ids, layers, batch_size)

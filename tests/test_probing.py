@@ -29,8 +29,6 @@ from probe_callback.probing import (
     greedy_responses,
     layer_count,
     novelty,
-    prompt_drift,
-    prompt_means,
     record_block_outputs,
     response_means,
     teacher_forced,
@@ -127,6 +125,11 @@ def test_teacher_forced_matches_hidden_states_and_logprobs(tiny_model_factory, t
         expected = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)[torch.arange(len(response)), response]
         torch.testing.assert_close(trace.logprobs, expected)
         torch.testing.assert_close(trace.mean(), trace.hidden.mean(dim=1))
+        with torch.no_grad():
+            states = model(input_ids=torch.tensor([prompt + response]), output_hidden_states=True).hidden_states
+        torch.testing.assert_close(
+            trace.prompt_mean, torch.stack([states[i][0, : len(prompt)].mean(0) for i in (1, 3)])
+        )
 
 
 def test_teacher_forced_gpt2_tuple_outputs():
@@ -176,25 +179,6 @@ def test_hooks_removed_after_exceptions(tiny_model_factory):
     with pytest.raises(IndexError):
         teacher_forced(model, [[1, 2]], [[10_000]], layers=[1, 2])  # token id outside the vocabulary
     assert all(not b._forward_hooks for b in blocks)
-
-
-def test_prompt_means_stop_early_and_drift(tiny_model_factory, prompts):
-    model, other = tiny_model_factory(), tiny_model_factory(seed=1)
-    calls = []
-    handle = model.lm_head.register_forward_hook(lambda *_: calls.append(1))
-    means = prompt_means(model, prompts, layers=[1, 2], batch_size=2)
-    handle.remove()
-    assert means.shape == (3, 2, 32) and not calls
-    for i, prompt in enumerate(prompts):
-        for k, layer in enumerate([1, 2]):
-            torch.testing.assert_close(means[i, k], _prompt_mean(model, prompt, layer))
-    assert prompt_drift(model, copy.deepcopy(model), prompts, [2]).abs().max() == 0
-    assert prompt_drift(model, other, prompts, [2]).abs().max() > 0
-
-
-def _prompt_mean(model, prompt: list[int], layer: int) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([prompt]), output_hidden_states=True).hidden_states[layer][0].mean(0)
 
 
 def test_novelty(tiny_model_factory, tiny_tokenizer, prompts):
