@@ -11,7 +11,6 @@ callback. Store growth: bytes on disk per captured row at the default settings.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,13 @@ def child(with_callback: bool, steps: int) -> None:
     if with_callback:
         trainer.add_callback(ProbeCallback(trainer, every_n_steps=10**6))
     trainer.train()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM); ru_maxrss would carry the parent's peak across fork and exec."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def main() -> None:
@@ -101,7 +106,7 @@ def main() -> None:
             "layers": store.layers,
             "dim": store.dim,
             "machine": machine(),
-            "self_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "self_peak_rss_mib": round(peak_rss_mib(), 1),
         },
     )
 
