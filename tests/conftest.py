@@ -70,6 +70,24 @@ def _build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, **overrides: Any) -> LlamaConfig:
+    """A 4-block, hidden-32 llama config sized for `tokenizer`."""
+    return LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        **overrides,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """Offline byte-level BPE tokenizer (~400 tokens) with `<pad>`, `<eos>` and a simple chat template."""
@@ -85,20 +103,7 @@ def tiny_model_factory(tiny_tokenizer: PreTrainedTokenizerFast) -> Callable[...,
     """
 
     def make(seed: int = 0, **overrides: Any) -> LlamaForCausalLM:
-        config = LlamaConfig(
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            intermediate_size=64,
-            vocab_size=len(tiny_tokenizer),
-            max_position_embeddings=256,
-            pad_token_id=tiny_tokenizer.pad_token_id,
-            eos_token_id=tiny_tokenizer.eos_token_id,
-            bos_token_id=None,
-            tie_word_embeddings=False,
-            **overrides,
-        )
+        config = tiny_llama_config(tiny_tokenizer, **overrides)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(config)

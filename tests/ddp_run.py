@@ -5,28 +5,16 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import _build_tokenizer
+from conftest import _build_tokenizer, tiny_llama_config
 from dpo_helpers import dpo_trainer
 from test_callback import DPO, probe_callback
 from tiny_organism import organism_rows, sft_start
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
 tokenizer = _build_tokenizer()
-config = LlamaConfig(
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    intermediate_size=64,
-    vocab_size=len(tokenizer),
-    max_position_embeddings=256,
-    pad_token_id=tokenizer.pad_token_id,
-    eos_token_id=tokenizer.eos_token_id,
-    bos_token_id=None,
-    tie_word_embeddings=False,
-)
+config = tiny_llama_config(tokenizer)
 torch.manual_seed(0)
 state = sft_start(LlamaForCausalLM(config), tokenizer).state_dict()
 
