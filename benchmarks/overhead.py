@@ -1,9 +1,10 @@
 """Capture overhead of ProbeCallback on SmolLM2-135M-Instruct DPO (CPU).
 
-Step time: one run, one trainer, the capture hooks installed on alternate steps and removed on the
-others (interleaved, so both halves see the same model, data and machine load); the ratio of the
-median step times. Peak memory: the same short run in two child processes, with and without the
-callback. Store growth: bytes on disk per captured row at the default settings.
+Step time: two runs of the same seeded training (same batches, same model trajectory, since the
+hooks change nothing), the capture hooks installed on even steps in one and on odd steps in the
+other, so every step is timed once with and once without them; the median of the per-step ratios.
+Peak memory: the same short run in two child processes, with and without the callback. Store
+growth: bytes on disk per captured row at the default settings.
 
     python benchmarks/overhead.py [--steps 40]
 """
@@ -30,11 +31,11 @@ from probe_callback.store import VectorStore  # noqa: E402
 class Interleave(TrainerCallback):
     """Removes the probe's hooks on odd steps (a plain DPO step) and times every step."""
 
-    def __init__(self, probe: ProbeCallback) -> None:
-        self.probe, self.times = probe, {True: [], False: []}
+    def __init__(self, probe: ProbeCallback, parity: int) -> None:
+        self.probe, self.parity, self.times = probe, parity, {True: {}, False: {}}
 
     def on_step_begin(self, args, state, control, **kw):
-        self.capture = (state.global_step + 1) % 2 == 0
+        self.capture = (state.global_step + 1) % 2 == self.parity
         if not self.capture:
             self.probe._capture.__exit__(None, None, None)
         self.started = time.perf_counter()
@@ -44,7 +45,7 @@ class Interleave(TrainerCallback):
         if not self.capture:
             self.probe._capture.__enter__()
         if state.global_step > 2:  # warm-up steps excluded
-            self.times[self.capture].append(elapsed)
+            self.times[self.capture][state.global_step] = elapsed
 
 
 def peak_rss(with_callback: bool, steps: int) -> float:
@@ -77,16 +78,22 @@ def main() -> None:
     if args.child:
         return child(args.child == "with", args.steps)
 
-    out = Path(tempfile.mkdtemp())
-    trainer = smollm_trainer(read_jsonl(DATA / "organism_train.jsonl"), out, max_steps=args.steps)
-    probe = ProbeCallback(trainer, every_n_steps=10**6)  # capture only: no checkpoint probe pass
-    trainer.add_callback(probe)
-    timer = Interleave(probe)
-    trainer.add_callback(timer)
-    trainer.train()
-
+    with_hooks, without_hooks = {}, {}
+    for parity in (0, 1):
+        out = Path(tempfile.mkdtemp())
+        trainer = smollm_trainer(read_jsonl(DATA / "organism_train.jsonl"), out, max_steps=args.steps)
+        probe = ProbeCallback(trainer, every_n_steps=10**6)  # capture only: no checkpoint probe pass
+        trainer.add_callback(probe)
+        timer = Interleave(probe, parity)
+        trainer.add_callback(timer)
+        trainer.train()
+        with_hooks.update(timer.times[True])
+        without_hooks.update(timer.times[False])
+    steps = sorted(set(with_hooks) & set(without_hooks))
+    ratios = [with_hooks[s] / without_hooks[s] for s in steps]
     store = VectorStore.open(out / "probe_callback" / "vectors")
-    with_cb, without = statistics.median(timer.times[True]), statistics.median(timer.times[False])
+    with_cb = statistics.median(with_hooks[s] for s in steps)
+    without = statistics.median(without_hooks[s] for s in steps)
     rss_plain, rss_probe = peak_rss(False, args.memory_steps), peak_rss(True, args.memory_steps)
     save(
         "overhead.json",
@@ -97,7 +104,9 @@ def main() -> None:
             "max_length": trainer.args.max_length,
             "median_step_s_with": round(with_cb, 4),
             "median_step_s_without": round(without, 4),
-            "median_step_ratio": round(with_cb / without, 4),
+            "median_step_ratio": round(statistics.median(ratios), 4),
+            "paired_steps": len(steps),
+            "ratio_quartiles": [round(q, 4) for q in statistics.quantiles(ratios, n=4)],
             "peak_rss_mib_without": round(rss_plain, 1),
             "peak_rss_mib_with": round(rss_probe, 1),
             "peak_rss_delta_mib": round(rss_probe - rss_plain, 1),
