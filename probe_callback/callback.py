@@ -28,6 +28,7 @@ from .config import ProbeOptions
 from .discovery import EmergentTracker
 from .monitor import Monitor, default_threshold
 from .policy import RegressionPolicy
+from .probing import _unwrap_parallel as _unwrap
 from .probing import find_decoder_blocks, inference_mode
 from .report import atomic_write_text, summary_text, write_html, write_report
 from .rows import RowIndex
@@ -36,12 +37,6 @@ from .store import VectorStore
 from .watch import Watch
 
 logger = logging.getLogger("probe_callback")
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 def _is_peft(model: torch.nn.Module) -> bool:
