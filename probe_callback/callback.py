@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .behaviours import Behaviour, fit_behaviour
+from .cadence import Cadence
 from .capture import CapturedBatch, DatapointCapture
 from .config import ProbeOptions
 from .discovery import EmergentTracker
@@ -74,14 +75,13 @@ class ProbeCallback(TrainerCallback):
         self.watch: Watch | None = None
         self.monitor: Monitor | None = None
         self.publisher = Publisher([])
-        self.every_n_steps = self.options.every_n_steps
+        self.cadence: Cadence | None = None
         self.paused_at_step: int | None = None
         self.checkpoint_path: str | None = None
         self._acknowledged: set[str] = set()
         self._capture: DatapointCapture | None = None
         self._stored: set[int] = set()
         self.store_dim: int | None = None
-        self.probes, self.probe_seconds = 0, 0.0
         self._step = 0
         self.unmatched = 0
 
@@ -180,8 +180,16 @@ class ProbeCallback(TrainerCallback):
         ).__enter__()
         if self.precomputed:
             self._datapoint_pass()
-        self.every_n_steps = self.every_n_steps or self._default_cadence(state)
+        built = time.perf_counter()
         self._start_monitor(args, state)
+        opts = self.options
+        self.cadence = Cadence(
+            every=opts.every_n_steps or self._default_cadence(state),
+            budget=None if opts.every_n_steps else opts.probe_budget,
+            expected_seconds=time.perf_counter() - built,  # about one probe: M0's answers, read through M0
+        )
+        self._log_start()
+        self.cadence.start()
 
     def _store_dir(self, step: int) -> Path:
         """The store of this dataset; a store written for other data (say, before a mitigation) is set aside."""
@@ -229,12 +237,16 @@ class ProbeCallback(TrainerCallback):
             self.monitor.restore(saved["monitor"])
             self._acknowledged = {b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]}
         self.publisher = make_publisher(args, self.output_dir, self.is_main)
+
+    def _log_start(self) -> None:
         if self.is_main:
+            budget = self.cadence.budget
             logger.info(
-                "probe_callback: watching %d prompts at layers %s every %d steps; output in %s",
+                "probe_callback: watching %d prompts at layers %s every %d steps%s; output in %s",
                 len(self.watch.prompts),
                 self.layers,
-                self.every_n_steps,
+                self.cadence.every,
+                f" while probes take at most {budget:.0%} of the training time" if budget else "",
                 self.output_dir,
             )
 
@@ -248,7 +260,8 @@ class ProbeCallback(TrainerCallback):
             self._capture.active = False
         if self.store is not None:
             self.store.flush()
-        if self.monitor is not None and state.global_step % self.every_n_steps == 0:
+        step = state.global_step
+        if self.monitor is not None and self.cadence.candidate(step) and self._agree(self.cadence.within_budget()):
             self._checkpoint(state, control)
 
     def _checkpoint(self, state: TrainerState, control: TrainerControl) -> None:
@@ -266,8 +279,7 @@ class ProbeCallback(TrainerCallback):
                 )
         except Exception as exc:  # a failure of ours never kills the user's run
             logger.warning("probe_callback: checkpoint probe at step %d failed: %r", state.global_step, exc)
-        self.probe_seconds += time.perf_counter() - started
-        self.probes += 1
+        self.cadence.record(time.perf_counter() - started)
         if self._agree(pause):
             self._complete_attribution()
             self.paused_at_step = state.global_step
@@ -303,6 +315,9 @@ class ProbeCallback(TrainerCallback):
             "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values())),
             **{f"prompt_drift/{k}": self.monitor.prompt_drift_history[-1][k] for k in ("median", "p90", "max")},
         }
+        share = self.cadence.summary()["share"]
+        if share is not None:
+            metrics["cost_share"] = float(share)
         for name, entry in self.monitor.behaviours.items():
             if entry["score_history"] and entry["score_history"][-1][0] == step:
                 metrics[f"{name}/score"] = float(entry["score_history"][-1][1])
@@ -322,8 +337,8 @@ class ProbeCallback(TrainerCallback):
             return {"version": 1, "paused_at_step": None, "checkpoint": None, "behaviours": []}
         report = self.monitor.report(self.paused_at_step, self.checkpoint_path)
         report["store"] = {"rows": len(self._stored), "dim": self.store_dim}
-        report["every_n_steps"] = self.every_n_steps
-        report["cost"] = {"probe_passes": self.probes, "probe_seconds": round(self.probe_seconds, 3)}
+        report["every_n_steps"] = self.cadence.every if self.cadence else None
+        report["cost"] = self.cadence.summary() if self.cadence else {}
         return report
 
     def _write_report(self) -> None:
@@ -369,6 +384,8 @@ class ProbeCallback(TrainerCallback):
         return json.loads(path.read_text())
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        if self.cadence is not None:
+            self.cadence.stop()
         self._write_report()
         if self.is_main and self.monitor is not None:
             logger.warning("probe_callback report:\n%s", summary_text(self.report()))

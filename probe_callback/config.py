@@ -23,8 +23,10 @@ class ProbeOptions:
     - ``probe_prompts``: the prompts to watch (text or chat messages). Default: a sample of
       ``n_probe_prompts`` eval (else train) prompts.
     - ``behaviours``: supervised :class:`~probe_callback.Behaviour` definitions.
-    - ``every_n_steps``: probe cadence. Default: the trainer's eval cadence, else its save cadence,
-      else a tenth of ``max_steps``.
+    - ``every_n_steps``: probe cadence; every one is probed. Default: the trainer's eval cadence, else
+      its save cadence, else a tenth of ``max_steps``, each probed only within ``probe_budget``.
+    - ``probe_budget``: under the default cadence, the largest share of the training wall time the
+      probes may take (a due probe waits until it fits); None probes every default step.
     - ``pause_on_regression``: save a checkpoint and stop when a behaviour regresses.
     - ``output_dir``: where the report, alerts and vector store go (default
       ``<args.output_dir>/probe_callback``).
@@ -40,6 +42,7 @@ class ProbeOptions:
     probe_prompts: Sequence[Any] | None = None
     behaviours: Sequence[Any] = ()
     every_n_steps: int | None = None
+    probe_budget: float | None = 0.1
     pause_on_regression: bool = True
     output_dir: str | None = None
     layers: Sequence[int] | None = None
@@ -48,7 +51,7 @@ class ProbeOptions:
     source_column: str = "source"
     n_probe_prompts: int = 32
     max_new_tokens: int = 48
-    probe_batch_size: int = 8
+    probe_batch_size: int = 32
     top_k: int = 50
     judge: Callable[[str, str], bool] | None = None
     policy: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +76,11 @@ class ProbeOptions:
         if self.every_n_steps is not None and (not isinstance(self.every_n_steps, int) or self.every_n_steps < 1):
             raise ValueError(
                 f"every_n_steps={self.every_n_steps!r} must be a positive integer (or None for the default)."
+            )
+        if self.probe_budget is not None and not 0 < self.probe_budget <= 1:
+            raise ValueError(
+                f"probe_budget={self.probe_budget!r} must be a share of the training time in (0, 1], e.g. 0.1 "
+                "(or None to probe at every default step)."
             )
         if self.probe_prompts is not None:
             prompts = list(self.probe_prompts)

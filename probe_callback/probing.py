@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -225,12 +226,36 @@ def greedy_responses(
     Example:
         >>> greedy_responses(model, tok, [format_prompt(tok, "Hi")], max_new_tokens=16, batch_size=8)
     """
+    return greedy_traced(model, tokenizer, prompt_ids, [], max_new_tokens, batch_size)[0]
+
+
+def greedy_traced(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+) -> tuple[list[list[int]], list[ResponseTrace]]:
+    """Greedy responses plus, from the same generation (no extra forward), each one's trace.
+
+    The traces carry the per-token log-probs of the response under ``model`` and its prompt-token
+    mean at ``layers``; their ``hidden`` keeps no response tokens (shape (n_layers, 0, H)): teacher-force
+    the response through a model for those.
+
+    Example:
+        >>> rt, traces = greedy_traced(model, tok, [format_prompt(tok, "Hi")], [2], max_new_tokens=16)
+        >>> traces[0].logprobs.shape == (len(rt[0]),)
+        True
+    """
     _check_prompts(prompt_ids)
     net = _unwrap_parallel(model)
+    check_layers(net, layers)
     pad, eos = _pad_id(tokenizer), _eos_ids(tokenizer, net)
-    device = _device(net)
+    device, hidden_size = _device(net), net.get_input_embeddings().embedding_dim
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
     responses: list[list[int]] = [[] for _ in prompt_ids]
+    traces: list[ResponseTrace | None] = [None for _ in prompt_ids]
     with inference_mode(net):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
@@ -250,11 +275,31 @@ def greedy_responses(
                 pad_token_id=pad,
                 eos_token_id=eos,
                 use_cache=True,
+                return_dict_in_generate=True,
+                output_logits=True,
+                output_hidden_states=bool(layers),
             )
-            for i, row in zip(rows, out[:, width:].tolist(), strict=True):
+            new = out.sequences[:, width:]
+            logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1).gather(
+                2, new[:, :, None]
+            )[:, :, 0]
+            prefill = out.hidden_states[0] if layers else None  # (n_layers + 1) x (B, width, H)
+            for b, (i, row) in enumerate(zip(rows, new.tolist(), strict=True)):
                 cut = next((j for j, token in enumerate(row) if token in eos), len(row))
                 responses[i] = row[:cut]
-    return responses
+                p = len(prompt_ids[i])
+                prompt = (
+                    torch.stack([prefill[layer][b, width - p :].float().mean(dim=0) for layer in layers]).cpu()
+                    if prefill is not None
+                    else torch.zeros(0, hidden_size)
+                )
+                traces[i] = ResponseTrace(
+                    tuple(int(x) for x in layers),
+                    torch.zeros(len(layers), 0, hidden_size),
+                    logprobs[b, :cut].cpu(),
+                    prompt,
+                )
+    return responses, [trace for trace in traces if trace is not None]
 
 
 @dataclass(frozen=True)
@@ -325,10 +370,13 @@ def teacher_forced(
             width = max(len(s) for s in seqs)
             input_ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-            logits = net(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            # Logits only from the earliest position that predicts a response token (the lm head is costly).
+            first = min(len(prompt_ids[i]) for i in rows) - 1
+            logits = net(input_ids=input_ids, attention_mask=mask, use_cache=False, **_keep(net, width - first)).logits
+            offset = width - logits.shape[1]
             for b, i in enumerate(rows):
                 p, t = len(prompt_ids[i]), len(response_ids[i])
-                step_logits = logits[b, p - 1 : p + t - 1].float()
+                step_logits = logits[b, p - 1 - offset : p + t - 1 - offset].float()
                 targets = input_ids[b, p : p + t]
                 logprobs = torch.log_softmax(step_logits, dim=-1).gather(1, targets[:, None])[:, 0]
                 states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
@@ -336,6 +384,11 @@ def teacher_forced(
                 prompt = states[:, :p].mean(dim=1).cpu() if layers else torch.zeros(0, hidden_size)
                 traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt)
     return [trace for trace in traces if trace is not None]
+
+
+def _keep(model: nn.Module, n: int) -> dict[str, int]:
+    """``logits_to_keep=n`` when the model's forward takes it (most HF causal LMs), else nothing."""
+    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def response_means(traces: Sequence[ResponseTrace]) -> tuple[torch.Tensor, torch.Tensor]:

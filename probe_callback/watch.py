@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .probing import ResponseTrace, format_prompt, greedy_responses, teacher_forced
+from .probing import ResponseTrace, format_prompt, greedy_responses, greedy_traced, teacher_forced
+
+CONTROL_PROMPTS = 16
 
 # A context manager factory that makes ``model`` act as M0 (PEFT: adapters off) or yields M0.
 Reference = Callable[[], contextlib.AbstractContextManager[nn.Module]]
@@ -38,7 +40,8 @@ class Probe:
     answers); ``response_means``: (n, n_layers, H) ``a_L(p, r_t; M0)``; ``prompt_current`` /
     ``prompt_reference``: (n, n_layers, H) mean prompt-token activations under the current model and
     M0, the generation-free drift signal (NaN rows for empty answers); ``control``: (n,) mean
-    per-token log-prob change of M0's own answers r0 (the run's generic likelihood drift).
+    per-token log-prob change of M0's own answers r0 (the run's generic likelihood drift), NaN outside
+    the ``CONTROL_PROMPTS`` sampled.
     """
 
     step: int
@@ -103,15 +106,23 @@ class Watch:
         return [_tokens_or_zero(t) for t in self.base]
 
     def probe(self, step: int, model: nn.Module, reference: Reference) -> Probe:
-        """Greedy answers of ``model`` and their measurements through M0 (see :class:`Probe`)."""
+        """Greedy answers of ``model`` and their measurements through M0 (see :class:`Probe`).
+
+        Three passes: the generation (which also gives r_t's log-probs and prompt activations under
+        ``model``), r_t teacher-forced through M0, and r0 through ``model`` for ``CONTROL_PROMPTS``
+        prompts spread over the list (the control deltas only need the spread of the run's drift).
+        """
         ids, layers, bs = self.prompt_ids, self.layers, self.batch_size
-        rt = greedy_responses(model, self.tokenizer, ids, self.max_new_tokens, bs)
-        own = teacher_forced(model, ids, rt, layers, bs)
-        r0_now = teacher_forced(model, ids, self.r0, [], bs)
+        rt, own = greedy_traced(model, self.tokenizer, ids, layers, self.max_new_tokens, bs)
+        picks = np.unique(np.linspace(0, len(ids) - 1, CONTROL_PROMPTS).round().astype(int))
+        r0_now = teacher_forced(model, [ids[i] for i in picks], [self.r0[i] for i in picks], [], bs)
         with reference() as ref:
             cur = teacher_forced(ref, ids, rt, layers, bs)
         means = torch.stack([t.mean() for t in cur]).numpy()
         base_means = torch.stack([t.mean() for t in self.base]).numpy()
+        control = np.full(len(ids), np.nan)
+        for i, now in zip(picks, r0_now):
+            control[i] = (now.logprobs - self.base[i].logprobs).mean().item() if now.length else np.nan
         return Probe(
             step=step,
             responses=self.answers(rt),
@@ -123,9 +134,7 @@ class Watch:
             prompt_current=torch.stack([o.prompt_mean for o in own]).numpy(),
             prompt_reference=torch.stack([c.prompt_mean for c in cur]).numpy(),
             valid=np.array([t.length > 0 for t in cur]) & np.array([t.length > 0 for t in self.base]),
-            control=np.array(
-                [(n.logprobs - b.logprobs).mean().item() if b.length else np.nan for n, b in zip(r0_now, self.base)]
-            ),
+            control=control,
         )
 
 

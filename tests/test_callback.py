@@ -28,7 +28,7 @@ def probe_callback(trainer, **options):
         behaviours=[Behaviour("compliance", positive, negative)],
         max_new_tokens=12,
         top_k=100,
-        **options,
+        **{"probe_budget": None, **options},  # probe at every default step, however long the probes take
     )
 
 

@@ -27,6 +27,7 @@ from probe_callback.probing import (
     find_decoder_blocks,
     format_prompt,
     greedy_responses,
+    greedy_traced,
     layer_count,
     novelty,
     record_block_outputs,
@@ -149,6 +150,18 @@ def test_greedy_is_deterministic_and_restores_modes(tiny_model_factory, tiny_tok
     assert all(0 < len(r) <= 6 for r in batched)
     assert {name: m.training for name, m in model.named_modules()} == flags
     assert model.config.use_cache is False
+
+
+def test_greedy_traced_matches_teacher_forcing(tiny_model_factory, tiny_tokenizer, prompts):
+    """The generation's own log-probs and prompt activations equal a teacher-forced pass (one pass saved)."""
+    model = tiny_model_factory()
+    responses, traces = greedy_traced(model, tiny_tokenizer, prompts, [1, 3], max_new_tokens=6, batch_size=2)
+    assert responses == greedy_responses(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=3)
+    forced = teacher_forced(model, prompts, responses, [1, 3])
+    for got, want in zip(traces, forced, strict=True):
+        assert got.length == want.length > 0
+        torch.testing.assert_close(got.logprobs, want.logprobs, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.prompt_mean, want.prompt_mean, atol=1e-4, rtol=1e-4)
 
 
 def test_greedy_stops_at_eos_and_empty_responses_are_flagged(tiny_model_factory, tiny_tokenizer, prompts):

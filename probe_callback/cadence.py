@@ -1,0 +1,77 @@
+"""When to probe: a step cadence, optionally held to a share of the training wall time.
+
+Example:
+    >>> cadence = Cadence(every=10, budget=0.1, expected_seconds=20.0)
+    >>> cadence.start()
+    >>> cadence.candidate(10), cadence.candidate(11)
+    (True, False)
+    >>> cadence.within_budget()        # 20 s of probing needs 200 s of training first
+    False
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Cadence:
+    """Probe at every ``every``-th step; with a ``budget``, only while probing stays within that share.
+
+    A candidate step is probed when the probes so far plus the expected cost of this one stay at or
+    below ``budget`` times the training wall time so far (wall time since :meth:`start`, minus the
+    probes). The expected cost is the last probe's, or ``expected_seconds`` before the first.
+    ``budget=None``: every candidate is probed.
+    """
+
+    every: int
+    budget: float | None = None
+    expected_seconds: float = 0.0
+    probes: int = 0
+    probe_seconds: float = 0.0
+    skipped: int = 0
+    _started: float = field(default_factory=time.perf_counter, repr=False)
+    _stopped: float | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Start the training clock (call when training starts or resumes)."""
+        self._started, self._stopped = time.perf_counter(), None
+
+    def stop(self) -> None:
+        """Stop the training clock (at train end), so the figures no longer change."""
+        self._stopped = time.perf_counter()
+
+    def candidate(self, step: int) -> bool:
+        """Whether ``step`` is on the cadence."""
+        return step > 0 and step % self.every == 0
+
+    def train_seconds(self) -> float:
+        """Training wall time since :meth:`start`, probes excluded."""
+        now = time.perf_counter() if self._stopped is None else self._stopped
+        return max(now - self._started - self.probe_seconds, 0.0)
+
+    def within_budget(self) -> bool:
+        """Whether a probe now keeps the probing share within the budget (counts a skip when not)."""
+        ok = self.budget is None or self.probe_seconds + self.expected_seconds <= self.budget * self.train_seconds()
+        self.skipped += not ok
+        return ok
+
+    def record(self, seconds: float) -> None:
+        """Account for a probe that took ``seconds``; it sets the expected cost of the next one."""
+        self.probes += 1
+        self.probe_seconds += seconds
+        self.expected_seconds = seconds
+
+    def summary(self) -> dict[str, float | int | None]:
+        """JSON-ready cost figures for the report."""
+        train = self.train_seconds()
+        return {
+            "every_n_steps": self.every,
+            "budget": self.budget,
+            "probe_passes": self.probes,
+            "probe_seconds": round(self.probe_seconds, 3),
+            "train_seconds": round(train, 3),
+            "share": round(self.probe_seconds / train, 4) if train > 0 else None,
+            "skipped_for_budget": self.skipped,
+        }
