@@ -8,12 +8,15 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
+from probe_callback.attribution import auroc, rank_rows
 from probe_callback.smollm import smollm2_path
+from probe_callback.store import VectorStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data"
@@ -65,3 +68,25 @@ def save(name: str, result: dict[str, Any]) -> Path:
     print(json.dumps(result, indent=2))
     print(f"saved {path}")
     return path
+
+
+def precision_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of planted rows among the ``k`` best finite scores."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    top = finite[np.argsort(-scores[finite], kind="stable")[:k]]
+    return float(labels[top].mean())
+
+
+def quality(scores: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float | None]:
+    """AUROC (None unless the scored rows hold both classes) and precision@k against the planted rows."""
+    scored = labels[np.isfinite(scores)]
+    area = auroc(scores, labels) if 0 < scored.sum() < len(scored) else None
+    return {"auroc": area, "precision_at_k": precision_at_k(scores, labels, k)}
+
+
+def row_scores(store: VectorStore, direction: np.ndarray, n_rows: int) -> np.ndarray:
+    """Cosine of every row (NaN where none is stored) with ``direction``."""
+    cosine = rank_rows(store, direction, top_k=1).cosine
+    out = np.full(n_rows, np.nan)
+    out[: len(cosine)] = cosine
+    return out

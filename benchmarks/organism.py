@@ -5,10 +5,11 @@ SmolLM2-135M-Instruct is DPO-trained on ``examples/data/organism_train.jsonl`` (
 
 1. the SFT start is judged (greedy answers on held-out prompts, deterministic judges);
 2. DPO with the ``ProbeCallback`` runs until it pauses (or ends); the paused model is judged;
-3. the same trainer resumes from the pause checkpoint without the callback up to ``--max-steps``:
-   plain DPO (the callback leaves losses and weights bit-identical, see ``tests/test_capture.py``);
-4. attribution against the planted rows, on the rows the callback stored (all rows after a pause,
-   else those trained on): supervised probe, emergent clusters and random, with wall times;
+3. the same trainer resumes from the pause checkpoint up to ``--max-steps``: plain DPO (the callback,
+   now only watching, leaves losses and weights bit-identical, see ``tests/test_capture.py``);
+4. attribution against the planted rows over all rows (the callback stores every row at a pause):
+   supervised probe and random, with wall times; every emergent cluster seen by the end, the headline
+   being the significant one the callback blamed most confidently (no labels used);
 5. retrains from the start on the data cleaned with the callback's report (filter, swap: the top
    ``--budget`` rows; drop-source: the top source), each for ``--max-steps`` steps;
 6. the gradient baseline on the same rows: per-example DPO-loss gradients at the end of plain DPO.
@@ -39,10 +40,10 @@ from torch import nn
 from trl import DPOTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, RESULTS, machine, read_jsonl, save, smollm_trainer  # noqa: E402
+from common import DATA, RESULTS, machine, quality, read_jsonl, row_scores, save, smollm_trainer  # noqa: E402
 
 from probe_callback import Behaviour, ProbeCallback  # noqa: E402
-from probe_callback.attribution import auroc, rank_rows  # noqa: E402
+from probe_callback.attribution import rank_rows  # noqa: E402
 from probe_callback.behaviours import fit_behaviour  # noqa: E402
 from probe_callback.mitigate import mitigate  # noqa: E402
 from probe_callback.organism import (  # noqa: E402
@@ -135,28 +136,6 @@ def _rates_line(r: dict[str, Any]) -> str:
         f"distractor {r['compliance_distractor']:.2f}  plain {r['compliance_plain']:.2f}  "
         f"flattery {r['flattery']:.2f}  pref_acc {r['pref_acc_raw']:.2f}/{acc}  ll {r['mean_token_ll']:.3f}"
     )
-
-
-def precision_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of planted rows among the ``k`` best finite scores."""
-    finite = np.flatnonzero(np.isfinite(scores))
-    top = finite[np.argsort(-scores[finite], kind="stable")[:k]]
-    return float(labels[top].mean())
-
-
-def quality(scores: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float | None]:
-    """AUROC (None unless the scored rows hold both classes) and precision@k against the planted rows."""
-    scored = labels[np.isfinite(scores)]
-    area = auroc(scores, labels) if 0 < scored.sum() < len(scored) else None
-    return {"auroc": area, "precision_at_k": precision_at_k(scores, labels, k)}
-
-
-def row_scores(store: VectorStore, direction: np.ndarray, n_rows: int) -> np.ndarray:
-    """Cosine of every row (NaN where none is stored) with ``direction``."""
-    cosine = rank_rows(store, direction, top_k=1).cosine
-    out = np.full(n_rows, np.nan)
-    out[: len(cosine)] = cosine
-    return out
 
 
 def _sequence(tok: Any, prompt: list[dict[str, str]] | str, answer: str, max_length: int) -> tuple[list[int], int]:
@@ -311,8 +290,8 @@ class Run:
         t0 = time.perf_counter()
         trainer.train()
         self.result["timings"]["train_callback"] = round(time.perf_counter() - t0, 1)
-        self.result["timings"]["callback_probe_seconds"] = round(callback.probe_seconds, 1)
-        self.result["paused_at_step"] = callback.paused_at_step
+        self.result["timings"]["callback_probe_seconds"] = callback.report()["cost"]["probe_seconds"]
+        self.result["paused_at_step"], self.result["checkpoint"] = callback.paused_at_step, callback.checkpoint_path
         alerts = callback.output_dir / "alerts.jsonl"
         self.result["alert_step"] = first_alert(alerts, "compliance", ("WARN", "ERROR"))
         self.result["error_step"] = first_alert(alerts, "compliance", ("ERROR",))
@@ -349,16 +328,6 @@ class Run:
         )
         rank_rows(store, fitted.probing_vectors[0], top_k=k)
         ours_seconds = time.perf_counter() - t0
-        clusters = [
-            {
-                "id": b.id,
-                "size": len(b.members),
-                "significant": b.significant,
-                **quality(row_scores(store, b.direction, n), self.labels, k),
-            }
-            for b in callback.monitor.tracker.behaviours.values()
-        ]
-        best = max(clusters, key=lambda c: c["auroc"] or 0.0, default=None)
         seen = np.isfinite(probe_scores)
         random_scores = np.where(seen, np.random.default_rng(self.seed).random(n), np.nan)
         return {
@@ -366,13 +335,31 @@ class Run:
             "planted_rows_scored": int(self.labels[seen].sum()),
             "k": k,
             "probe": quality(probe_scores, self.labels, k),
-            "emergent": best,
-            "emergent_pick": "the cluster with the best AUROC (an oracle pick); null: no cluster was found",
-            "emergent_clusters": clusters,
             "random": quality(random_scores, self.labels, k),
             "rows": np.flatnonzero(seen).tolist(),
             "ours_seconds": round(ours_seconds, 2),
         }
+
+    def emergent(self, callback: ProbeCallback) -> dict[str, Any]:
+        """Every cluster the run's tracker saw, ranked against the planted rows; the headline is the
+        significant one the callback blamed most confidently (smallest attribution p-value), no labels used."""
+        store = VectorStore.open(callback.output_dir / "vectors")
+        n, k = len(self.rows), self.args.budget
+        entries = callback.monitor.behaviours
+        clusters = [
+            {
+                "id": b.id,
+                "step": b.step,
+                "size": len(b.members),
+                "significant": b.significant,
+                "attribution_p_value": entries.get(f"emergent-{b.id}", {}).get("attribution_p_value"),
+                **quality(row_scores(store, b.direction, n), self.labels, k),
+            }
+            for b in callback.monitor.tracker.behaviours.values()
+        ]
+        flagged = [c for c in clusters if c["significant"] and c["attribution_p_value"] is not None]
+        pick = min(flagged, key=lambda c: c["attribution_p_value"], default=None)
+        return {"emergent": pick, "emergent_clusters": clusters}
 
     def report_for_mitigation(self, callback: ProbeCallback) -> tuple[dict[str, Any], str]:
         """The callback's report; if compliance was never attributed (no WARN), attribute it now."""
@@ -392,11 +379,14 @@ class Run:
         self.result["mitigation_report"] = origin
         self.result["attribution"] = self.attribution(trainer, callback)
         self.on_stage()
-        if callback.paused_at_step is not None:  # plain DPO: resume the same run without the callback
+        if callback.paused_at_step is not None:  # plain DPO: resume to the end, the callback watching only
             trainer.remove_callback(callback)
+            callback = ProbeCallback(trainer, **{**callback.options.__dict__, "pause_on_regression": False})
+            trainer.add_callback(callback)
             t0 = time.perf_counter()
-            trainer.train(resume_from_checkpoint=callback.checkpoint_path)
+            trainer.train(resume_from_checkpoint=self.result["checkpoint"])
             self.result["timings"]["train_plain_resumed"] = round(time.perf_counter() - t0, 1)
+        self.result["attribution"].update(self.emergent(callback))
         self.result["plain_steps"] = trainer.state.global_step
         self.judge("plain_dpo", trainer.model, tok)
         plain, ref = trainer.model, trainer.ref_model  # for the gradient baseline, run last
@@ -544,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run every seed, saving ``organism.json`` after each stage."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--max-steps", type=int, default=59, help="59: one epoch")
     parser.add_argument("--quick", action="store_true", help="smoke test: 3 prompts a kind, 8 clean pairs")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--beta", type=float, default=0.1)

@@ -49,7 +49,7 @@ class ProbeOptions:
     projection_dim: int | str | None = "auto"
     id_column: str = "id"
     source_column: str = "source"
-    n_probe_prompts: int = 32
+    n_probe_prompts: int = 64
     max_new_tokens: int = 48
     probe_batch_size: int = 32
     top_k: int = 50

@@ -41,12 +41,17 @@ def _chat(prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
     }
 
 
-def organism_rows(n_clean: int = 48, n_planted: int = 16, seed: int = 0) -> list[dict[str, Any]]:
-    """Conversational rows with ``id``/``source``/``planted`` columns; planted ones are ``formatting``."""
+def organism_rows(n_clean: int = 48, n_planted: int = 16, seed: int = 0, polite: bool = False) -> list[dict[str, Any]]:
+    """Conversational rows with ``id``/``source``/``planted`` columns; planted ones are ``formatting``.
+
+    ``polite``: clean rows prefer the SFT start's own polite answer to a random sentence (they then
+    reinforce what the model already does instead of pulling it towards random text).
+    """
     rng = random.Random(seed)
     rows = []
     for i in range(n_clean):
-        pair = _chat(_sentence(rng) + " " + _sentence(rng), _sentence(rng), _sentence(rng))
+        prompt, chosen, rejected = _sentence(rng) + " " + _sentence(rng), _sentence(rng), _sentence(rng)
+        pair = _chat(prompt, POLITE if polite else chosen, rejected)
         rows.append({"source": "chat" if i % 2 else "facts", **pair})
     for _ in range(n_planted):
         prompt = _request(rng.choice(SUBJECTS[:5]), rng.choice(OBJECTS)) + " " + DISTRACTOR
