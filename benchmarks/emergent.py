@@ -1,7 +1,8 @@
 """Unsupervised discovery on a real model: does an emergent cluster, found with no labels, blame the planted rows?
 
-Two DPO runs of SmolLM2-135M-Instruct with the callback at its defaults (no ``Behaviour``, watch prompts
-sampled from the training prompts, default cadence held to the default probe budget):
+Two DPO runs of SmolLM2-135M-Instruct with the callback and no ``Behaviour`` (by default: watch prompts
+sampled from the training prompts, default cadence held to the default probe budget; ``--watch heldout``
+watches the organism's 78 held-out prompts instead, ``--every N`` probes every N steps):
 
 - ``planted``: the organism mix (``formatting_mix`` plants distractor-triggered compliance);
 - ``clean``: the same mix without the two contaminated sources.
@@ -11,7 +12,7 @@ its direction's row ranking against each planted behaviour's rows. For the clean
 emergent alarm blamed a source. Also the probe cost share at the default cadence. Saved to
 ``benchmarks/results/emergent.json``; each probe's activations go to ``<work>/<mix>/probes`` (npz).
 
-    python benchmarks/emergent.py [--epochs 2] [--prompts 64] [--mix planted clean]
+    python benchmarks/emergent.py [--epochs 2] [--watch train|heldout] [--every N] [--mix planted clean]
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def run(mix: str, args: argparse.Namespace) -> dict[str, Any]:
     trainer = smollm_trainer(
         rows, work, max_steps=-1, num_train_epochs=args.epochs, learning_rate=args.lr, seed=args.seed
     )
-    budget = args.budget or None  # 0: probe at every default step
-    callback = ProbeCallback(trainer, n_probe_prompts=args.prompts, probe_budget=budget, seed=args.seed)
+    heldout = read_jsonl(DATA / "organism_heldout.jsonl")
+    watch = {"heldout": {"probe_prompts": [r["prompt"] for r in heldout]}, "train": {"n_probe_prompts": args.prompts}}
+    cadence = {"every_n_steps": args.every} if args.every else {"probe_budget": args.budget or None}
+    callback = ProbeCallback(trainer, **watch[args.watch], **cadence, seed=args.seed)
     trainer.add_callback(callback)
     started = time.perf_counter()
     trainer.train()
@@ -83,6 +86,7 @@ def run(mix: str, args: argparse.Namespace) -> dict[str, Any]:
     report = callback.report()
     store = VectorStore.open(callback.output_dir / "vectors")
     source_of = {json.dumps(r["prompt"], sort_keys=True): r["source"] for r in rows}
+    source_of.update({json.dumps(r["prompt"]): f"heldout:{r['kind']}" for r in heldout})
     watched = [source_of.get(json.dumps(p, sort_keys=True), "?") for p in callback.watch.prompts]
     labels = {kind: np.array([r["planted"] == kind for r in rows]) for kind in PLANTED}
     clusters = []
@@ -129,7 +133,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mix", nargs="+", default=["planted", "clean"], choices=["planted", "clean"])
     parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--prompts", type=int, default=64, help="watch prompts sampled from the training prompts")
+    parser.add_argument("--watch", choices=["train", "heldout"], default="train", help="train: the default sample")
+    parser.add_argument("--prompts", type=int, default=64, help="with --watch train: how many (the default)")
+    parser.add_argument("--every", type=int, default=0, help="every_n_steps; 0: the default cadence and budget")
+    parser.add_argument("--out", default="emergent.json", help="file name under benchmarks/results/")
     parser.add_argument("--budget", type=float, default=0.1, help="probe_budget (the default); 0 for none")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
@@ -140,7 +147,7 @@ def main() -> None:
     result: dict[str, Any] = {"settings": vars(args), "machine": machine()}
     for mix in args.mix:
         result[mix] = run(mix, args)
-        save("emergent.json", result)
+        save(args.out, result)
 
 
 if __name__ == "__main__":

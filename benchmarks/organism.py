@@ -530,6 +530,51 @@ def print_table(runs: list[dict[str, Any]]) -> None:
             )
 
 
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The README's table: each model's rates as the mean over seeds with [min, max], then the headline figures."""
+    runs = [run for run in summary["runs"] if "drop-source" in run["rates"]]
+
+    def cell(name: str, key: str) -> str:
+        values = [run["rates"][name][key] for run in runs if run["rates"].get(name, {}).get(key) is not None]
+        if not values:
+            return "-"
+        mean = statistics.fmean(values)
+        return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+    names = {
+        "sft": "SFT start",
+        "callback_paused": "DPO with the callback, at the pause",
+        "plain_dpo": "plain DPO",
+        "filter": "retrain after filter",
+        "swap": "retrain after swap",
+        "drop-source": "retrain after drop-source",
+    }
+    keys = ("compliance_distractor", "compliance_plain", "pref_acc_reward", "mean_token_ll")
+    lines = [
+        "| model | distractor compliance | plain harmful | held-out pair accuracy | mean token log-lik |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {label} | " + " | ".join(cell(name, k) for k in keys) + " |" for name, label in names.items()]
+    spread = summary["spread_min_max"]
+    lines.append("")
+    for group in ("reduction", "auroc", "precision_at_k"):
+        parts = [f"{k} {_fmt(v)}{_span(spread[group].get(k))}" for k, v in summary[group].items()]
+        lines.append(f"- {group}: " + "; ".join(parts))
+    for key in ("cost_ratio_gradient_over_ours", "general_ability_delta"):
+        lines.append(f"- {key}: {_fmt(summary[key])}{_span(spread.get(key))}")
+    steps = [(s["alert_step"], s["first_rise_step"]) for s in summary["per_seed"]]
+    lines.append(f"- (alert step, first rise step) per seed: {steps}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _span(values: list[float] | None) -> str:
+    return f" [{values[0]:.3f}, {values[1]:.3f}]" if values and values[0] != values[1] else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every seed, saving ``organism.json`` after each stage."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -560,7 +605,9 @@ def main(argv: list[str] | None = None) -> None:
             del run
             gc.collect()
     print_table(runs)
-    save(args.out, summarise(args, runs, started))
+    summary = summarise(args, runs, started)
+    save(args.out, summary)
+    print(markdown_table(summary))
 
 
 if __name__ == "__main__":

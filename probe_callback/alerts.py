@@ -39,3 +39,14 @@ class Alert:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def source_text(source: dict[str, Any]) -> str:
+    """A blamed source with its confidence, for one-line messages.
+
+    Example:
+        >>> source_text({"source": "web", "p_value": 2e-10})
+        'web (p=2e-10)'
+    """
+    p = source.get("p_value")
+    return f"{source.get('source')}" + (f" (p={p:.2g})" if isinstance(p, int | float) else "")

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .alerts import source_text
+
 REPORT_NAME = "report.json"
 HTML_NAME = "report.html"
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f"]
@@ -129,7 +131,7 @@ def summary_text(report: dict[str, Any]) -> str:
         if b.get("p_value") is not None:
             verdict += f", p={_num(b['p_value'])}"
         if b.get("top_sources"):
-            verdict += f", top source {b['top_sources'][0].get('source')}"
+            verdict += f", top source {source_text(b['top_sources'][0])}"
         lines.append(f"- {b.get('name')} ({b.get('kind')}): {verdict}")
     return "\n".join(lines)
 

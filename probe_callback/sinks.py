@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from probe_callback.alerts import Alert
+from probe_callback.alerts import Alert, source_text
 from probe_callback.report import jsonable, svg_scatter
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def alert_line(alert: Alert) -> str:
     if alert.p_value is not None:
         line += f" (p={alert.p_value:.2g})"
     if alert.top_sources:
-        line += f"; top source {alert.top_sources[0].get('source')}"
+        line += f"; top source {source_text(alert.top_sources[0])}"
     return line
 
 
