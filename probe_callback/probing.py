@@ -109,8 +109,12 @@ def check_layers(model: nn.Module, layers: Sequence[int]) -> None:
 
 
 @contextmanager
-def record_block_outputs(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+def record_block_outputs(
+    model: nn.Module, layers: Sequence[int], first_only: bool = False
+) -> Iterator[dict[int, torch.Tensor]]:
     """Forward hooks filling `{layer: hidden states (B, S, H)}` on each forward; always removed on exit.
+
+    `first_only`: keep the first forward's states (e.g. a generation's prompt pass) until cleared.
 
     Example:
         >>> with record_block_outputs(model, [2]) as acts:
@@ -123,7 +127,8 @@ def record_block_outputs(model: nn.Module, layers: Sequence[int]) -> Iterator[di
 
     def hook_for(layer: int):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            store[layer] = (output[0] if isinstance(output, tuple) else output).detach()
+            if not (first_only and layer in store):
+                store[layer] = (output[0] if isinstance(output, tuple) else output).detach()
 
         return hook
 
@@ -256,13 +261,14 @@ def greedy_traced(
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
     responses: list[list[int]] = [[] for _ in prompt_ids]
     traces: list[ResponseTrace | None] = [None for _ in prompt_ids]
-    with inference_mode(net):
+    with inference_mode(net), record_block_outputs(net, layers, first_only=True) as prefill:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = [list(prompt_ids[i]) for i in rows]
             width = max(len(ids) for ids in batch)
             input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
             mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+            prefill.clear()  # the prompt pass of this batch's generation fills it
             out = net.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
@@ -277,20 +283,18 @@ def greedy_traced(
                 use_cache=True,
                 return_dict_in_generate=True,
                 output_logits=True,
-                output_hidden_states=bool(layers),
             )
             new = out.sequences[:, width:]
             logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1).gather(
                 2, new[:, :, None]
             )[:, :, 0]
-            prefill = out.hidden_states[0] if layers else None  # (n_layers + 1) x (B, width, H)
             for b, (i, row) in enumerate(zip(rows, new.tolist(), strict=True)):
                 cut = next((j for j, token in enumerate(row) if token in eos), len(row))
                 responses[i] = row[:cut]
                 p = len(prompt_ids[i])
                 prompt = (
                     torch.stack([prefill[layer][b, width - p :].float().mean(dim=0) for layer in layers]).cpu()
-                    if prefill is not None
+                    if layers
                     else torch.zeros(0, hidden_size)
                 )
                 traces[i] = ResponseTrace(
