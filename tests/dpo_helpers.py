@@ -36,9 +36,13 @@ def dpo_trainer(
     model_factory: Any,
     rows: list[dict[str, Any]] | Dataset,
     out: Path,
+    peft_config: Any = None,
     **config: Any,
 ) -> DPOTrainer:
-    """A real DPOTrainer on CPU with a separate reference model (both from ``model_factory``)."""
+    """A real DPOTrainer on CPU with a separate reference model (both from ``model_factory``).
+
+    With a ``peft_config`` there is no separate reference: the policy with its adapter disabled is.
+    """
     settings = {
         "output_dir": str(out),
         "per_device_train_batch_size": 4,
@@ -58,7 +62,8 @@ def dpo_trainer(
     dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(rows)
     return DPOTrainer(
         model=model_factory(),
-        ref_model=model_factory(),
+        ref_model=None if peft_config else model_factory(),
+        peft_config=peft_config,
         args=DPOConfig(**settings),
         train_dataset=dataset,
         processing_class=tokenizer,

@@ -11,9 +11,9 @@ from probe_callback.store import VectorStore
 LAYER = 2
 
 
-def offline_vectors(trainer, layer):
+def offline_vectors(trainer, layer, ref=None):
     """The paper's v_d = a_L(prompt, chosen; M0) - a_L(prompt, rejected; M0), computed independently."""
-    ref = trainer.ref_model
+    ref = ref or trainer.ref_model
     ds = trainer.train_dataset
     max_len = trainer.data_collator.max_length
     out = {}
@@ -162,3 +162,25 @@ def test_attach_time_errors_name_the_fix(tiny_tokenizer, tiny_model_factory, row
     trainer.ref_model = None
     with pytest.raises(ValueError, match="ref_model"):
         ProbeCallback(trainer)
+
+
+def test_peft_policy_with_adapter_off_is_the_reference(tiny_tokenizer, tiny_model_factory, tmp_path):
+    """LoRA training without a ref_model: vectors come from the adapter-free model, probes leave the adapter on."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    trainer = dpo_trainer(tiny_tokenizer, tiny_model_factory, preference_rows(16, seed=3), tmp_path, peft_config=lora)
+    assert trainer.ref_model is None
+    cb = ProbeCallback(trainer, layers=[LAYER], probe_prompts=["hello there", "tell me a story"], every_n_steps=3)
+    trainer.add_callback(cb)
+    trainer.train()
+
+    store = VectorStore.open(tmp_path / "probe_callback" / "vectors")
+    expected = offline_vectors(trainer, LAYER, ref=tiny_model_factory())  # the base weights: M0
+    assert store.n_rows == len(expected) == 16
+    for r, v in store.iter_vectors(0):
+        for row, vec in zip(r, v):
+            np.testing.assert_allclose(vec, expected[int(row)], rtol=2e-2, atol=2e-3)
+    report = cb.report()
+    assert report["cost"]["probe_passes"] == 2
+    assert trainer.model.active_adapters == ["default"], "the adapter is back on after each probe"
