@@ -361,6 +361,52 @@ def top_sources(scores: np.ndarray, sources: Sequence[str | None], top_frac: flo
     return sorted(out, key=lambda s: (s.p_value, -s.score))
 
 
+def source_blame_null_p_value(
+    store: VectorStore,
+    direction: np.ndarray,
+    null_directions: np.ndarray,
+    sources: Sequence[str | None],
+    layer_pos: int = 0,
+    max_rows: int = 20000,
+    seed: int = 0,
+) -> float:
+    """How often a null direction blames its top source at least as strongly as ``direction`` does.
+
+    Data sources are tight bundles in activation space, so almost any direction puts some source's
+    rows in the top and the hypergeometric p-value of :func:`top_sources` is no confidence against
+    random *behaviours*: pass as ``null_directions`` (k, H) the directions of behaviours drawn at
+    random (e.g. the contrast of random sets of as many watched prompts). The statistic is the
+    highest mean cosine of one source's rows, on a seeded sample of at most ``max_rows`` stored rows
+    (rank-based shares saturate: half of all random directions put a tight bundle on top); 1.0 when
+    no row has a source.
+
+    Example:
+        >>> p = source_blame_null_p_value(store, cluster_direction, random_subset_directions, sources)  # doctest: +SKIP
+    """
+    rng = np.random.default_rng(seed)
+    ids = store.row_ids()
+    keep = np.sort(rng.choice(ids, max_rows, replace=False)) if len(ids) > max_rows else ids
+    rows, vecs = [], []
+    for r, v in store.iter_vectors(layer_pos):
+        picked = np.isin(r, keep)
+        rows.append(r[picked])
+        vecs.append(np.asarray(v[picked], dtype=np.float32))
+    rows_all, sample = np.concatenate(rows), np.concatenate(vecs)
+    queries = store.project(np.vstack([np.atleast_2d(direction), null_directions]).astype(np.float32))
+    cos = (sample / (np.linalg.norm(sample, axis=1, keepdims=True) + _EPS)) @ _unit_queries(queries).T
+    names = {name: code for code, name in enumerate(sorted({s for s in sources if s is not None}))}
+    codes = np.array([names.get(sources[r]) if r < len(sources) and sources[r] is not None else -1 for r in rows_all])
+    known = codes >= 0
+    if not known.any():
+        return 1.0
+    onehot = np.eye(len(names), dtype=np.float32)[codes[known]]  # (rows, sources)
+    counts = onehot.sum(axis=0)
+    # Each direction's strength: the highest mean cosine of one source's rows (sources of 5+ sampled rows).
+    means = np.where(counts >= min(5, counts.max()), cos[known].T @ onehot / np.maximum(counts, 1), -np.inf)
+    stats = means.max(axis=1)
+    return float((1 + np.count_nonzero(stats[1:] >= stats[0])) / len(stats))
+
+
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for ``positives`` (bool mask or row indices); NaNs skipped.
 

@@ -38,6 +38,8 @@ from .store import VectorStore
 from .watch import Watch
 
 logger = logging.getLogger("probe_callback")
+# Emergent clusters are screened at this level (INFO); alarms need the source blame at the policy's level.
+SCREEN_ALPHA = 0.05
 
 
 def _is_peft(model: torch.nn.Module) -> bool:
@@ -225,7 +227,7 @@ class ProbeCallback(TrainerCallback):
         )
         self.monitor = Monitor(
             fitted,
-            EmergentTracker(seed=opts.seed),
+            EmergentTracker(alpha=SCREEN_ALPHA, seed=opts.seed),
             RegressionPolicy(**{**opts.policy, "overrides": overrides}),
             self.rows,
             self.output_dir / "vectors",

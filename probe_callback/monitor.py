@@ -19,15 +19,16 @@ import numpy as np
 from torch import nn
 
 from .alerts import Alert
-from .attribution import rank_rows, top_sources, top_steps
+from .attribution import rank_rows, source_blame_null_p_value, top_sources, top_steps
 from .behaviours import FittedBehaviour, score_behaviour
-from .discovery import EmergentBehaviour, EmergentTracker, behaviour_vectors, prompt_drift
+from .discovery import EmergentBehaviour, EmergentTracker, behaviour_vectors, contrast_direction, prompt_drift
 from .policy import Decision, RegressionPolicy
 from .rows import RowIndex
 from .store import VectorStore
 from .watch import Probe, Watch
 
 SAMPLES = 3
+N_NULL = 199  # random prompt sets behind each emergent behaviour's source blame
 MIN_THRESHOLD = 0.05  # nats/token
 
 
@@ -133,6 +134,12 @@ class Monitor:
 
     def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray]]:
         ok = np.flatnonzero(probe.valid)
+        vectors = behaviour_vectors(
+            [watch.base_tokens()[i] for i in ok],
+            [probe.cur_tokens[i] for i in ok],
+            [probe.novelty[i] for i in ok],
+            self.tracker.weighting,
+        )
         seen = self.tracker.update(
             probe.step,
             [watch.base_tokens()[i] for i in ok],
@@ -140,7 +147,7 @@ class Monitor:
             [probe.novelty[i] for i in ok],
             [probe.tokens[i] for i in ok],
         )
-        self._drift_map(probe, watch, ok, seen)
+        self._drift_map(vectors, watch, ok, seen, probe.step)
         drift = prompt_drift(probe.prompt_current[ok, 0], probe.prompt_reference[ok, 0])
         self.prompt_drift_history.append(
             {"step": probe.step, "median": drift.median, "p90": drift.p90, "max": drift.max, "outliers": drift.outliers}
@@ -156,21 +163,30 @@ class Monitor:
             entry["samples"] = self._samples(entry["members"], probe, watch)
             entry["score_history"].append([probe.step, b.drift])
             entry.update(self.attribute(b.direction))
-            # Pause only for what can be traced to data: the blamed source (or the ranking) must be significant too.
-            p = max(b.p_value, b.p_drift, entry.get("attribution_p_value", 1.0))
+            if "attribution_p_value" in entry:
+                entry["subset_p_value"] = self._subset_null(vectors, b)
+                _calibrate_blame(entry)
+            # Discovery only screens; an alarm needs the data blame to beat random sets of other watched prompts.
+            p = entry.get("attribution_p_value", 1.0)
             out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction))
         return out
+
+    def _subset_null(self, vectors: np.ndarray, behaviour: EmergentBehaviour) -> float:
+        """The cluster's source blame against that of random sets of as many other watched prompts
+        (sets that may include members inherit the cluster's own signal)."""
+        rng = np.random.default_rng(self.seed + behaviour.step)
+        others = np.setdiff1d(np.arange(len(vectors)), behaviour.members)
+        size = min(len(behaviour.members), len(others) - 1)
+        picks = [rng.choice(others, size, replace=False) for _ in range(N_NULL)]
+        null = np.stack([contrast_direction(vectors, members) for members in picks])
+        store = VectorStore.open(self.store_dir)
+        return source_blame_null_p_value(store, behaviour.direction, null, self.rows.sources_array(), seed=self.seed)
 
     def _samples(self, members: list[int], probe: Probe, watch: Watch) -> list[dict[str, str]]:
         r0 = watch.answers(watch.r0)
         return [{"prompt": watch.texts[i], "before": r0[i], "after": probe.responses[i]} for i in members[:SAMPLES]]
 
-    def _drift_map(self, probe: Probe, watch: Watch, ok: np.ndarray, seen: list[EmergentBehaviour]) -> None:
-        v = behaviour_vectors(
-            [watch.base_tokens()[i] for i in ok],
-            [probe.cur_tokens[i] for i in ok],
-            [probe.novelty[i] for i in ok],
-        )
+    def _drift_map(self, v: np.ndarray, watch: Watch, ok: np.ndarray, seen: list[EmergentBehaviour], step: int) -> None:
         labels = np.full(len(ok), -1)
         for b in seen:
             if b.significant:
@@ -178,7 +194,7 @@ class Monitor:
         centred = v - v.mean(axis=0)
         axes = np.linalg.svd(centred, full_matrices=False)[2][:2] if len(v) > 1 else np.eye(2, v.shape[1])
         self.drift_map = {
-            "step": probe.step,
+            "step": step,
             "points": (centred @ axes.T).tolist(),
             "labels": labels.tolist(),
             "prompts": [watch.texts[i] for i in ok],
@@ -225,6 +241,7 @@ class Monitor:
         """Rank the store again for every behaviour attributed so far (e.g. after more rows were stored)."""
         for name, direction in self.directions.items():
             self.behaviours[name].update(self.attribute(direction))
+            _calibrate_blame(self.behaviours[name])
 
     # ----- report and state ---------------------------------------------------------------------
     def report(self, paused_at_step: int | None, checkpoint: str | None) -> dict[str, Any]:
@@ -271,6 +288,12 @@ class Monitor:
         self.last_step = state["last_step"]
         self.tracker = EmergentTracker.from_state(state["tracker"])
         self.policy = RegressionPolicy.from_state(state["policy"])
+
+
+def _calibrate_blame(entry: dict[str, Any]) -> None:
+    """An emergent behaviour's blame is only as confident as its random-prompt-set null allows."""
+    if "subset_p_value" in entry and "attribution_p_value" in entry:
+        entry["attribution_p_value"] = max(entry["attribution_p_value"], entry["subset_p_value"])
 
 
 def _first_steps(memberships: dict[str, np.ndarray]) -> dict[int, int]:
