@@ -89,6 +89,7 @@ def run(mix: str, args: argparse.Namespace) -> dict[str, Any]:
     source_of.update({json.dumps(r["prompt"]): f"heldout:{r['kind']}" for r in heldout})
     watched = [source_of.get(json.dumps(p, sort_keys=True), "?") for p in callback.watch.prompts]
     labels = {kind: np.array([r["planted"] == kind for r in rows]) for kind in PLANTED}
+    entries = callback.monitor.behaviours
     clusters = []
     for b in callback.monitor.tracker.behaviours.values():
         scores = row_scores(store, b.direction, len(rows))
@@ -103,16 +104,25 @@ def run(mix: str, args: argparse.Namespace) -> dict[str, Any]:
                 "p_drift": b.p_drift,
                 "drift": b.drift,
                 "tokens": b.tokens,
+                "attribution_p_value": entries.get(f"emergent-{b.id}", {}).get("attribution_p_value"),
+                "subset_p_value": entries.get(f"emergent-{b.id}", {}).get("subset_p_value"),
+                "top_source": (entries.get(f"emergent-{b.id}", {}).get("top_sources") or [{}])[0].get("source"),
                 "member_sources": {s: members.count(s) for s in sorted(set(members))},
                 **{kind: quality(scores, y, int(y.sum())) if y.any() else None for kind, y in labels.items()},
             }
         )
     log = callback.output_dir / "alerts.jsonl"
     alerts = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    emergent_alarms = [
-        {"step": a["step"], "level": a["level"], "behaviour": a["behaviour"], "top_sources": a.get("top_sources")}
+    emergent_alerts = [
+        {
+            "step": a["step"],
+            "level": a["level"],
+            "behaviour": a["behaviour"],
+            "p_value": a["p_value"],
+            "top_source": (a.get("top_sources") or [{}])[0],
+        }
         for a in alerts
-        if a["behaviour"].startswith("emergent") and a["level"] in ("WARN", "ERROR")
+        if a["behaviour"].startswith("emergent")
     ]
     return {
         "rows": len(rows),
@@ -124,7 +134,8 @@ def run(mix: str, args: argparse.Namespace) -> dict[str, Any]:
         "every_n_steps": report["every_n_steps"],
         "watched_sources": {s: watched.count(s) for s in sorted(set(watched))},
         "clusters": clusters,
-        "emergent_alarms": emergent_alarms,
+        "emergent_alerts": emergent_alerts,
+        "emergent_alarms": [a for a in emergent_alerts if a["level"] in ("WARN", "ERROR")],
         "prompt_drift": report["prompt_drift"],
     }
 

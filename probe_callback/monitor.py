@@ -291,9 +291,13 @@ class Monitor:
 
 
 def _calibrate_blame(entry: dict[str, Any]) -> None:
-    """An emergent behaviour's blame is only as confident as its random-prompt-set null allows."""
-    if "subset_p_value" in entry and "attribution_p_value" in entry:
-        entry["attribution_p_value"] = max(entry["attribution_p_value"], entry["subset_p_value"])
+    """An emergent behaviour's blame (overall and per source) is only as confident as its
+    random-prompt-set null allows."""
+    floor = entry.get("subset_p_value")
+    if floor is None or "attribution_p_value" not in entry:
+        return
+    entry["attribution_p_value"] = max(entry["attribution_p_value"], floor)
+    entry["top_sources"] = [{**s, "p_value": max(s["p_value"], floor)} for s in entry["top_sources"]]
 
 
 def _first_steps(memberships: dict[str, np.ndarray]) -> dict[int, int]:

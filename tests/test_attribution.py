@@ -13,6 +13,7 @@ from probe_callback.attribution import (
     rank_rows,
     rise_ranking,
     score_rows,
+    source_blame_null_p_value,
     top_rows,
     top_sources,
     top_steps,
@@ -128,6 +129,18 @@ def test_top_sources_blames_planted_source(world: dict) -> None:
     assert all(s.p_value > 0.05 for s in sources[1:])
     assert sum(s.n_rows for s in sources) == N_ROWS - 1  # the row without a source is skipped
     assert set(sources[0].to_dict()) >= {"source", "score", "p_value", "n_rows", "mean_score"}
+
+
+def test_source_blame_against_random_behaviour_directions(world: dict) -> None:
+    """Against random behaviour directions the real direction's blame is significant, a random one's is not."""
+    store = VectorStore.open(world["path"])
+    rng = np.random.default_rng(11)
+    null = rng.normal(size=(99, H))
+    fake = rng.normal(size=H)
+    real = world["b"] - 0.5 * world["g"]
+    assert source_blame_null_p_value(store, real, null, world["sources"]) == pytest.approx(0.01)
+    assert source_blame_null_p_value(store, fake, null, world["sources"], max_rows=500) > 0.05
+    assert source_blame_null_p_value(store, real, null, [None] * N_ROWS) == 1.0
 
 
 def test_top_sources_significant_on_a_small_store() -> None:
