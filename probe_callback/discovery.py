@@ -352,6 +352,7 @@ class EmergentTracker:
         self.n_null, self.match_threshold, self.seed = n_null, match_threshold, seed
         self.behaviours: dict[int, EmergentBehaviour] = {}
         self.next_id = 0
+        self.vectors = np.zeros((0, 0), dtype=np.float32)  # the last checkpoint's behaviour vectors
 
     def update(
         self,
@@ -361,8 +362,9 @@ class EmergentTracker:
         novelty: Sequence[np.ndarray],
         tokens: Sequence[Sequence[str]] | None = None,
     ) -> list[EmergentBehaviour]:
-        """Cluster this checkpoint's behaviour vectors; returns the clusters seen now (ids tracked)."""
-        v = behaviour_vectors(base_tokens, cur_tokens, novelty, self.weighting)
+        """Cluster this checkpoint's behaviour vectors (kept as ``vectors``); returns the clusters seen
+        now (ids tracked)."""
+        v = self.vectors = behaviour_vectors(base_tokens, cur_tokens, novelty, self.weighting)
         _, clusters = find_clusters(v, self.min_cluster_size, n_null=self.n_null, seed=self.seed + step)
         norms = np.linalg.norm(v, axis=1)
         seen = []

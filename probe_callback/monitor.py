@@ -21,7 +21,7 @@ from torch import nn
 from .alerts import Alert
 from .attribution import rank_rows, source_blame_null_p_value, top_sources, top_steps
 from .behaviours import FittedBehaviour, score_behaviour
-from .discovery import EmergentBehaviour, EmergentTracker, behaviour_vectors, contrast_direction, prompt_drift
+from .discovery import EmergentBehaviour, EmergentTracker, contrast_direction, prompt_drift
 from .policy import Decision, RegressionPolicy
 from .rows import RowIndex
 from .store import VectorStore
@@ -134,12 +134,6 @@ class Monitor:
 
     def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray]]:
         ok = np.flatnonzero(probe.valid)
-        vectors = behaviour_vectors(
-            [watch.base_tokens()[i] for i in ok],
-            [probe.cur_tokens[i] for i in ok],
-            [probe.novelty[i] for i in ok],
-            self.tracker.weighting,
-        )
         seen = self.tracker.update(
             probe.step,
             [watch.base_tokens()[i] for i in ok],
@@ -147,6 +141,7 @@ class Monitor:
             [probe.novelty[i] for i in ok],
             [probe.tokens[i] for i in ok],
         )
+        vectors = self.tracker.vectors
         self._drift_map(vectors, watch, ok, seen, probe.step)
         drift = prompt_drift(probe.prompt_current[ok, 0], probe.prompt_reference[ok, 0])
         self.prompt_drift_history.append(
