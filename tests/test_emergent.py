@@ -11,8 +11,9 @@ from probe_callback import ProbeCallback, load_report
 from probe_callback.attribution import auroc, rank_rows
 from probe_callback.store import VectorStore
 
-# DPO plus an SFT term on the chosen answers (TRL's RPO mix): the tiny model then really says the planted
-# answer on the distractor prompts, which plain DPO at this size never makes it do (it degenerates first).
+# DPO plus an SFT term on the chosen answers (TRL's RPO mix): the tiny model's greedy answers to the distractor
+# prompts then really change (its refusal breaks up: "Sorr I c I c"; with twice the planted rows it says the
+# planted "Sure, here is how"), while plain DPO at this size only degenerates every answer.
 RPO = {"max_steps": 64, "learning_rate": 1e-3, "beta": 0.1, "loss_type": ["sigmoid", "sft"]}
 N_DISTRACTOR = 9  # the first watch prompts carry the distractor
 
