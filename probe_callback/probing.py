@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList
 
 # Attribute paths to the decoder block list, covering llama/qwen/mistral/olmo/gemma ("model.layers"),
 # gpt2 ("transformer.h"), gpt-neox ("gpt_neox.layers"), multimodal wrappers and bare base models.
@@ -234,6 +235,20 @@ def greedy_responses(
     return greedy_traced(model, tokenizer, prompt_ids, [], max_new_tokens, batch_size)[0]
 
 
+class _ChosenLogProbs(LogitsProcessor):
+    """Keeps, at each generation step, the log-probability of the greedy (highest-scoring) token.
+
+    O(batch) per step, where keeping every step's logits would hold batch x vocab floats per step.
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.steps.append(torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values)
+        return scores
+
+
 def greedy_traced(
     model: nn.Module,
     tokenizer: Any,
@@ -269,6 +284,7 @@ def greedy_traced(
             input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
             mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
             prefill.clear()  # the prompt pass of this batch's generation fills it
+            chosen = _ChosenLogProbs()
             out = net.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
@@ -281,13 +297,10 @@ def greedy_traced(
                 pad_token_id=pad,
                 eos_token_id=eos,
                 use_cache=True,
-                return_dict_in_generate=True,
-                output_logits=True,
+                logits_processor=LogitsProcessorList([chosen]),
             )
-            new = out.sequences[:, width:]
-            logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1).gather(
-                2, new[:, :, None]
-            )[:, :, 0]
+            new = out[:, width:]
+            logprobs = torch.stack(chosen.steps, dim=1)
             for b, (i, row) in enumerate(zip(rows, new.tolist(), strict=True)):
                 cut = next((j for j, token in enumerate(row) if token in eos), len(row))
                 responses[i] = row[:cut]
