@@ -105,7 +105,7 @@ def run(mix: str, args: argparse.Namespace) -> dict[str, Any]:
                 "drift": b.drift,
                 "tokens": b.tokens,
                 "attribution_p_value": entries.get(f"emergent-{b.id}", {}).get("attribution_p_value"),
-                "subset_p_value": entries.get(f"emergent-{b.id}", {}).get("subset_p_value"),
+                "blame_null_p_value": entries.get(f"emergent-{b.id}", {}).get("blame_null_p_value"),
                 "top_source": (entries.get(f"emergent-{b.id}", {}).get("top_sources") or [{}])[0].get("source"),
                 "member_sources": {s: members.count(s) for s in sorted(set(members))},
                 **{kind: quality(scores, y, int(y.sum())) if y.any() else None for kind, y in labels.items()},

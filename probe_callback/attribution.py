@@ -3,7 +3,8 @@
 Rows are scored by the cosine of the behaviour's direction (or the max over a bank of directions)
 with each stored datapoint vector, streamed from the memory-mapped store a chunk at a time. Every
 ranking carries a confidence: the row ranking against random rotations of the query, steps and
-sources against their share of the global top (hypergeometric). The training-dynamics signal
+sources against their share of the global top (hypergeometric), and a source's blame against the
+directions of random behaviours (:class:`SourceBlame`). The training-dynamics signal
 (each row's largest log-prob rise while trained on) can be rank-averaged in.
 
 Row scores alone are weak evidence: a tight bundle of rows ranks well for many random directions.
@@ -19,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -361,50 +362,76 @@ def top_sources(scores: np.ndarray, sources: Sequence[str | None], top_frac: flo
     return sorted(out, key=lambda s: (s.p_value, -s.score))
 
 
-def source_blame_null_p_value(
-    store: VectorStore,
-    direction: np.ndarray,
-    null_directions: np.ndarray,
-    sources: Sequence[str | None],
-    layer_pos: int = 0,
-    max_rows: int = 20000,
-    seed: int = 0,
-) -> float:
-    """How often a null direction blames its top source at least as strongly as ``direction`` does.
+class SourceBlame:
+    """How strongly behaviour directions blame one data source, and how often random behaviours do as much.
 
     Data sources are tight bundles in activation space, so almost any direction puts some source's
     rows in the top and the hypergeometric p-value of :func:`top_sources` is no confidence against
-    random *behaviours*: pass as ``null_directions`` (k, H) the directions of behaviours drawn at
-    random (e.g. the contrast of random sets of as many watched prompts). The statistic is the
-    highest mean cosine of one source's rows, on a seeded sample of at most ``max_rows`` stored rows
-    (rank-based shares saturate: half of all random directions put a tight bundle on top); 1.0 when
-    no row has a source.
+    random *behaviours*. A direction's strength here is the highest mean cosine of one source's rows
+    (sources of 5+ sampled rows; rank-based shares saturate: half of all random directions put a tight
+    bundle on top), on a seeded sample of at most ``max_rows`` stored rows. :meth:`p_value` compares it
+    with null directions: the directions of behaviours drawn at random (the contrasts of random sets
+    of watched prompts, the probing vectors of relabelled examples).
 
     Example:
-        >>> p = source_blame_null_p_value(store, cluster_direction, random_subset_directions, sources)  # doctest: +SKIP
+        >>> blame = SourceBlame(store, sources)                                     # doctest: +SKIP
+        >>> blame.p_value(direction, lambda k: rng.normal(size=(k, store.meta.hidden)))  # doctest: +SKIP
     """
-    rng = np.random.default_rng(seed)
-    ids = store.row_ids()
-    keep = np.sort(rng.choice(ids, max_rows, replace=False)) if len(ids) > max_rows else ids
-    rows, vecs = [], []
-    for r, v in store.iter_vectors(layer_pos):
-        picked = np.isin(r, keep)
-        rows.append(r[picked])
-        vecs.append(np.asarray(v[picked], dtype=np.float32))
-    rows_all, sample = np.concatenate(rows), np.concatenate(vecs)
-    queries = store.project(np.vstack([np.atleast_2d(direction), null_directions]).astype(np.float32))
-    cos = (sample / (np.linalg.norm(sample, axis=1, keepdims=True) + _EPS)) @ _unit_queries(queries).T
-    names = {name: code for code, name in enumerate(sorted({s for s in sources if s is not None}))}
-    codes = np.array([names.get(sources[r]) if r < len(sources) and sources[r] is not None else -1 for r in rows_all])
-    known = codes >= 0
-    if not known.any():
-        return 1.0
-    onehot = np.eye(len(names), dtype=np.float32)[codes[known]]  # (rows, sources)
-    counts = onehot.sum(axis=0)
-    # Each direction's strength: the highest mean cosine of one source's rows (sources of 5+ sampled rows).
-    means = np.where(counts >= min(5, counts.max()), cos[known].T @ onehot / np.maximum(counts, 1), -np.inf)
-    stats = means.max(axis=1)
-    return float((1 + np.count_nonzero(stats[1:] >= stats[0])) / len(stats))
+
+    def __init__(
+        self,
+        store: VectorStore,
+        sources: Sequence[str | None],
+        layer_pos: int = 0,
+        max_rows: int = 20000,
+        seed: int = 0,
+    ) -> None:
+        ids = store.row_ids()
+        keep = np.sort(np.random.default_rng(seed).choice(ids, max_rows, replace=False)) if len(ids) > max_rows else ids
+        rows, vecs = [], []
+        for r, v in store.iter_vectors(layer_pos):
+            picked = np.isin(r, keep)
+            rows.append(r[picked])
+            vecs.append(np.asarray(v[picked], dtype=np.float32))
+        rows_all, sample = np.concatenate(rows), np.concatenate(vecs)
+        names = {name: code for code, name in enumerate(sorted({s for s in sources if s is not None}))}
+        codes = np.array([names.get(sources[r], -1) if r < len(sources) else -1 for r in rows_all])
+        known = codes >= 0
+        self.store = store
+        self.unit = sample[known] / (np.linalg.norm(sample[known], axis=1, keepdims=True) + _EPS)
+        self.onehot = np.eye(len(names), dtype=np.float32)[codes[known]]  # (rows, sources)
+        counts = self.onehot.sum(axis=0)
+        self.counts = np.maximum(counts, 1)
+        self.eligible = counts >= min(5, counts.max(initial=0))
+
+    def strength(self, directions: np.ndarray) -> np.ndarray:
+        """Per direction (k, H) or (H,): the highest mean cosine of one source's rows."""
+        q = _unit_queries(self.store.project(np.atleast_2d(directions).astype(np.float32)))
+        means = (self.unit @ q.T).T @ self.onehot / self.counts
+        return np.where(self.eligible, means, -np.inf).max(axis=1)
+
+    def p_value(
+        self,
+        direction: np.ndarray,
+        draw_null: Callable[[int], np.ndarray],
+        n_null: int = 999,
+        block: int = 200,
+        stop_after: int = 10,
+    ) -> float:
+        """Share of null directions (``draw_null(k)`` -> (k, H)) at least as strong as ``direction``.
+
+        Draws ``block`` at a time, up to ``n_null``, and stops once ``stop_after`` have beaten it
+        (then it is clearly not significant); 1.0 when no sampled row has a source.
+        """
+        if not len(self.unit):
+            return 1.0
+        observed = self.strength(direction)[0]
+        beaten = done = 0
+        while done < n_null and beaten < stop_after:
+            k = min(block, n_null - done)
+            beaten += int(np.count_nonzero(self.strength(draw_null(k)) >= observed))
+            done += k
+        return (1 + beaten) / (1 + done)
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:

@@ -36,7 +36,7 @@ Example = tuple[str, str]
 Judge = Callable[[str, str], bool]
 # Standard errors below this (nats) are float noise, not evidence: keeps p-values of an unchanged model sane.
 _SE_FLOOR = 1e-6
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 def _check_examples(name: str, side: str, examples: Any) -> list[Example]:
@@ -138,7 +138,8 @@ class FittedBehaviour:
     raw activations, one per layer; `probe_accuracy` (n_layers,): its cross-validated held-out accuracy
     (0.5 = not linearly visible at that layer). `layer`: the layer used for headline scores (best
     accuracy; ties go to the earliest listed). `ref_logp_positive/negative` (n_pos,)/(n_neg,): M0's mean
-    per-token log-likelihood of each example's response.
+    per-token log-likelihood of each example's response. `example_activations` (n_pos + n_neg,
+    n_layers, H): each example's mean response activation through M0, positives first.
     """
 
     behaviour: Behaviour
@@ -149,6 +150,7 @@ class FittedBehaviour:
     probe_accuracy: np.ndarray
     ref_logp_positive: np.ndarray
     ref_logp_negative: np.ndarray
+    example_activations: np.ndarray
 
     @property
     def layer(self) -> int:
@@ -164,6 +166,18 @@ class FittedBehaviour:
         x = np.asarray(activations, dtype=np.float64)
         logits = np.einsum("nlh,lh->nl", x, self.probe_coef) + self.probe_intercept
         return special.expit(logits)
+
+    def relabelled_vectors(self, layer_index: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Probing vectors (k, H) at ``self.layers[layer_index]`` of ``k`` random relabellings of the
+        examples (as many positives as before): behaviours drawn at random from the same examples, the
+        null for this behaviour's blame.
+
+        Example:
+            >>> fitted.relabelled_vectors(0, 199, np.random.default_rng(0)).shape   # (199, H)
+        """
+        x, n_pos = self.example_activations[:, layer_index], len(self.behaviour.positive)
+        orders = [rng.permutation(len(x)) for _ in range(k)]
+        return np.stack([x[o[:n_pos]].mean(axis=0) - x[o[n_pos:]].mean(axis=0) for o in orders])
 
     def to_state(self) -> dict[str, Any]:
         """JSON-serialisable state (lists and floats only; the judge is not saved).
@@ -185,6 +199,7 @@ class FittedBehaviour:
             "probe_accuracy": self.probe_accuracy.tolist(),
             "ref_logp_positive": self.ref_logp_positive.tolist(),
             "ref_logp_negative": self.ref_logp_negative.tolist(),
+            "example_activations": self.example_activations.tolist(),
         }
 
     @classmethod
@@ -209,6 +224,7 @@ class FittedBehaviour:
                     "probe_accuracy",
                     "ref_logp_positive",
                     "ref_logp_negative",
+                    "example_activations",
                 )
             ),
         )
@@ -262,6 +278,7 @@ def fit_behaviour(
         probe_accuracy=np.array([acc for _, _, acc in probes]),
         ref_logp_positive=logps[:n_pos],
         ref_logp_negative=logps[n_pos:],
+        example_activations=means,
     )
 
 

@@ -194,6 +194,21 @@ def contrast_direction(vectors: np.ndarray, members: np.ndarray) -> np.ndarray:
     return (d / (np.linalg.norm(d) + _EPS)).astype(np.float32)
 
 
+def random_set_directions(vectors: np.ndarray, members: Sequence[int], k: int, rng: np.random.Generator) -> np.ndarray:
+    """Contrast directions (k, H) of ``k`` random sets of as many *non-members*: behaviours drawn at
+    random, the null for a cluster's blame (sets that may include members inherit its own signal).
+
+    Example:
+        >>> import numpy as np
+        >>> v = np.random.default_rng(0).normal(size=(10, 4))
+        >>> random_set_directions(v, [0, 1], 3, np.random.default_rng(1)).shape
+        (3, 4)
+    """
+    others = np.setdiff1d(np.arange(len(vectors)), members)
+    size = min(len(members), len(others) - 1)
+    return np.stack([contrast_direction(vectors, rng.choice(others, size, replace=False)) for _ in range(k)])
+
+
 def naming_tokens(
     tokens: Sequence[Sequence[str]],
     novelty: Sequence[np.ndarray],

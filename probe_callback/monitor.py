@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,16 @@ import numpy as np
 from torch import nn
 
 from .alerts import Alert
-from .attribution import rank_rows, source_blame_null_p_value, top_sources, top_steps
+from .attribution import SourceBlame, rank_rows, top_sources, top_steps
 from .behaviours import FittedBehaviour, score_behaviour
-from .discovery import EmergentBehaviour, EmergentTracker, contrast_direction, prompt_drift
+from .discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
 from .policy import Decision, RegressionPolicy
 from .rows import RowIndex
 from .store import VectorStore
 from .watch import Probe, Watch
 
 SAMPLES = 3
-N_NULL = 199  # random prompt sets behind each emergent behaviour's source blame
+NullDraw = Callable[[int], np.ndarray]  # k -> (k, H) directions of random behaviours
 MIN_THRESHOLD = 0.05  # nats/token
 
 
@@ -78,13 +80,13 @@ class Monitor:
         decisions = [self._supervised(f, probe, model, tokenizer, watch) for f in self.fitted]
         decisions += self._emergent(probe, watch)
         alerts = []
-        for decision, direction in decisions:
+        for decision, direction, draw_null in decisions:
             entry = self.behaviours[decision.name]
             entry.update(level=decision.level, p_value=_finite(decision.p_value), threshold=decision.threshold)
             if decision.is_regression and entry["flagged_at_step"] is None:
                 entry["flagged_at_step"] = decision.step
             if decision.kind == "supervised" and decision.level in ("WARN", "ERROR"):
-                entry.update(self.attribute(direction))
+                entry.update(self.attribute(direction, draw_null))
             if entry["top_rows"]:
                 self.directions[decision.name] = direction
             alert = decision.to_alert(entry["top_rows"][:5], entry["top_sources"][:3])
@@ -112,7 +114,7 @@ class Monitor:
 
     def _supervised(
         self, fitted: FittedBehaviour, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch
-    ) -> tuple[Decision, np.ndarray]:
+    ) -> tuple[Decision, np.ndarray, NullDraw]:
         layer_pos = [self.layers.index(x) for x in fitted.layers]
         s = score_behaviour(
             fitted,
@@ -130,9 +132,10 @@ class Monitor:
         entry.setdefault("metrics_history", []).append({"step": probe.step, **_jsonable_scores(s)})
         decision = self.policy.update(name, "supervised", probe.step, s["ll_margin"], s["ll_margin_p"])
         primary = fitted.layers.index(self.layers[0]) if self.layers[0] in fitted.layers else 0
-        return decision, fitted.probing_vectors[primary]
+        rng = np.random.default_rng(self.seed + probe.step)
+        return decision, fitted.probing_vectors[primary], lambda k: fitted.relabelled_vectors(primary, k, rng)
 
-    def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray]]:
+    def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray, NullDraw]]:
         ok = np.flatnonzero(probe.valid)
         seen = self.tracker.update(
             probe.step,
@@ -157,25 +160,13 @@ class Monitor:
             entry["members"] = [int(ok[i]) for i in b.members]
             entry["samples"] = self._samples(entry["members"], probe, watch)
             entry["score_history"].append([probe.step, b.drift])
-            entry.update(self.attribute(b.direction))
-            if "attribution_p_value" in entry:
-                entry["subset_p_value"] = self._subset_null(vectors, b)
-                _calibrate_blame(entry)
+            rng = np.random.default_rng(self.seed + b.step)
+            draw_null = partial(random_set_directions, vectors, b.members, rng=rng)
+            entry.update(self.attribute(b.direction, draw_null))
             # Discovery only screens; an alarm needs the data blame to beat random sets of other watched prompts.
             p = entry.get("attribution_p_value", 1.0)
-            out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction))
+            out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction, draw_null))
         return out
-
-    def _subset_null(self, vectors: np.ndarray, behaviour: EmergentBehaviour) -> float:
-        """The cluster's source blame against that of random sets of as many other watched prompts
-        (sets that may include members inherit the cluster's own signal)."""
-        rng = np.random.default_rng(self.seed + behaviour.step)
-        others = np.setdiff1d(np.arange(len(vectors)), behaviour.members)
-        size = min(len(behaviour.members), len(others) - 1)
-        picks = [rng.choice(others, size, replace=False) for _ in range(N_NULL)]
-        null = np.stack([contrast_direction(vectors, members) for members in picks])
-        store = VectorStore.open(self.store_dir)
-        return source_blame_null_p_value(store, behaviour.direction, null, self.rows.sources_array(), seed=self.seed)
 
     def _samples(self, members: list[int], probe: Probe, watch: Watch) -> list[dict[str, str]]:
         r0 = watch.answers(watch.r0)
@@ -196,8 +187,12 @@ class Monitor:
         }
 
     # ----- attribution --------------------------------------------------------------------------
-    def attribute(self, direction: np.ndarray) -> dict[str, Any]:
-        """Top rows, steps and sources for a behaviour direction (hidden size), with p-values."""
+    def attribute(self, direction: np.ndarray, draw_null: NullDraw | None = None) -> dict[str, Any]:
+        """Top rows, steps and sources for a behaviour direction (hidden size), with p-values.
+
+        With ``draw_null`` (k -> (k, H) directions of random behaviours) the sources' blame is also
+        tested against those (``blame_null_p_value``) and no p-value of it is reported below that.
+        """
         try:
             store = VectorStore.open(self.store_dir)
         except FileNotFoundError:
@@ -224,19 +219,25 @@ class Monitor:
         steps = [s.to_dict() for s in top_steps(ranking.all_scores, memberships)]
         # Bonferroni over the sources tested; without a source column, the ranking's own p-value.
         blame = min(1.0, sources[0]["p_value"] * len(sources)) if sources else ranking.p_value
-        return {
+        out = {
             "top_rows": rows,
             "top_steps": steps,
             "top_sources": sources,
             "ranking_p_value": ranking.p_value,
             "attribution_p_value": blame,
         }
+        if draw_null is not None and sources:
+            null_blame = SourceBlame(store, self.rows.sources_array(), seed=self.seed)
+            out["blame_null_p_value"] = null_blame.p_value(direction, draw_null)
+            _calibrate_blame(out)
+        return out
 
     def reattribute(self) -> None:
         """Rank the store again for every behaviour attributed so far (e.g. after more rows were stored)."""
         for name, direction in self.directions.items():
-            self.behaviours[name].update(self.attribute(direction))
-            _calibrate_blame(self.behaviours[name])
+            entry = self.behaviours[name]
+            entry.update(self.attribute(direction))
+            _calibrate_blame(entry)
 
     # ----- report and state ---------------------------------------------------------------------
     def report(self, paused_at_step: int | None, checkpoint: str | None) -> dict[str, Any]:
@@ -286,9 +287,9 @@ class Monitor:
 
 
 def _calibrate_blame(entry: dict[str, Any]) -> None:
-    """An emergent behaviour's blame (overall and per source) is only as confident as its
-    random-prompt-set null allows."""
-    floor = entry.get("subset_p_value")
+    """A behaviour's blame (overall and per source) is only as confident as its null of random
+    behaviours allows."""
+    floor = entry.get("blame_null_p_value")
     if floor is None or "attribution_p_value" not in entry:
         return
     entry["attribution_p_value"] = max(entry["attribution_p_value"], floor)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from probe_callback.attribution import (
+    SourceBlame,
     auroc,
     combine_scores,
     rank_rows,
     rise_ranking,
     score_rows,
-    source_blame_null_p_value,
     top_rows,
     top_sources,
     top_steps,
@@ -132,15 +132,24 @@ def test_top_sources_blames_planted_source(world: dict) -> None:
 
 
 def test_source_blame_against_random_behaviour_directions(world: dict) -> None:
-    """Against random behaviour directions the real direction's blame is significant, a random one's is not."""
+    """Against random behaviour directions the real direction's blame is significant, a random one's is not;
+    a clearly weaker direction stops the null draws early."""
     store = VectorStore.open(world["path"])
     rng = np.random.default_rng(11)
-    null = rng.normal(size=(99, H))
-    fake = rng.normal(size=H)
+    draws: list[int] = []
+
+    def draw_null(k: int) -> np.ndarray:
+        draws.append(k)
+        return rng.normal(size=(k, H))
+
     real = world["b"] - 0.5 * world["g"]
-    assert source_blame_null_p_value(store, real, null, world["sources"]) == pytest.approx(0.01)
-    assert source_blame_null_p_value(store, fake, null, world["sources"], max_rows=500) > 0.05
-    assert source_blame_null_p_value(store, real, null, [None] * N_ROWS) == 1.0
+    blame = SourceBlame(store, world["sources"])
+    assert blame.p_value(real, draw_null, n_null=399, block=100) == pytest.approx(1 / 400)
+    assert draws == [100, 100, 100, 99]
+    draws.clear()
+    assert SourceBlame(store, world["sources"], max_rows=500).p_value(rng.normal(size=H), draw_null) > 0.05
+    assert sum(draws) < 999  # stopped once 10 null directions beat it
+    assert SourceBlame(store, [None] * N_ROWS).p_value(real, draw_null) == 1.0
 
 
 def test_top_sources_significant_on_a_small_store() -> None:

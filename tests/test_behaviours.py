@@ -121,13 +121,24 @@ def test_probing_vector_is_difference_of_means(fitted, tiny_model_factory, tiny_
     assert fitted.probe_coef.shape == (3, 32) and fitted.probe_intercept.shape == (3,)
     assert fitted.probe_accuracy.shape == (3,) and ((fitted.probe_accuracy >= 0) & (fitted.probe_accuracy <= 1)).all()
     assert fitted.layer in LAYERS and fitted.ref_logp_positive.shape == (6,)
+    x = fitted.example_activations[:, 1]
+    np.testing.assert_allclose(x[:6].mean(axis=0) - x[6:].mean(axis=0), fitted.probing_vectors[1], atol=1e-6)
+
+
+def test_relabelled_vectors_are_random_behaviours_of_the_same_examples(fitted):
+    null = fitted.relabelled_vectors(1, 300, np.random.default_rng(0))
+    assert null.shape == (300, 32)
+    real = fitted.probing_vectors[1]
+    # A relabelling's expected direction is zero: their mean is far shorter than the real probing vector.
+    assert np.linalg.norm(null.mean(axis=0)) < 0.3 * np.linalg.norm(real)
 
 
 def test_state_round_trips_through_json(fitted):
     state = json.loads(json.dumps(fitted.to_state()))
     again = FittedBehaviour.from_state(state)
     assert again.behaviour == fitted.behaviour and again.layers == fitted.layers
-    for key in ("probing_vectors", "probe_coef", "probe_intercept", "probe_accuracy", "ref_logp_negative"):
+    keys = ("probing_vectors", "probe_coef", "probe_intercept", "probe_accuracy", "ref_logp_negative")
+    for key in (*keys, "example_activations"):
         np.testing.assert_allclose(getattr(again, key), getattr(fitted, key))
     with pytest.raises(ValueError, match="version"):
         FittedBehaviour.from_state({**state, "version": 99})
