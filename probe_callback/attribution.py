@@ -85,7 +85,8 @@ class RowRanking:
     ``all_scores`` and ``cosine``: one value per row index (NaN where a row has no vector);
     ``all_scores`` is the cosine, or its rank-average with the rise signal when combined.
     ``p_value``: how often a random rotation of the query gets a top-1% mean cosine at least as
-    high (on a row sample); ``statistic`` that mean for the query.
+    high (on a row sample); ``statistic`` that mean for the query. ``sample_rows``/``sample``: that
+    uniform sample of stored rows and their unit vectors (store dimension).
     """
 
     rows: np.ndarray
@@ -94,6 +95,8 @@ class RowRanking:
     cosine: np.ndarray
     p_value: float
     statistic: float
+    sample_rows: np.ndarray
+    sample: np.ndarray
 
 
 def rank_rows(
@@ -134,10 +137,11 @@ def rank_rows(
         for rows, vecs in store.iter_vectors(layer_pos, chunk):
             parts_rows.append(rows)
             parts_cos.append(_cosines(vecs, q))
-            sample.add(vecs)
+            sample.add(rows, vecs)
         if not parts_rows:
             raise ValueError(f"the store at {store.path} holds no vectors yet")
-        p_value, statistic = _rotation_p_value(sample.unit_vectors(), q, n_null, rng)
+        sample_rows, sample_unit = sample.unit_vectors()
+        p_value, statistic = _rotation_p_value(sample_unit, q, n_null, rng)
     rows, cos = np.concatenate(parts_rows), np.concatenate(parts_cos)
     cosine = np.full(int(rows.max()) + 1, np.nan, dtype=np.float32)
     cosine[rows] = cos
@@ -146,7 +150,7 @@ def rank_rows(
         rise = rise_ranking(store.memberships(), len(cosine))
         scores = combine_scores([cosine, rise[: len(cosine)]], [1.0 - rise_weight, rise_weight])
     top = top_rows(scores, top_k)
-    return RowRanking(top, scores[top], scores, cosine, p_value, statistic)
+    return RowRanking(top, scores[top], scores, cosine, p_value, statistic, sample_rows, sample_unit)
 
 
 class _RowSample:
@@ -159,22 +163,26 @@ class _RowSample:
     def __init__(self, size: int, rng: np.random.Generator) -> None:
         self.size, self.rng, self.rate = size, rng, 1.0
         self.keys: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
         self.vecs: list[np.ndarray] = []
 
-    def add(self, vecs: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, vecs: np.ndarray) -> None:
         keys = self.rng.random(len(vecs))
         while sum(map(len, self.keys)) + np.count_nonzero(keys < self.rate) > 2 * self.size:
             self.rate /= 2
             kept = [k < self.rate for k in self.keys]
             self.keys = [k[m] for k, m in zip(self.keys, kept, strict=True)]
+            self.rows = [r[m] for r, m in zip(self.rows, kept, strict=True)]
             self.vecs = [v[m] for v, m in zip(self.vecs, kept, strict=True)]
         picked = keys < self.rate
         self.keys.append(keys[picked])
+        self.rows.append(rows[picked])
         self.vecs.append(np.asarray(vecs[picked], dtype=np.float32))
 
-    def unit_vectors(self) -> np.ndarray:
+    def unit_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row indices, unit vectors) of the sample."""
         v = np.concatenate(self.vecs)
-        return v / (np.linalg.norm(v, axis=1, keepdims=True) + _EPS)
+        return np.concatenate(self.rows), v / (np.linalg.norm(v, axis=1, keepdims=True) + _EPS)
 
 
 def _rotation_p_value(
@@ -369,36 +377,26 @@ class SourceBlame:
     rows in the top and the hypergeometric p-value of :func:`top_sources` is no confidence against
     random *behaviours*. A direction's strength here is the highest mean cosine of one source's rows
     (sources of 5+ sampled rows; rank-based shares saturate: half of all random directions put a tight
-    bundle on top), on a seeded sample of at most ``max_rows`` stored rows. :meth:`p_value` compares it
+    bundle on top), on the uniform row sample a :class:`RowRanking` kept. :meth:`p_value` compares it
     with null directions: the directions of behaviours drawn at random (the contrasts of random sets
     of watched prompts, the probing vectors of relabelled examples).
 
     Example:
-        >>> blame = SourceBlame(store, sources)                                     # doctest: +SKIP
-        >>> blame.p_value(direction, lambda k: rng.normal(size=(k, store.meta.hidden)))  # doctest: +SKIP
+        >>> blame = SourceBlame(rank_rows(store, direction), sources, store.project)          # doctest: +SKIP
+        >>> blame.p_value(direction, lambda k: rng.normal(size=(k, store.meta.hidden)))     # doctest: +SKIP
     """
 
     def __init__(
         self,
-        store: VectorStore,
+        ranking: RowRanking,
         sources: Sequence[str | None],
-        layer_pos: int = 0,
-        max_rows: int = 20000,
-        seed: int = 0,
+        project: Callable[[np.ndarray], np.ndarray],
     ) -> None:
-        ids = store.row_ids()
-        keep = np.sort(np.random.default_rng(seed).choice(ids, max_rows, replace=False)) if len(ids) > max_rows else ids
-        rows, vecs = [], []
-        for r, v in store.iter_vectors(layer_pos):
-            picked = np.isin(r, keep)
-            rows.append(r[picked])
-            vecs.append(np.asarray(v[picked], dtype=np.float32))
-        rows_all, sample = np.concatenate(rows), np.concatenate(vecs)
         names = {name: code for code, name in enumerate(sorted({s for s in sources if s is not None}))}
-        codes = np.array([names.get(sources[r], -1) if r < len(sources) else -1 for r in rows_all])
+        codes = np.array([names.get(sources[r], -1) if r < len(sources) else -1 for r in ranking.sample_rows])
         known = codes >= 0
-        self.store = store
-        self.unit = sample[known] / (np.linalg.norm(sample[known], axis=1, keepdims=True) + _EPS)
+        self.project = project
+        self.unit = ranking.sample[known]
         self.onehot = np.eye(len(names), dtype=np.float32)[codes[known]]  # (rows, sources)
         counts = self.onehot.sum(axis=0)
         self.counts = np.maximum(counts, 1)
@@ -406,7 +404,7 @@ class SourceBlame:
 
     def strength(self, directions: np.ndarray) -> np.ndarray:
         """Per direction (k, H) or (H,): the highest mean cosine of one source's rows."""
-        q = _unit_queries(self.store.project(np.atleast_2d(directions).astype(np.float32)))
+        q = _unit_queries(self.project(np.atleast_2d(directions).astype(np.float32)))
         means = (self.unit @ q.T).T @ self.onehot / self.counts
         return np.where(self.eligible, means, -np.inf).max(axis=1)
 

@@ -227,7 +227,7 @@ class Monitor:
             "attribution_p_value": blame,
         }
         if draw_null is not None and sources:
-            null_blame = SourceBlame(store, self.rows.sources_array(), seed=self.seed)
+            null_blame = SourceBlame(ranking, self.rows.sources_array(), store.project)
             out["blame_null_p_value"] = null_blame.p_value(direction, draw_null)
             _calibrate_blame(out)
         return out
