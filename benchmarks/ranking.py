@@ -3,7 +3,8 @@
 Writes a store with the store's own writer under a temporary folder (about 1.1 GB, deleted after),
 then times ``rank_rows`` + ``top_sources`` + ``top_steps`` (memberships read from the store; the
 median of ``--repeats`` runs) and samples the process's memory while they run. The page cache
-is warm (the store was just written).
+is warm (the store was just written). Also times the blame null a flagged behaviour adds
+(``SourceBlame.p_value`` on the ranking's row sample, 999 random directions: the most it draws).
 ``peak_rss_delta_mib`` counts resident pages of the memory map too (the kernel can drop those);
 ``peak_anon_delta_mib`` is the memory the ranking itself allocates.
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from probe_callback.attribution import rank_rows, top_sources, top_steps
+from probe_callback.attribution import SourceBlame, rank_rows, top_sources, top_steps
 from probe_callback.store import VectorStore
 
 RESULTS = Path(__file__).parent / "results" / "ranking.json"
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
                 steps = top_steps(ranking.all_scores, store.memberships())
                 runs.append((time.perf_counter() - t0, t1 - t0, t2 - t1, time.perf_counter() - t2))
         total, rank_s, sources_s, steps_s = sorted(runs)[len(runs) // 2]  # the median run
+        rng = np.random.default_rng(2)
+        t0 = time.perf_counter()
+        blame = SourceBlame(ranking, sources, store.project)
+        blame_p = blame.p_value(query, lambda k: rng.standard_normal((k, args.dim)))
+        blame_s = time.perf_counter() - t0
         result = {
             "rows": args.rows,
             "dim": args.dim,
@@ -123,6 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
             "store_mib": round(store.bytes_on_disk() / 2**20, 1),
             "write_seconds": round(write_s, 1),
             "ranking_p_value": ranking.p_value,
+            "seconds_blame_null": round(blame_s, 3),
+            "blame_sample_rows": len(ranking.sample_rows),
+            "blame_null_p_value": blame_p,
             "top_source": srcs[0].source,
             "top_step": steps[0].step,
             "cpus": psutil.cpu_count(),
