@@ -379,7 +379,7 @@ class SourceBlame:
     (sources of 5+ sampled rows; rank-based shares saturate: half of all random directions put a tight
     bundle on top), on the uniform row sample a :class:`RowRanking` kept. :meth:`p_value` compares it
     with null directions: the directions of behaviours drawn at random (the contrasts of random sets
-    of watched prompts, the probing vectors of relabelled examples).
+    of watched prompts, the contrasts of random halves of a behaviour's own examples).
 
     Example:
         >>> blame = SourceBlame(rank_rows(store, direction), sources, store.project)          # doctest: +SKIP

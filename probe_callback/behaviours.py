@@ -167,17 +167,24 @@ class FittedBehaviour:
         logits = np.einsum("nlh,lh->nl", x, self.probe_coef) + self.probe_intercept
         return special.expit(logits)
 
-    def relabelled_vectors(self, layer_index: int, k: int, rng: np.random.Generator) -> np.ndarray:
-        """Probing vectors (k, H) at ``self.layers[layer_index]`` of ``k`` random relabellings of the
-        examples (as many positives as before): behaviours drawn at random from the same examples, the
-        null for this behaviour's blame.
+    def split_vectors(self, layer_index: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Contrasts (k, H) at ``self.layers[layer_index]`` of ``k`` random splits of each side's
+        examples in two halves, ``(pos_A + neg_A) / 2 - (pos_B + neg_B) / 2`` (means): the behaviour
+        cancels out and what is left is how the examples differ among themselves, behaviours drawn at
+        random from the same text: the null for this behaviour's blame. (Plain relabellings keep part
+        of the behaviour, or its opposite, and make a null that is far too strong.)
 
         Example:
-            >>> fitted.relabelled_vectors(0, 199, np.random.default_rng(0)).shape   # (199, H)
+            >>> fitted.split_vectors(0, 199, np.random.default_rng(0)).shape   # (199, H)
         """
         x, n_pos = self.example_activations[:, layer_index], len(self.behaviour.positive)
-        orders = [rng.permutation(len(x)) for _ in range(k)]
-        return np.stack([x[o[:n_pos]].mean(axis=0) - x[o[n_pos:]].mean(axis=0) for o in orders])
+        sides = (x[:n_pos], x[n_pos:])
+
+        def half_contrast(side: np.ndarray) -> np.ndarray:
+            order = rng.permutation(len(side))
+            return side[order[: len(side) // 2]].mean(axis=0) - side[order[len(side) // 2 :]].mean(axis=0)
+
+        return np.stack([(half_contrast(sides[0]) + half_contrast(sides[1])) / 2 for _ in range(k)])
 
     def to_state(self) -> dict[str, Any]:
         """JSON-serialisable state (lists and floats only; the judge is not saved).

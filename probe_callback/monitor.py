@@ -133,7 +133,7 @@ class Monitor:
         decision = self.policy.update(name, "supervised", probe.step, s["ll_margin"], s["ll_margin_p"])
         primary = fitted.layers.index(self.layers[0]) if self.layers[0] in fitted.layers else 0
         rng = np.random.default_rng(self.seed + probe.step)
-        return decision, fitted.probing_vectors[primary], lambda k: fitted.relabelled_vectors(primary, k, rng)
+        return decision, fitted.probing_vectors[primary], lambda k: fitted.split_vectors(primary, k, rng)
 
     def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray, NullDraw]]:
         ok = np.flatnonzero(probe.valid)

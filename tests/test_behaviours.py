@@ -125,12 +125,21 @@ def test_probing_vector_is_difference_of_means(fitted, tiny_model_factory, tiny_
     np.testing.assert_allclose(x[:6].mean(axis=0) - x[6:].mean(axis=0), fitted.probing_vectors[1], atol=1e-6)
 
 
-def test_relabelled_vectors_are_random_behaviours_of_the_same_examples(fitted):
-    null = fitted.relabelled_vectors(1, 300, np.random.default_rng(0))
+def test_split_vectors_are_random_behaviours_without_the_behaviour(fitted):
+    rng = np.random.default_rng(0)
+    null = fitted.split_vectors(1, 300, rng)
     assert null.shape == (300, 32)
-    real = fitted.probing_vectors[1]
-    # A relabelling's expected direction is zero: their mean is far shorter than the real probing vector.
+    x, real = fitted.example_activations[:, 1], fitted.probing_vectors[1]
+    relabelled = np.stack(
+        [x[o[:6]].mean(axis=0) - x[o[6:]].mean(axis=0) for o in (rng.permutation(12) for _ in range(300))]
+    )
+
+    def abs_cosine(v: np.ndarray) -> np.ndarray:
+        return np.abs(v @ real) / (np.linalg.norm(v, axis=1) * np.linalg.norm(real))
+
+    # Each split's positive and negative halves cancel the behaviour; plain relabellings keep part of it.
     assert np.linalg.norm(null.mean(axis=0)) < 0.3 * np.linalg.norm(real)
+    assert abs_cosine(null).mean() < abs_cosine(relabelled).mean()
 
 
 def test_state_round_trips_through_json(fitted):
