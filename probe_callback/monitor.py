@@ -135,7 +135,7 @@ class Monitor:
         rng = np.random.default_rng(self.seed + probe.step)
         return decision, fitted.probing_vectors[primary], lambda k: fitted.split_vectors(primary, k, rng)
 
-    def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray, NullDraw]]:
+    def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray, NullDraw | None]]:
         ok = np.flatnonzero(probe.valid)
         seen = self.tracker.update(
             probe.step,
@@ -150,11 +150,15 @@ class Monitor:
         self.prompt_drift_history.append(
             {"step": probe.step, "median": drift.median, "p90": drift.p90, "max": drift.max, "outliers": drift.outliers}
         )
-        out = []
-        for b in seen:
-            if not b.significant:
-                continue
+        out: list[tuple[Decision, np.ndarray, NullDraw | None]] = []
+        for b in self.tracker.behaviours.values():
             name = f"emergent-{b.id}"
+            if not (b.significant and b.step == probe.step):
+                if name in self.behaviours:  # reported before, not significant now: its streak ends here
+                    score = b.drift if b.step == probe.step else 0.0
+                    decision = self.policy.update(name, "emergent", probe.step, score, None)
+                    out.append((decision, self.directions.get(name, b.direction), None))
+                continue
             entry = self._entry(name, "emergent")
             entry["label"] = " ".join(t.strip() for t in b.tokens[:5] if t.strip())
             entry["members"] = [int(ok[i]) for i in b.members]

@@ -169,8 +169,8 @@ class RegressionPolicy:
 
         `noise` is the score's standard deviation under the null (e.g. across random directions);
         without it the spread of the baseline checkpoints is used when there are at least two.
-        Emergent behaviours have a baseline of 0 (they did not exist at the start); a first
-        appearance that is not significant is reported as INFO, a significant one as WARN.
+        Emergent behaviours have a baseline of 0 (they did not exist at the start); their first
+        appearance is reported as INFO (and counts towards the streak when significant).
         """
         cfg = self.settings(name)
         first_seen = name not in self._tracks
@@ -204,12 +204,11 @@ class RegressionPolicy:
             level = "ERROR"
             if track.flagged_at_step is None:
                 track.flagged_at_step = step
-        elif significant:
-            level = "WARN"
         elif kind == "emergent" and first_seen:
             level = "INFO"
-        new = kind == "emergent" and first_seen
-        reason = self._reason(level, name, score, baseline, threshold, p_value, z, track.streak, cfg, new)
+        elif significant:
+            level = "WARN"
+        reason = self._reason(level, name, score, baseline, threshold, p_value, z, track.streak, cfg, first_seen)
         return Decision(
             **base,
             level=level,
@@ -241,18 +240,17 @@ class RegressionPolicy:
         z: float | None,
         streak: int,
         cfg: Thresholds,
-        new: bool,
+        first_seen: bool,
     ) -> str:
         stats = f"score {score:.3g} (baseline {baseline:.3g}, threshold {threshold:.3g}"
         stats += f", p={p_value:.3g}" if p_value is not None else ""
         stats += f", z={z:.2f})" if z is not None else ")"
         if level == "ERROR":
             return f"{name} regressed: {streak} consecutive significant checkpoints above threshold; {stats}"
-        prefix = "new emergent behaviour " if new else ""
         if level == "WARN":
-            return f"{prefix}{name} is rising significantly ({streak}/{cfg.patience} towards ERROR); {stats}"
-        if level == "INFO":
-            return f"{prefix}{name} appeared, not significant yet; {stats}"
+            return f"{name} is rising significantly ({streak}/{cfg.patience} towards ERROR); {stats}"
+        if level == "INFO" and first_seen:
+            return f"new emergent behaviour {name} appeared; {stats}"
         return f"{name} within normal range; {stats}"
 
     def state(self) -> dict[str, Any]:

@@ -65,3 +65,13 @@ def test_clean_run_raises_no_emergent_alarm(tiny_tokenizer, organism_factory, tm
     log = tmp_path / "probe_callback" / "alerts.jsonl"
     levels = [json.loads(line)["level"] for line in log.read_text().splitlines()] if log.exists() else []
     assert not {"WARN", "ERROR"} & set(levels), levels
+
+
+def test_first_sighting_is_info_and_the_alarm_needs_a_second(planted):
+    """A cluster's first significant checkpoint is only INFO; it alarms when significant again."""
+    _, callback, report = planted
+    [cluster] = [c for c in report["clusters"] if c["significant"]]
+    log = callback.output_dir / "alerts.jsonl"
+    alerts = [a for a in map(json.loads, log.read_text().splitlines()) if a["behaviour"] == f"emergent-{cluster['id']}"]
+    assert alerts[0]["level"] == "INFO" and alerts[0]["p_value"] < 0.01
+    assert alerts[1]["level"] == "ERROR" and alerts[1]["step"] > alerts[0]["step"]
