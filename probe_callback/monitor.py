@@ -80,7 +80,7 @@ class Monitor:
         decisions = [self._supervised(f, probe, model, tokenizer, watch) for f in self.fitted]
         decisions += self._emergent(probe, watch)
         alerts = []
-        for decision, direction, draw_null in decisions:
+        for decision, direction, draw_null in decisions:  # emergent ones were attributed already
             entry = self.behaviours[decision.name]
             entry.update(level=decision.level, p_value=_finite(decision.p_value), threshold=decision.threshold)
             if decision.is_regression and entry["flagged_at_step"] is None:
@@ -169,7 +169,7 @@ class Monitor:
             entry.update(self.attribute(b.direction, draw_null))
             # Discovery only screens; an alarm needs the data blame to beat random sets of other watched prompts.
             p = entry.get("attribution_p_value", 1.0)
-            out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction, draw_null))
+            out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction, None))
         return out
 
     def _samples(self, members: list[int], probe: Probe, watch: Watch) -> list[dict[str, str]]:
