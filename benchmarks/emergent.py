@@ -92,6 +92,7 @@ def run(mix: str, args: argparse.Namespace) -> dict[str, Any]:
     entries = callback.monitor.behaviours
     clusters = []
     for b in callback.monitor.tracker.behaviours.values():
+        entry = entries.get(f"emergent-{b.id}", {})
         scores = row_scores(store, b.direction, len(rows))
         members = [watched[i] for i in np.flatnonzero(answered[b.step])[b.members]]
         clusters.append(
@@ -104,9 +105,9 @@ def run(mix: str, args: argparse.Namespace) -> dict[str, Any]:
                 "p_drift": b.p_drift,
                 "drift": b.drift,
                 "tokens": b.tokens,
-                "attribution_p_value": entries.get(f"emergent-{b.id}", {}).get("attribution_p_value"),
-                "blame_null_p_value": entries.get(f"emergent-{b.id}", {}).get("blame_null_p_value"),
-                "top_source": (entries.get(f"emergent-{b.id}", {}).get("top_sources") or [{}])[0].get("source"),
+                "attribution_p_value": entry.get("attribution_p_value"),
+                "blame_null_p_value": entry.get("blame_null_p_value"),
+                "top_source": (entry.get("top_sources") or [{}])[0].get("source"),
                 "member_sources": {s: members.count(s) for s in sorted(set(members))},
                 **{kind: quality(scores, y, int(y.sum())) if y.any() else None for kind, y in labels.items()},
             }

@@ -30,7 +30,6 @@ from .store import VectorStore
 from .watch import Probe, Watch
 
 SAMPLES = 3
-NullDraw = Callable[[int], np.ndarray]  # k -> (k, H) directions of random behaviours
 MIN_THRESHOLD = 0.05  # nats/token
 
 
@@ -80,13 +79,11 @@ class Monitor:
         decisions = [self._supervised(f, probe, model, tokenizer, watch) for f in self.fitted]
         decisions += self._emergent(probe, watch)
         alerts = []
-        for decision, direction, draw_null in decisions:  # emergent ones were attributed already
+        for decision, direction in decisions:
             entry = self.behaviours[decision.name]
             entry.update(level=decision.level, p_value=_finite(decision.p_value), threshold=decision.threshold)
             if decision.is_regression and entry["flagged_at_step"] is None:
                 entry["flagged_at_step"] = decision.step
-            if decision.kind == "supervised" and decision.level in ("WARN", "ERROR"):
-                entry.update(self.attribute(direction, draw_null))
             if entry["top_rows"]:
                 self.directions[decision.name] = direction
             alert = decision.to_alert(entry["top_rows"][:5], entry["top_sources"][:3])
@@ -114,7 +111,7 @@ class Monitor:
 
     def _supervised(
         self, fitted: FittedBehaviour, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch
-    ) -> tuple[Decision, np.ndarray, NullDraw]:
+    ) -> tuple[Decision, np.ndarray]:
         layer_pos = [self.layers.index(x) for x in fitted.layers]
         s = score_behaviour(
             fitted,
@@ -132,10 +129,13 @@ class Monitor:
         entry.setdefault("metrics_history", []).append({"step": probe.step, **_jsonable_scores(s)})
         decision = self.policy.update(name, "supervised", probe.step, s["ll_margin"], s["ll_margin_p"])
         primary = fitted.layers.index(self.layers[0]) if self.layers[0] in fitted.layers else 0
-        rng = np.random.default_rng(self.seed + probe.step)
-        return decision, fitted.probing_vectors[primary], lambda k: fitted.split_vectors(primary, k, rng)
+        direction = fitted.probing_vectors[primary]
+        if decision.level in ("WARN", "ERROR"):  # attribute what is flagged
+            rng = np.random.default_rng(self.seed + probe.step)
+            entry.update(self.attribute(direction, lambda k: fitted.split_vectors(primary, k, rng)))
+        return decision, direction
 
-    def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray, NullDraw | None]]:
+    def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray]]:
         ok = np.flatnonzero(probe.valid)
         seen = self.tracker.update(
             probe.step,
@@ -150,14 +150,14 @@ class Monitor:
         self.prompt_drift_history.append(
             {"step": probe.step, "median": drift.median, "p90": drift.p90, "max": drift.max, "outliers": drift.outliers}
         )
-        out: list[tuple[Decision, np.ndarray, NullDraw | None]] = []
+        out: list[tuple[Decision, np.ndarray]] = []
         for b in self.tracker.behaviours.values():
             name = f"emergent-{b.id}"
             if not (b.significant and b.step == probe.step):
                 if name in self.behaviours:  # reported before, not significant now: its streak ends here
                     score = b.drift if b.step == probe.step else 0.0
                     decision = self.policy.update(name, "emergent", probe.step, score, None)
-                    out.append((decision, self.directions.get(name, b.direction), None))
+                    out.append((decision, self.directions.get(name, b.direction)))
                 continue
             entry = self._entry(name, "emergent")
             entry["label"] = " ".join(t.strip() for t in b.tokens[:5] if t.strip())
@@ -169,7 +169,7 @@ class Monitor:
             entry.update(self.attribute(b.direction, draw_null))
             # Discovery only screens; an alarm needs the data blame to beat random sets of other watched prompts.
             p = entry.get("attribution_p_value", 1.0)
-            out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction, None))
+            out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction))
         return out
 
     def _samples(self, members: list[int], probe: Probe, watch: Watch) -> list[dict[str, str]]:
@@ -191,7 +191,7 @@ class Monitor:
         }
 
     # ----- attribution --------------------------------------------------------------------------
-    def attribute(self, direction: np.ndarray, draw_null: NullDraw | None = None) -> dict[str, Any]:
+    def attribute(self, direction: np.ndarray, draw_null: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
         """Top rows, steps and sources for a behaviour direction (hidden size), with p-values.
 
         With ``draw_null`` (k -> (k, H) directions of random behaviours) the sources' blame is also
