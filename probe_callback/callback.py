@@ -42,6 +42,38 @@ logger = logging.getLogger("probe_callback")
 SCREEN_ALPHA = 0.05
 
 
+def stratified_sample(prompts: list[Any], sources: list[Any], n: int, seed: int = 0) -> list[Any]:
+    """Up to ``n`` distinct prompts, taken from each source in turn (every source watched, small ones whole).
+
+    Example:
+        >>> stratified_sample(["a", "b", "c", "d", "e"], ["x", "x", "x", "x", "y"], 2)
+        ['d', 'e']
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for prompt, source in zip(prompts, sources):
+        groups.setdefault(json.dumps(source, sort_keys=True, default=str), {})[json.dumps(prompt, sort_keys=True)] = (
+            prompt
+        )
+    rng = random.Random(seed)
+    queues = []
+    for key in sorted(groups):
+        unique = list(groups[key].values())
+        rng.shuffle(unique)
+        queues.append(unique)
+    picked: list[Any] = []
+    seen: set[str] = set()
+    while len(picked) < n and any(queues):
+        for queue in queues:
+            while queue and len(picked) < n:
+                prompt = queue.pop()
+                key = json.dumps(prompt, sort_keys=True)
+                if key not in seen:
+                    seen.add(key)
+                    picked.append(prompt)
+                    break
+    return picked
+
+
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
@@ -154,9 +186,9 @@ class ProbeCallback(TrainerCallback):
             else None
         )
         ds = ds if ds is not None and "prompt" in ds.column_names else self.trainer.train_dataset
-        unique = list({json.dumps(p, sort_keys=True): p for p in ds["prompt"]}.values())
-        random.Random(self.options.seed).shuffle(unique)
-        return unique[: self.options.n_probe_prompts]
+        column = self.options.source_column
+        sources = ds[column] if column in ds.column_names else [None] * len(ds)
+        return stratified_sample(ds["prompt"], sources, self.options.n_probe_prompts, self.options.seed)
 
     # ----- trainer events -----------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
@@ -188,7 +220,8 @@ class ProbeCallback(TrainerCallback):
         self.cadence = Cadence(
             every=opts.every_n_steps or self._default_cadence(state),
             budget=None if opts.every_n_steps else opts.probe_budget,
-            expected_seconds=time.perf_counter() - built,  # about one probe: M0's answers, read through M0
+            # the set-up pass (M0's answers, read through M0) costs about two thirds of a probe
+            expected_seconds=1.5 * (time.perf_counter() - built),
         )
         self._log_start()
         self.cadence.start()
@@ -266,6 +299,27 @@ class ProbeCallback(TrainerCallback):
         if self.monitor is not None and self.cadence.candidate(step) and self._agree(self.cadence.within_budget()):
             self._checkpoint(state, control)
 
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        """Between probes: what the learning record shows (free), as INFO alerts and metrics."""
+        if not self.is_main or self.monitor is None or self.cadence.candidate(state.global_step):
+            return
+        try:
+            self.store.flush()
+            alerts = self.monitor.learning_check(state.global_step, self.trainer.processing_class)
+            for alert in alerts:
+                self.publisher.alert(alert)
+            self.publisher.metrics(state.global_step, self._learning_metrics())
+        except Exception as exc:  # a failure of ours never kills the user's run
+            logger.warning("probe_callback: learning check at step %d failed: %r", state.global_step, exc)
+
+    def _learning_metrics(self) -> dict[str, float]:
+        patterns = self.monitor.patterns
+        return {
+            "learning/patterns": float(len(patterns)),
+            "learning/significant": float(sum(g.p_value <= 0.01 for g in patterns)),
+            "learning/best_p_value": float(min((g.p_value for g in patterns), default=1.0)),
+        }
+
     def _checkpoint(self, state: TrainerState, control: TrainerControl) -> None:
         """Probe, decide, publish; ask the trainer to save and stop on a new regression."""
         pause, started = False, time.perf_counter()
@@ -314,6 +368,7 @@ class ProbeCallback(TrainerCallback):
         for alert in alerts:
             self.publisher.alert(alert)
         metrics: dict[str, float] = {
+            **self._learning_metrics(),
             "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values())),
             **{f"prompt_drift/{k}": self.monitor.prompt_drift_history[-1][k] for k in ("median", "p90", "max")},
         }
@@ -422,12 +477,13 @@ class ProbeCallback(TrainerCallback):
         rows = self.rows.lookup(batch.input_ids, batch.attention_mask)
         known = rows >= 0
         self.unmatched += int((~known).sum())
-        half = len(rows)
-        rise = batch.rise[:half].numpy() if batch.rise is not None else np.zeros(half, dtype=np.float32)
         if self._step > 0:  # step 0 is the datapoint pass at train begin, not a training batch
-            self.store.append_memberships(rows[known], np.full(known.sum(), self._step), rise[known])
+            record = batch.learning.numpy() if batch.learning is not None else {"rise": np.zeros(len(rows), np.float32)}
+            record = {k: v[known] for k, v in record.items()}
+            self.store.append_memberships(rows[known], np.full(known.sum(), self._step), record.pop("rise"), record)
         if batch.pooled is None:
             return
+        half = len(rows)
         diff = (batch.pooled[:half] - batch.pooled[half:]).numpy()
         fresh = np.array([r >= 0 and int(r) not in self._stored for r in rows])
         if fresh.any():

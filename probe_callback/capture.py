@@ -5,8 +5,9 @@ DPO's collated batch is ``[chosen rows; rejected rows]``; the reference model is
 call: a pre-hook keeps the batch's ids and completion mask, forward hooks on the chosen decoder
 blocks pool the completion tokens' hidden states (the paper's ``a_L``), and a post-hook hands one
 :class:`CapturedBatch` to a consumer. A hook on the policy forward keeps its per-token log-probs so
-each row's log-prob rise (policy minus reference) comes for free too. Hooks only read: the loss,
-gradients and weights are untouched.
+each row's learning record comes for free too (:class:`Learning`: the chosen answer's largest
+per-token log-prob rise, policy minus reference, the tokens where it peaks, and the rejected
+answer's largest fall). Hooks only read: the loss, gradients and weights are untouched.
 
 Example:
     >>> with DatapointCapture(ref_model, ref_blocks, on_batch=print) as cap:   # doctest: +SKIP
@@ -19,21 +20,43 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+PEAKS = 3  # tokens kept per row where the chosen answer's rise peaks
+
+
+@dataclass
+class Learning:
+    """What the policy learned on each of B pairs, relative to the reference (nats per token).
+
+    ``rise`` (B,): the chosen answer's largest per-token log-prob rise; ``peak_ids`` / ``peak_rises``
+    (B, PEAKS): the chosen tokens with the largest rises, largest first (id -1 where the answer is
+    shorter); ``fall`` (B,): the rejected answer's largest per-token log-prob fall.
+    """
+
+    rise: torch.Tensor
+    peak_ids: torch.Tensor
+    peak_rises: torch.Tensor
+    fall: torch.Tensor
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """The fields as numpy arrays, keyed as the store's learning records."""
+        return {k: getattr(self, k).numpy() for k in ("rise", "fall", "peak_ids", "peak_rises")}
 
 
 @dataclass
 class CapturedBatch:
     """What one forward showed: ids (2B, T), the completion mask (2B, T), pooled completion means
     (2B, n_layers, H) in float32 (``None`` for a policy-only batch, see ``reference_per_step``), and
-    per-row max log-prob rise of the completion tokens (2B,) when both log-probs were seen."""
+    the pairs' :class:`Learning` when both log-probs were seen."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor
     pooled: torch.Tensor | None
-    rise: torch.Tensor | None
+    learning: Learning | None
 
 
 def completion_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -117,14 +140,14 @@ class DatapointCapture:
         if pending is None or any(p is None for p in pending["pooled"]):
             return
         ids = pending["input_ids"]
-        rise = self._rise(ids, pending["completion_mask"], getattr(output, "log_probs", None))
+        learning = self._learning(ids, pending["completion_mask"], getattr(output, "log_probs", None))
         self.on_batch(
             CapturedBatch(
                 input_ids=ids.detach().cpu(),
                 attention_mask=pending["attention_mask"].detach().cpu(),
                 completion_mask=pending["completion_mask"].detach().cpu(),
                 pooled=torch.stack(pending["pooled"], dim=1),
-                rise=rise,
+                learning=learning,
             )
         )
 
@@ -139,12 +162,43 @@ class DatapointCapture:
         logps = getattr(output, "log_probs", None)
         self._policy_logps = None if logps is None else (ids, logps.detach())
 
-    def _rise(self, ids: torch.Tensor, completion: torch.Tensor, ref_logps: torch.Tensor | None) -> torch.Tensor | None:
+    def _learning(self, ids: torch.Tensor, completion: torch.Tensor, ref_logps: torch.Tensor | None) -> Learning | None:
         seen, self._policy_logps = self._policy_logps, None
         if ref_logps is None or seen is None or seen[0] is None or seen[0].shape != ids.shape:
             return None
         if not torch.equal(seen[0], ids):
             return None
-        diff = (seen[1] - ref_logps.detach()).float()
-        mask = completion[:, 1:][:, -diff.shape[1] :]
-        return diff.masked_fill(~mask, float("-inf")).amax(dim=1).nan_to_num(neginf=0.0).cpu()
+        return learning_record(ids, completion, (seen[1] - ref_logps.detach()).float())
+
+
+def learning_record(ids: torch.Tensor, completion: torch.Tensor, diff: torch.Tensor) -> Learning:
+    """The :class:`Learning` of a ``[chosen; rejected]`` batch from its per-token log-prob change.
+
+    ``diff[:, j]`` (2B, L) is policy minus reference log-prob of the token at position ``j + 1`` of
+    the last ``L + 1`` positions of ``ids`` (2B, T); ``completion`` (2B, T) marks completion tokens.
+
+    Example:
+        >>> ids = torch.tensor([[5, 6, 7], [5, 8, 9]])
+        >>> mask = torch.tensor([[0, 1, 1], [0, 1, 1]]).bool()
+        >>> rec = learning_record(ids, mask, torch.tensor([[2.0, 0.5], [-1.0, -3.0]]))
+        >>> rec.rise.tolist(), rec.peak_ids[0].tolist(), rec.fall.tolist()
+        ([2.0], [6, 7, -1], [3.0])
+    """
+    length = diff.shape[1]
+    mask = completion[:, 1:][:, -length:].bool()
+    tokens = ids[:, 1:][:, -length:]
+    half = len(ids) // 2
+    chosen = diff[:half].masked_fill(~mask[:half], float("-inf"))
+    k = min(PEAKS, length)
+    top, where = chosen.topk(k, dim=1)
+    peak_ids = tokens[:half].gather(1, where).masked_fill(~torch.isfinite(top), -1)
+    pad = PEAKS - k
+    peak_ids = torch.nn.functional.pad(peak_ids, (0, pad), value=-1)
+    peak_rises = torch.nn.functional.pad(top.nan_to_num(neginf=0.0), (0, pad))
+    fall = -diff[half:].masked_fill(~mask[half:], float("inf")).amin(dim=1)
+    return Learning(
+        rise=top[:, 0].nan_to_num(neginf=0.0).cpu(),
+        peak_ids=peak_ids.cpu(),
+        peak_rises=peak_rises.cpu(),
+        fall=fall.nan_to_num(neginf=0.0).cpu(),
+    )

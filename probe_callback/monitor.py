@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,28 @@ import numpy as np
 from torch import nn
 
 from .alerts import Alert
-from .attribution import SourceBlame, rank_rows, top_sources, top_steps
+from .attribution import SourceBlame, combine_scores, rank_rows, top_rows, top_sources, top_steps
 from .behaviours import FittedBehaviour, score_behaviour
 from .discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
+from .learning import (
+    Pattern,
+    PatternNames,
+    confirm,
+    find_patterns,
+    gained_words,
+    normalise,
+    source_enrichment,
+)
 from .policy import Decision, RegressionPolicy
-from .rows import RowIndex
+from .rows import RowIndex, to_text
 from .store import VectorStore
 from .watch import Probe, Watch
 
 SAMPLES = 3
 MIN_THRESHOLD = 0.05  # nats/token
+PATTERN_ALPHA = 0.01  # a learning pattern is news at this level (corrected for every pattern tested)
+CONFIRM_ALPHA = 0.05  # the probe confirms it when its words are gained beyond this share of control words
+MIN_CONFIRMED = 2  # ... on at least this many watched prompts outside its rows
 
 
 def default_threshold(fitted: FittedBehaviour) -> float:
@@ -71,20 +84,33 @@ class Monitor:
         self.prompt_drift_history: list[dict[str, Any]] = []
         self.drift_map: dict[str, Any] | None = None
         self.last_step = 0
+        self.patterns: list[Pattern] = []
+        self.pattern_names = PatternNames()
+        self.pattern_scores: dict[str, np.ndarray] = {}  # each reported pattern's score of every row
+        self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
 
     # ----- per checkpoint -----------------------------------------------------------------------
     def checkpoint(self, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch) -> list[Alert]:
         """Score every behaviour at this checkpoint, decide, attribute what is flagged; return alerts."""
         self.last_step = probe.step
         decisions = [self._supervised(f, probe, model, tokenizer, watch) for f in self.fitted]
+        decisions += self._learning(probe.step, tokenizer, (probe, watch))
         decisions += self._emergent(probe, watch)
+        return self._alerts(decisions)
+
+    def learning_check(self, step: int, tokenizer: Any) -> list[Alert]:
+        """Between probes: the data side alone (free); new patterns are INFO "being learned"."""
+        self.last_step = max(self.last_step, step)
+        return self._alerts(self._learning(step, tokenizer, None))
+
+    def _alerts(self, decisions: list[tuple[Decision, np.ndarray | None]]) -> list[Alert]:
         alerts = []
         for decision, direction in decisions:
             entry = self.behaviours[decision.name]
             entry.update(level=decision.level, p_value=_finite(decision.p_value), threshold=decision.threshold)
             if decision.is_regression and entry["flagged_at_step"] is None:
                 entry["flagged_at_step"] = decision.step
-            if entry["top_rows"]:
+            if entry["top_rows"] and direction is not None:
                 self.directions[decision.name] = direction
             alert = decision.to_alert(entry["top_rows"][:5], entry["top_sources"][:3])
             if alert is not None:
@@ -135,6 +161,90 @@ class Monitor:
             entry.update(self.attribute(direction, lambda k: fitted.split_vectors(primary, k, rng)))
         return decision, direction
 
+    def _learning(
+        self, step: int, tokenizer: Any, probed: tuple[Probe, Watch] | None
+    ) -> list[tuple[Decision, np.ndarray | None]]:
+        """Patterns of the learning record; at a probe, each one is tested on the watched prompts."""
+        try:
+            store = VectorStore.open(self.store_dir)
+        except FileNotFoundError:
+            return []
+        records = store.memberships()
+        decode = partial(_decode, tokenizer)
+        self.patterns = find_patterns(records, decode, self.rows.sources_array(), seed=self.seed + step)
+        news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
+        centre = _mean_unit_vector(store)
+        self.pattern_names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
+        news = list({g.name: g for g in reversed(news)}.values())[::-1]  # one pattern a name: the best
+        self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
+        if probed is not None:
+            before, gained, outside_of = self._gained(*probed)
+        out: list[tuple[Decision, np.ndarray | None]] = []
+        for g in news:
+            entry = self._entry(g.name, "emergent")
+            entry.update(self._pattern_entry(g, records, store))
+            entry["score_history"].append([step, g.score])
+            if g.name not in self.policy_seen:
+                decision = self.policy.update(g.name, "emergent", step, g.score, None)
+                out.append((replace(decision, reason=_being_learned(g)), None))
+            if probed is None:
+                continue
+            conf = confirm(g.words, gained, outside_of(g), before)
+            entry["confirmation"] = {"step": step, **asdict(conf)}
+            confirmed = conf.count >= MIN_CONFIRMED and conf.p_value <= CONFIRM_ALPHA
+            decision = self.policy.update(
+                g.name, "emergent", step, conf.count / max(conf.n_outside, 1), g.p_value if confirmed else 1.0
+            )
+            if confirmed:
+                decision = replace(decision, reason=f"{decision.reason}; {_confirmed(g, conf)}")
+            out.append((decision, None))
+        return out
+
+    @property
+    def policy_seen(self) -> set[str]:
+        return set(self.policy.state()["tracks"])
+
+    def _gained(
+        self, probe: Probe, watch: Watch
+    ) -> tuple[list[set[str]], list[set[str]], Callable[[Pattern], np.ndarray]]:
+        """The words of M0's answers, those each current answer gained, and which watched prompts lie
+        outside a pattern's rows."""
+        before = [{normalise(t) for t in watch.answers([[x] for x in r])} for r in watch.r0]
+        gained = gained_words(probe.tokens, probe.novelty, before)
+        texts = [to_text(p) for p in watch.prompts]
+
+        def outside_of(g: Pattern) -> np.ndarray:
+            own = {self.rows.text(int(r), "prompt") for r in g.rows}
+            return np.array([t not in own for t in texts]) & probe.valid
+
+        return before, gained, outside_of
+
+    def _pattern_entry(self, g: Pattern, records: dict[str, np.ndarray], store: VectorStore) -> dict[str, Any]:
+        """Rows, steps and sources of a pattern: its own rows first (best learning first), then the rows
+        whose datapoint vectors point its way (rows not trained on yet, after a pause's datapoint pass)."""
+        seen = np.unique(records["row"])
+        signal = np.full(self.rows.n_rows, np.nan)
+        signal[seen[seen < len(signal)]] = -1e3  # trained on, not in the pattern: below every member
+        signal[g.rows] = g.z
+        scores = signal
+        direction = _rows_direction(store, g.rows, _mean_unit_vector(store))
+        if direction is not None and np.linalg.norm(direction) > 0:
+            cosine = rank_rows(store, direction, top_k=1, n_null=0, seed=self.seed).cosine
+            scores = combine_scores(
+                [signal, np.pad(cosine, (0, max(0, len(signal) - len(cosine))), constant_values=np.nan)]
+            )
+        self.pattern_scores[g.name] = scores
+        first_step = _first_steps(records)
+        return {
+            "words": g.words,
+            "found_by": "learning record",
+            "top_rows": [self._row(int(r), float(scores[r]), first_step) for r in top_rows(scores, self.top_k)],
+            "top_steps": [s.to_dict() for s in top_steps(scores, records)],
+            "top_sources": source_enrichment(g.rows, self.rows.sources_array(), seen),
+            "attribution_p_value": g.p_value,
+            "pattern": g.summary(),
+        }
+
     def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray]]:
         ok = np.flatnonzero(probe.valid)
         seen = self.tracker.update(
@@ -167,10 +277,42 @@ class Monitor:
             rng = np.random.default_rng(self.seed + b.step)
             draw_null = partial(random_set_directions, vectors, b.members, rng=rng)
             entry.update(self.attribute(b.direction, draw_null))
+            entry["links"] = self._links(b, entry)
+            self._take_rows(entry)
             # Discovery only screens; an alarm needs the data blame to beat random sets of other watched prompts.
             p = entry.get("attribution_p_value", 1.0)
             out.append((self.policy.update(name, "emergent", probe.step, b.drift, p), b.direction))
         return out
+
+    def _links(self, b: EmergentBehaviour, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        """Learning patterns that share a word with the cluster's risen tokens, and how many of the
+        cluster's own top rows (by its activation direction) are the pattern's rows."""
+        words = {normalise(t) for t in b.tokens} - {""}
+        own = [r["row"] for r in entry.get("top_rows", [])]
+        links = []
+        for g in self.patterns:
+            shared = sorted(words & set(g.words))
+            if shared:
+                k = min(len(g.rows), len(own))
+                agree = len(set(own[:k]) & set(g.rows.tolist())) / k if k else None
+                links.append(
+                    {
+                        "pattern": g.name,
+                        "shared_words": shared,
+                        "pattern_p_value": g.p_value,
+                        "direction_agreement": agree,
+                    }
+                )
+        return sorted(links, key=lambda link: link["pattern_p_value"])
+
+    def _take_rows(self, entry: dict[str, Any]) -> None:
+        """A cluster linked to a significant learning pattern takes the pattern's rows and confidence."""
+        link = next((x for x in entry["links"] if x["pattern_p_value"] <= PATTERN_ALPHA), None)
+        if link is None or link["pattern"] not in self.behaviours:
+            return
+        pattern = self.behaviours[link["pattern"]]
+        entry.update({k: pattern[k] for k in ("top_rows", "top_steps", "top_sources")}, rows_from=link["pattern"])
+        entry["attribution_p_value"] = min(entry.get("attribution_p_value", 1.0), link["pattern_p_value"])
 
     def _samples(self, members: list[int], probe: Probe, watch: Watch) -> list[dict[str, str]]:
         r0 = watch.answers(watch.r0)
@@ -206,17 +348,7 @@ class Monitor:
         ranking = rank_rows(store, direction, layer_pos=0, top_k=self.top_k, seed=self.seed)
         memberships = store.memberships()
         first_step = _first_steps(memberships)
-        rows = [
-            {
-                **self.rows.describe(int(r)),
-                "score": float(s),
-                "step": first_step.get(int(r)),
-                "prompt": self.rows.text(int(r), "prompt"),
-                "chosen": self.rows.text(int(r), "chosen"),
-                "rejected": self.rows.text(int(r), "rejected"),
-            }
-            for r, s in zip(ranking.rows, ranking.scores)
-        ]
+        rows = [self._row(int(r), float(s), first_step) for r, s in zip(ranking.rows, ranking.scores)]
         sources = [
             {**s.to_dict(), "share_in_top": s.score} for s in top_sources(ranking.all_scores, self.rows.sources_array())
         ]
@@ -236,12 +368,30 @@ class Monitor:
             _calibrate_blame(out)
         return out
 
+    def _row(self, row: int, score: float, first_step: dict[int, int]) -> dict[str, Any]:
+        return {
+            **self.rows.describe(row),
+            "score": score,
+            "step": first_step.get(row),
+            "prompt": self.rows.text(row, "prompt"),
+            "chosen": self.rows.text(row, "chosen"),
+            "rejected": self.rows.text(row, "rejected"),
+        }
+
     def reattribute(self) -> None:
         """Rank the store again for every behaviour attributed so far (e.g. after more rows were stored)."""
         for name, direction in self.directions.items():
             entry = self.behaviours[name]
             entry.update(self.attribute(direction))
             _calibrate_blame(entry)
+        store = VectorStore.open(self.store_dir)
+        records = store.memberships()
+        for g in self.patterns:
+            if g.name in self.behaviours:
+                self.behaviours[g.name].update(self._pattern_entry(g, records, store))
+        for entry in self.behaviours.values():
+            if entry.get("links"):
+                self._take_rows(entry)
 
     # ----- report and state ---------------------------------------------------------------------
     def report(self, paused_at_step: int | None, checkpoint: str | None) -> dict[str, Any]:
@@ -270,6 +420,7 @@ class Monitor:
             "clusters": clusters,
             "drift_map": self.drift_map,
             "prompt_drift": self.prompt_drift_history,
+            "learning": self.learning,
         }
 
     def state(self) -> dict[str, Any]:
@@ -279,6 +430,8 @@ class Monitor:
             "prompt_drift": self.prompt_drift_history,
             "last_step": self.last_step,
             "tracker": self.tracker.state(),
+            "learning": self.learning,
+            "pattern_names": self.pattern_names.known,
             "policy": self.policy.state(),
         }
 
@@ -286,6 +439,8 @@ class Monitor:
         self.behaviours, self.drift_map = state["behaviours"], state["drift_map"]
         self.prompt_drift_history = state["prompt_drift"]
         self.last_step = state["last_step"]
+        self.learning = state.get("learning")
+        self.pattern_names = PatternNames(state.get("pattern_names"))
         self.tracker = EmergentTracker.from_state(state["tracker"])
         self.policy = RegressionPolicy.from_state(state["policy"])
 
@@ -298,6 +453,48 @@ def _calibrate_blame(entry: dict[str, Any]) -> None:
         return
     entry["attribution_p_value"] = max(entry["attribution_p_value"], floor)
     entry["top_sources"] = [{**s, "p_value": max(s["p_value"], floor)} for s in entry["top_sources"]]
+
+
+def _decode(tokenizer: Any, token: int) -> str:
+    return tokenizer.decode([token])
+
+
+def _unit_mean(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)).mean(axis=0)
+
+
+def _rows_direction(store: VectorStore, rows: np.ndarray, centre: np.ndarray) -> np.ndarray | None:
+    """Mean unit datapoint vector of ``rows`` minus ``centre`` (every stored row's); None when some of
+    ``rows`` have no stored vector yet."""
+    try:
+        return _unit_mean(store.vectors_for(rows)) - centre
+    except KeyError:
+        return None
+
+
+def _mean_unit_vector(store: VectorStore) -> np.ndarray:
+    """Mean of every stored row's unit vector (one pass, a chunk at a time)."""
+    total, n = np.zeros(store.dim), 0
+    for _, vecs in store.iter_vectors():
+        total += _unit_mean(vecs.astype(np.float32)) * len(vecs)
+        n += len(vecs)
+    return total / max(n, 1)
+
+
+def _being_learned(g: Pattern) -> str:
+    sources = ", ".join(f"{s} ({n})" for s, n in list(g.sources.items())[:3]) or "no source column"
+    return (
+        f"being learned: {len(g.rows)} rows whose learning peaks on {g.words[:4]} stand out "
+        f"({g.excess:+.2f} nats above rows of the same steps, p={g.p_value:.3g} against random rows of the "
+        f"same steps); sources {sources}"
+    )
+
+
+def _confirmed(g: Pattern, conf: Any) -> str:
+    return (
+        f"confirmed on watched prompts outside its rows: {conf.count}/{conf.n_outside} answers gained "
+        f"{g.words[:4]} (p={conf.p_value:.3g} against the run's other learned words)"
+    )
 
 
 def _first_steps(memberships: dict[str, np.ndarray]) -> dict[int, int]:

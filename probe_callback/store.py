@@ -5,7 +5,9 @@ Layout under the store folder::
     meta.json                   layers, hidden size, stored dim, projection seed (written once)
     rank-00000/vectors.f16      float16 records, one per row: (n_layers, dim) chosen-minus-rejected
     rank-00000/rows.i64         int64 row index of each vector record (written after its vector)
-    rank-00000/steps.bin        membership records (row int64, step int64, rise float32, pad)
+    rank-00000/steps.bin        learning records, one per row per step it was trained in (``STEP_RECORD``:
+                                row, step, the chosen answer's largest log-prob rise, the rejected
+                                answer's largest fall, the 3 peak token ids and their rises)
 
 Every file only grows. A reader counts complete records only, so a process killed at any point
 (``kill -9``) leaves everything written before the last ``flush()`` readable. Each rank writes its
@@ -32,7 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-STEP_RECORD = np.dtype([("row", "<i8"), ("step", "<i8"), ("rise", "<f4"), ("pad", "<f4")])
+STEP_RECORD = np.dtype(
+    [
+        ("row", "<i8"),
+        ("step", "<i8"),
+        ("rise", "<f4"),
+        ("fall", "<f4"),
+        ("peak_ids", "<i4", (3,)),
+        ("peak_rises", "<f2", (3,)),
+        ("pad", "<i2", (3,)),
+    ]
+)  # 48 bytes
+STORE_VERSION = 2
 AUTO_PROJECTION_ABOVE = 1024
 AUTO_PROJECTION_DIM = 768
 
@@ -46,7 +59,7 @@ class StoreMeta:
     hidden: int
     dim: int
     projection_seed: int | None
-    version: int = 1
+    version: int = STORE_VERSION
 
     @property
     def record_bytes(self) -> int:
@@ -144,10 +157,16 @@ class VectorStore:
         self._write("vectors.f16", vectors.tobytes())
         self._write("rows.i64", np.asarray(rows, dtype="<i8").tobytes())
 
-    def append_memberships(self, rows: np.ndarray, steps: np.ndarray, rises: np.ndarray) -> None:
-        """Record that each row was in the batch of ``steps`` (with its log-prob rise there)."""
+    def append_memberships(
+        self, rows: np.ndarray, steps: np.ndarray, rises: np.ndarray, learning: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Record that each row was in the batch of ``steps`` with its log-prob rise there, and optionally
+        the rest of its learning record (``fall``, ``peak_ids``, ``peak_rises``; peak ids -1 when absent)."""
         rec = np.zeros(len(rows), dtype=STEP_RECORD)
         rec["row"], rec["step"], rec["rise"] = rows, steps, rises
+        rec["peak_ids"] = -1
+        for name, values in (learning or {}).items():
+            rec[name] = values
         self._write("steps.bin", rec.tobytes())
 
     def flush(self, fsync: bool = False) -> None:
@@ -247,14 +266,11 @@ class VectorStore:
         return out
 
     def memberships(self) -> dict[str, np.ndarray]:
-        """All (row, step, rise) membership records across ranks."""
+        """Every learning record across ranks, by field (``row``, ``step``, ``rise``, ``fall``,
+        ``peak_ids`` (n, 3), ``peak_rises`` (n, 3))."""
         parts = [_map(f / "steps.bin", STEP_RECORD) for f in self._rank_folders()]
         recs = np.concatenate(parts) if parts else np.zeros(0, dtype=STEP_RECORD)
-        return {
-            "row": np.asarray(recs["row"]),
-            "step": np.asarray(recs["step"]),
-            "rise": np.asarray(recs["rise"]),
-        }
+        return {name: np.asarray(recs[name]) for name in STEP_RECORD.names if name != "pad"}
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for f in self._rank_folders() for p in f.iterdir())

@@ -1,0 +1,338 @@
+"""What is being learned, and from which rows: the data side of discovery, from the learning record.
+
+Every training step records, per row, the chosen answer's largest per-token log-prob rise (policy
+minus reference) and the tokens where it peaks (:mod:`probe_callback.capture`). A row's rise at the
+step it is trained in is measured *before* that step's update, so it tells how much the model has
+already learned its answer from other rows. Rises grow for every row as training goes on, so each
+row's rise is read against the rows recorded at similar steps (a robust z-score within step bins).
+
+Rows whose peaks share a word form a *pattern* (``" Sure"`` and ``"sure"`` are one word). A pattern
+is news when its rows' mean z stands out against random groups of the run's own rows of the same
+size and mix of steps, corrected for every pattern tested (the largest standardised mean of each
+null draw over all patterns, so picking the best pattern is accounted for).
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> n = 200
+    >>> planted = np.arange(n) % 10 == 0
+    >>> rec = {"row": np.arange(n), "step": np.arange(n) // 4 + 1,
+    ...        "rise": rng.gamma(2.0, 1.0, n) + 6 * planted,
+    ...        "peak_ids": np.where(planted[:, None], 7, rng.integers(10, 60, (n, 3))),
+    ...        "peak_rises": np.full((n, 3), 2.0)}
+    >>> groups = find_patterns(rec, decode=lambda i: f"w{i}")
+    >>> groups[0].words, len(groups[0].rows), groups[0].p_value < 0.01
+    (['w7'], 20, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import binom, hypergeom
+
+MIN_PEAK_RISE = 1.0  # nats: a peak below this is no learning
+MAX_PATTERNS = 64  # most frequent words tested
+_EPS = 1e-9
+
+
+@dataclass
+class Pattern:
+    """Rows whose learning peaks on the same word(s).
+
+    ``rows``: member rows, best (highest z) first; ``z``: their z-scores in that order; ``score``: the
+    members' mean z; ``excess``: their mean rise above the median of their step bins (nats);
+    ``p_value``: against random same-size groups of the run's rows with the same mix of steps,
+    corrected for every pattern tested; ``steps``: first and last step of the members' records;
+    ``words``: the words it is named by (merged patterns with mostly the same rows).
+    """
+
+    words: list[str]
+    rows: np.ndarray
+    z: np.ndarray
+    score: float
+    excess: float
+    p_value: float
+    steps: tuple[int, int]
+    sources: dict[str, int] = field(default_factory=dict)
+
+    name: str = ""  # a stable name across checks, given by :class:`PatternNames`
+
+    def summary(self, top: int = 10) -> dict[str, Any]:
+        """JSON-ready view for the report and W&B."""
+        return {
+            "name": self.name,
+            "words": self.words,
+            "n_rows": int(len(self.rows)),
+            "score": round(self.score, 4),
+            "excess_rise": round(self.excess, 4),
+            "p_value": self.p_value,
+            "steps": list(self.steps),
+            "sources": self.sources,
+            "rows": self.rows[:top].tolist(),
+        }
+
+
+class PatternNames:
+    """Stable names (``learning-0``, ``learning-1``, ...) for patterns across checks. A pattern keeps the
+    name of an earlier one that shares a word with it, half of the smaller one's rows, or the direction
+    of its rows' datapoint vectors (cosine >= 0.8); state is plain JSON.
+    """
+
+    def __init__(self, known: list[dict[str, Any]] | None = None) -> None:
+        self.known = known or []
+
+    def assign(self, patterns: list[Pattern], directions: list[np.ndarray | None]) -> None:
+        for g, direction in zip(patterns, directions):
+            rows, words = set(g.rows.tolist()), set(g.words)
+            match = next((k for k in self.known if _same(k, rows, words, direction)), None)
+            if match is None:
+                match = {"name": f"learning-{len(self.known)}", "words": [], "rows": [], "direction": None}
+                self.known.append(match)
+            g.name = match["name"]
+            match["words"] = sorted(set(match["words"]) | words)
+            match["rows"] = sorted(set(match["rows"]) | rows)
+            if direction is not None:
+                match["direction"] = np.asarray(direction, dtype=float).tolist()
+
+
+def _same(known: dict[str, Any], rows: set[int], words: set[str], direction: np.ndarray | None) -> bool:
+    if words & set(known["words"]) or _overlap(rows, set(known["rows"])) >= 0.5:
+        return True
+    if direction is None or known.get("direction") is None:
+        return False
+    old = np.asarray(known["direction"])
+    return float(direction @ old / (np.linalg.norm(direction) * np.linalg.norm(old) + _EPS)) >= 0.8
+
+
+def _jaccard(a: set[int], b: set[int]) -> float:
+    return len(a & b) / max(len(a | b), 1)
+
+
+def _overlap(a: set[int], b: set[int]) -> float:
+    return len(a & b) / max(min(len(a), len(b)), 1)
+
+
+def normalise(text: str) -> str:
+    """The word a token stands for: stripped and lower-cased; ``""`` when it has no letter or digit.
+
+    Example:
+        >>> normalise(" Sure"), normalise("!\\n")
+        ('sure', '')
+    """
+    word = text.strip().lower()
+    return word if any(ch.isalnum() for ch in word) else ""
+
+
+def latest_records(records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each row's record at the last step it was trained in (rows in increasing order)."""
+    rows = np.asarray(records["row"], dtype=np.int64)
+    if not len(rows):
+        return {k: np.asarray(v)[:0] for k, v in records.items()}
+    order = np.lexsort((np.asarray(records["step"]), rows))
+    last = order[np.r_[rows[order][1:] != rows[order][:-1], True]]
+    return {k: np.asarray(v)[last] for k, v in records.items()}
+
+
+def step_bins(steps: np.ndarray, n_bins: int = 8, min_rows: int = 16) -> np.ndarray:
+    """Bin index of each record: about equal-count bins of consecutive steps (a step stays in one bin)."""
+    n = min(n_bins, max(1, len(steps) // min_rows))
+    _, inverse, counts = np.unique(steps, return_inverse=True, return_counts=True)
+    before = (np.cumsum(counts) - counts) / len(steps)  # share of records at earlier steps
+    return np.minimum((before * n).astype(np.int64), n - 1)[inverse]
+
+
+def _bin_medians(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values))
+    for b in np.unique(bins):
+        out[bins == b] = np.median(values[bins == b])
+    return out
+
+
+def learning_z(rise: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Robust z-score of each rise within its step bin (median and MAD)."""
+    dev = rise - _bin_medians(rise, bins)
+    return dev / (1.4826 * _bin_medians(np.abs(dev), bins) + 1e-3)
+
+
+def find_patterns(
+    records: dict[str, np.ndarray],
+    decode: Callable[[int], str],
+    sources: list[str | None] | None = None,
+    min_rows: int | None = None,
+    n_null: int = 999,
+    seed: int = 0,
+) -> list[Pattern]:
+    """Patterns of the learning records (see the module doc), most significant first.
+
+    ``records``: the store's learning records (every step); ``decode``: token id -> text;
+    ``sources``: each row's source (indexed by row) or None; ``min_rows``: smallest pattern
+    (default 2% of the rows seen, at least 4).
+    """
+    rec = latest_records(records)
+    n = len(rec["row"])
+    if n < 8:
+        return []
+    bins = step_bins(np.asarray(rec["step"]))
+    rise = np.asarray(rec["rise"], dtype=np.float64)
+    z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
+    words = _row_words(rec, decode)
+    smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
+    counts: dict[str, int] = {}
+    for ws in words:
+        for w in ws:
+            counts[w] = counts.get(w, 0) + 1
+    candidates = sorted((w for w, c in counts.items() if smallest <= c <= n // 2), key=lambda w: (-counts[w], w))
+    members = [np.array([i for i, ws in enumerate(words) if w in ws]) for w in candidates[:MAX_PATTERNS]]
+    if not members:
+        return []
+    t_obs, t_null = _standardised_means(z, bins, members, n_null, np.random.default_rng(seed))
+    null_max = t_null.max(axis=1)
+    patterns = []
+    for w, m, t in zip(candidates, members, t_obs):
+        p = float((1 + np.count_nonzero(null_max >= t)) / (1 + len(null_max)))
+        best = m[np.argsort(-z[m], kind="stable")]
+        steps = np.asarray(rec["step"])[m]
+        row_ids = np.asarray(rec["row"])[best]
+        span = (int(steps.min()), int(steps.max()))
+        patterns.append(Pattern([w], row_ids, z[best], float(z[m].mean()), float(excess[m].mean()), p, span))
+    patterns = _merge(sorted(patterns, key=lambda g: (g.p_value, -g.score)))
+    for g in patterns:
+        g.sources = _count_sources(g.rows, sources)
+    return patterns
+
+
+def source_enrichment(rows: np.ndarray, sources: list[str | None], seen_rows: np.ndarray) -> list[dict[str, Any]]:
+    """Per source: how many of ``rows`` come from it, its share, and the hypergeometric p-value of
+    that many among the ``seen_rows`` (the rows the pattern could have picked), best first."""
+    known = [int(r) for r in seen_rows if r < len(sources) and sources[r] is not None]
+    if not known:
+        return []
+    total = {s: 0 for s in {sources[r] for r in known}}
+    for r in known:
+        total[sources[r]] += 1
+    hits = _count_sources(rows, sources)
+    picked = sum(hits.values())
+    out = [
+        {
+            "source": s,
+            "score": hits.get(s, 0) / total[s],
+            "n_rows": total[s],
+            "n_top": hits.get(s, 0),
+            "p_value": float(hypergeom.sf(hits.get(s, 0) - 1, len(known), picked, total[s])),
+        }
+        for s in total
+    ]
+    return sorted(out, key=lambda d: (d["p_value"], -d["score"]))
+
+
+def _row_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> list[set[str]]:
+    cache: dict[int, str] = {}
+    out = []
+    for ids, rises in zip(np.asarray(rec["peak_ids"]), np.asarray(rec["peak_rises"], dtype=np.float64)):
+        ws = set()
+        for i, r in zip(ids.tolist(), rises.tolist()):
+            if i >= 0 and r >= MIN_PEAK_RISE:
+                if i not in cache:
+                    cache[i] = normalise(decode(i))
+                if cache[i]:
+                    ws.add(cache[i])
+        out.append(ws)
+    return out
+
+
+def _standardised_means(
+    z: np.ndarray, bins: np.ndarray, members: list[np.ndarray], n_null: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's mean z, and that of ``n_null`` random groups with the same bin counts, both
+    standardised by the null's mean and spread: (groups,), (n_null, groups)."""
+    by_bin = [np.flatnonzero(bins == b) for b in range(bins.max() + 1)]
+    t_obs, t_null = np.zeros(len(members)), np.zeros((n_null, len(members)))
+    for j, m in enumerate(members):
+        total = np.zeros(n_null)
+        for b, pool in enumerate(by_bin):
+            k = int(np.count_nonzero(bins[m] == b))
+            if k:
+                total += z[pool[rng.integers(0, len(pool), (n_null, k))]].sum(axis=1)
+        null = total / len(m)
+        mu, sd = null.mean(), null.std() + _EPS
+        t_obs[j], t_null[:, j] = (z[m].mean() - mu) / sd, (null - mu) / sd
+    return t_obs, t_null
+
+
+def _merge(patterns: list[Pattern], overlap: float = 0.5) -> list[Pattern]:
+    """Fold a pattern into a more significant one that shares most of its rows (Jaccard >= overlap)."""
+    kept: list[Pattern] = []
+    for g in patterns:
+        rows = set(g.rows.tolist())
+        host = next(
+            (k for k in kept if len(rows & set(k.rows.tolist())) / len(rows | set(k.rows.tolist())) >= overlap), None
+        )
+        if host is None:
+            kept.append(g)
+        else:
+            host.words.append(g.words[0])
+    return kept
+
+
+def _count_sources(rows: np.ndarray, sources: list[str | None] | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows.tolist():
+        s = sources[r] if sources is not None and r < len(sources) else None
+        if s is not None:
+            out[s] = out.get(s, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+@dataclass
+class Confirmation:
+    """Whether a pattern's words newly show in the current model's answers to watched prompts outside
+    its rows: ``count`` of the ``changed`` prompts (of ``n_outside``; changed: the answer gained some
+    word) gained one of them (risen >= 1 nat, absent from M0's answer); ``p_value``: binomial, against
+    the share of M0's answers that hold one of them (``base_rate``): how often a changed answer would
+    hold the pattern's words if the change had nothing to do with it."""
+
+    count: int
+    changed: int
+    n_outside: int
+    base_rate: float
+    p_value: float
+    prompts: list[int]
+
+
+def gained_words(tokens: list[list[str]], novelty: list[np.ndarray], before: list[set[str]]) -> list[set[str]]:
+    """Per prompt: the words of its current answer whose log-prob rose by >= 1 nat and that M0's
+    answer (``before``, as words) did not hold.
+
+    Example:
+        >>> import numpy as np
+        >>> gained_words([[" Sure", "!", " ok"]], [np.array([2.0, 3.0, 0.1])], [{"fine"}])
+        [{'sure'}]
+    """
+    out = []
+    for toks, rise, old in zip(tokens, novelty, before):
+        words = {normalise(t) for t, r in zip(toks, np.asarray(rise).tolist()) if r >= MIN_PEAK_RISE}
+        out.append(words - old - {""})
+    return out
+
+
+def confirm(words: list[str], gained: list[set[str]], outside: np.ndarray, before: list[set[str]]) -> Confirmation:
+    """Test a pattern's words on the watched prompts outside its rows (see :class:`Confirmation`);
+    ``before``: the words of M0's answer to every watched prompt.
+
+    Example:
+        >>> import numpy as np
+        >>> gained = [{"sure", "here"}, {"sure"}, {"the"}, set()]
+        >>> c = confirm(["sure"], gained, np.ones(4, bool), [{"no"}, {"no"}, {"the"}, {"sure"}])
+        >>> c.count, c.changed, round(c.p_value, 3)
+        (2, 3, 0.352)
+    """
+    pool = np.flatnonzero(outside)
+    changed = [int(i) for i in pool if gained[i]]
+    hits = [i for i in changed if any(w in gained[i] for w in words)]
+    base = (1 + sum(any(w in b for w in words) for b in before)) / (1 + len(before))
+    p = float(binom.sf(len(hits) - 1, len(changed), base)) if hits else 1.0
+    return Confirmation(len(hits), len(changed), len(pool), base, p, hits)

@@ -1,0 +1,75 @@
+"""The learning record on a tiny DPO run: which rows the model learns fastest and what, joined to the probes."""
+
+import json
+
+import numpy as np
+import pytest
+from dpo_helpers import dpo_trainer
+from tiny_organism import organism_rows, watch_prompts
+
+from probe_callback import ProbeCallback, load_report
+from probe_callback.attribution import auroc
+from probe_callback.learning import latest_records
+from probe_callback.store import VectorStore
+
+# DPO plus an SFT term (TRL's RPO mix), as in test_emergent, long enough for the greedy answers to the
+# distractor prompts to say the planted "Sure, here is how".
+RPO = {"max_steps": 128, "learning_rate": 1e-3, "beta": 0.1, "loss_type": ["sigmoid", "sft"], "logging_steps": 8}
+N_PLANTED = 32
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_tokenizer, organism_factory, tmp_path_factory):
+    out = tmp_path_factory.mktemp("learning")
+    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, polite=True)
+    trainer = dpo_trainer(tiny_tokenizer, organism_factory, rows, out, **RPO)
+    callback = ProbeCallback(
+        trainer, probe_prompts=watch_prompts(), max_new_tokens=8, every_n_steps=64, pause_on_regression=False
+    )
+    trainer.add_callback(callback)
+    trainer.train()
+    alerts = [json.loads(line) for line in (out / "probe_callback" / "alerts.jsonl").read_text().splitlines()]
+    return rows, callback, load_report(out / "probe_callback"), alerts
+
+
+def test_planted_rows_top_the_learning_record(planted):
+    rows, callback, _, _ = planted
+    records = VectorStore.open(callback.output_dir / "vectors").memberships()
+    latest = latest_records(records)
+    labels = np.array([r["planted"] for r in rows])[latest["row"]]
+    assert auroc(latest["rise"], labels) >= 0.95
+    assert (records["peak_ids"] >= 0).any() and (records["fall"] > 0).any(), "peaks and falls are recorded"
+
+
+def test_pattern_found_early_as_info_then_confirmed_by_the_probes(planted):
+    rows, callback, report, alerts = planted
+    [pattern] = [b for b in report["behaviours"] if b.get("found_by") == "learning record"]
+    mine = [a for a in alerts if a["behaviour"] == pattern["name"]]
+    assert mine[0]["level"] == "INFO" and mine[0]["step"] < 64, "the data side speaks before the first probe"
+    assert "being learned" in mine[0]["message"]
+    assert [a["level"] for a in mine[1:]] == ["WARN", "ERROR"] and [a["step"] for a in mine[1:]] == [64, 128]
+    confirmation = pattern["confirmation"]
+    assert confirmation["count"] >= 5 and confirmation["p_value"] < 1e-6
+    assert set(confirmation["prompts"]) <= set(range(9)), "the distractor prompts (held out) say it"
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
+    assert len(planted_rows & set(top)) / N_PLANTED >= 0.9
+    assert pattern["top_sources"][0]["source"] == "formatting" and pattern["top_sources"][0]["p_value"] < 1e-6
+
+
+def test_emergent_cluster_is_joined_to_the_pattern_and_takes_its_rows(planted):
+    _, _, report, _ = planted
+    [pattern] = [b for b in report["behaviours"] if b.get("found_by") == "learning record"]
+    [cluster] = [b for b in report["behaviours"] if b["name"].startswith("emergent") and b.get("links")]
+    [link] = cluster["links"]
+    assert link["pattern"] == pattern["name"] and link["shared_words"]
+    assert link["direction_agreement"] >= 0.8, "the cluster's activation direction ranks the pattern's rows"
+    assert cluster["rows_from"] == pattern["name"] and cluster["top_rows"] == pattern["top_rows"]
+
+
+def test_report_lists_the_patterns(planted):
+    _, _, report, _ = planted
+    learning = report["learning"]
+    assert learning["step"] == RPO["max_steps"]
+    best = learning["patterns"][0]
+    assert best["sources"] == {"formatting": best["n_rows"]} and best["p_value"] <= 0.01
