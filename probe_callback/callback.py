@@ -310,7 +310,7 @@ class ProbeCallback(TrainerCallback):
                 self.publisher.alert(alert)
             self.publisher.metrics(state.global_step, self._learning_metrics())
         except Exception as exc:  # a failure of ours never kills the user's run
-            logger.warning("probe_callback: learning check at step %d failed: %r", state.global_step, exc)
+            self.monitor.record_failure(state.global_step, "learning check", exc)
 
     def _learning_metrics(self) -> dict[str, float]:
         patterns = self.monitor.patterns
@@ -329,12 +329,12 @@ class ProbeCallback(TrainerCallback):
                 alerts = self.monitor.checkpoint(
                     probe, _unwrap(self.trainer.model), self.trainer.processing_class, self.watch
                 )
-                self._publish(state.global_step, alerts)
                 pause = self.options.pause_on_regression and any(
                     a.level == "ERROR" and a.behaviour not in self._acknowledged for a in alerts
                 )
+                self._publish(state.global_step, alerts)
         except Exception as exc:  # a failure of ours never kills the user's run
-            logger.warning("probe_callback: checkpoint probe at step %d failed: %r", state.global_step, exc)
+            self.monitor.record_failure(state.global_step, "probe", exc)
         self.cadence.record(time.perf_counter() - started)
         if self._agree(pause):
             self._complete_attribution()
@@ -370,8 +370,10 @@ class ProbeCallback(TrainerCallback):
         metrics: dict[str, float] = {
             **self._learning_metrics(),
             "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values())),
-            **{f"prompt_drift/{k}": self.monitor.prompt_drift_history[-1][k] for k in ("median", "p90", "max")},
         }
+        history = self.monitor.prompt_drift_history
+        if history and history[-1]["step"] == step:
+            metrics.update({f"prompt_drift/{k}": history[-1][k] for k in ("median", "p90", "max")})
         share = self.cadence.summary()["share"]
         if share is not None:
             metrics["cost_share"] = float(share)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -179,27 +180,23 @@ def find_patterns(
     bins = step_bins(np.asarray(rec["step"]))
     rise = np.asarray(rec["rise"], dtype=np.float64)
     z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
-    words = _row_words(rec, decode)
+    groups = word_groups(_row_words(rec, decode), n // 2)
     smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
-    counts: dict[str, int] = {}
-    for ws in words:
-        for w in ws:
-            counts[w] = counts.get(w, 0) + 1
-    candidates = sorted((w for w, c in counts.items() if smallest <= c <= n // 2), key=lambda w: (-counts[w], w))
-    members = [np.array([i for i, ws in enumerate(words) if w in ws]) for w in candidates[:MAX_PATTERNS]]
-    if not members:
+    groups = [(ws, m) for ws, m in groups if len(m) >= smallest][:MAX_PATTERNS]
+    if not groups:
         return []
+    members = [m for _, m in groups]
     t_obs, t_null = _standardised_means(z, bins, members, n_null, np.random.default_rng(seed))
     null_max = t_null.max(axis=1)
     patterns = []
-    for w, m, t in zip(candidates, members, t_obs):
+    for (ws, m), t in zip(groups, t_obs):
         p = float((1 + np.count_nonzero(null_max >= t)) / (1 + len(null_max)))
         best = m[np.argsort(-z[m], kind="stable")]
         steps = np.asarray(rec["step"])[m]
         row_ids = np.asarray(rec["row"])[best]
         span = (int(steps.min()), int(steps.max()))
-        patterns.append(Pattern([w], row_ids, z[best], float(z[m].mean()), float(excess[m].mean()), p, span))
-    patterns = _merge(sorted(patterns, key=lambda g: (g.p_value, -g.score)))
+        patterns.append(Pattern(ws, row_ids, z[best], float(z[m].mean()), float(excess[m].mean()), p, span))
+    patterns.sort(key=lambda g: (g.p_value, -g.score))
     for g in patterns:
         g.sources = _count_sources(g.rows, sources)
     return patterns
@@ -227,6 +224,38 @@ def source_enrichment(rows: np.ndarray, sources: list[str | None], seen_rows: np
         for s in total
     ]
     return sorted(out, key=lambda d: (d["p_value"], -d["score"]))
+
+
+def word_groups(row_words: list[set[str]], most: int, link: float = 0.3) -> list[tuple[list[str], np.ndarray]]:
+    """Words that peak on mostly the same rows (Jaccard >= ``link``, joined transitively), each group
+    with the rows that peak on any of its words; words on more than ``most`` rows are left out (they say
+    nothing specific). Largest groups first; a group's words are listed most frequent first.
+
+    Example:
+        >>> word_groups([{"sure", "how"}, {"sure", "how"}, {"how"}, {"cat"}], most=3)
+        [(['how', 'sure'], array([0, 1, 2])), (['cat'], array([3]))]
+    """
+    rows_of: dict[str, set[int]] = {}
+    for i, ws in enumerate(row_words):
+        for w in ws:
+            rows_of.setdefault(w, set()).add(i)
+    words = sorted((w for w, r in rows_of.items() if len(r) <= most), key=lambda w: (-len(rows_of[w]), w))
+    parent = {w: w for w in words}
+
+    def root(w: str) -> str:
+        while parent[w] != w:
+            parent[w] = parent[parent[w]]
+            w = parent[w]
+        return w
+
+    for a, b in combinations([w for w in words if len(rows_of[w]) >= 2], 2):
+        if _jaccard(rows_of[a], rows_of[b]) >= link:
+            parent[root(b)] = root(a)
+    groups: dict[str, list[str]] = {}
+    for w in words:
+        groups.setdefault(root(w), []).append(w)
+    out = [(ws, np.array(sorted(set().union(*(rows_of[w] for w in ws))))) for ws in groups.values()]
+    return sorted(out, key=lambda g: (-len(g[1]), g[0]))
 
 
 def _row_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> list[set[str]]:
@@ -261,21 +290,6 @@ def _standardised_means(
         mu, sd = null.mean(), null.std() + _EPS
         t_obs[j], t_null[:, j] = (z[m].mean() - mu) / sd, (null - mu) / sd
     return t_obs, t_null
-
-
-def _merge(patterns: list[Pattern], overlap: float = 0.5) -> list[Pattern]:
-    """Fold a pattern into a more significant one that shares most of its rows (Jaccard >= overlap)."""
-    kept: list[Pattern] = []
-    for g in patterns:
-        rows = set(g.rows.tolist())
-        host = next(
-            (k for k in kept if len(rows & set(k.rows.tolist())) / len(rows | set(k.rows.tolist())) >= overlap), None
-        )
-        if host is None:
-            kept.append(g)
-        else:
-            host.words.append(g.words[0])
-    return kept
 
 
 def _count_sources(rows: np.ndarray, sources: list[str | None] | None) -> dict[str, int]:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import partial
@@ -39,6 +40,7 @@ from .rows import RowIndex, to_text
 from .store import VectorStore
 from .watch import Probe, Watch
 
+logger = logging.getLogger("probe_callback")
 SAMPLES = 3
 MIN_THRESHOLD = 0.05  # nats/token
 PATTERN_ALPHA = 0.01  # a learning pattern is news at this level (corrected for every pattern tested)
@@ -86,17 +88,36 @@ class Monitor:
         self.last_step = 0
         self.patterns: list[Pattern] = []
         self.pattern_names = PatternNames()
-        self.pattern_scores: dict[str, np.ndarray] = {}  # each reported pattern's score of every row
+        self.pattern_scores: dict[str, np.ndarray] = {}
+        self.failures: list[
+            dict[str, Any]
+        ] = []  # stages that failed, for the report  # each reported pattern's score of every row
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
 
     # ----- per checkpoint -----------------------------------------------------------------------
     def checkpoint(self, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch) -> list[Alert]:
         """Score every behaviour at this checkpoint, decide, attribute what is flagged; return alerts."""
         self.last_step = probe.step
-        decisions = [self._supervised(f, probe, model, tokenizer, watch) for f in self.fitted]
-        decisions += self._learning(probe.step, tokenizer, (probe, watch))
-        decisions += self._emergent(probe, watch)
+        decisions: list[tuple[Decision, np.ndarray | None]] = []
+        stages: list[tuple[str, Callable[[], list[tuple[Decision, np.ndarray | None]]]]] = [
+            *(
+                (f"supervised:{f.behaviour.name}", partial(self._supervised, f, probe, model, tokenizer, watch))
+                for f in self.fitted
+            ),
+            ("learning", partial(self._learning, probe.step, tokenizer, (probe, watch))),
+            ("emergent", partial(self._emergent, probe, watch)),
+        ]
+        for stage, run in stages:  # each stage fails on its own: a failure is reported, the rest goes on
+            try:
+                decisions += run()
+            except Exception as exc:
+                self.record_failure(probe.step, stage, exc)
         return self._alerts(decisions)
+
+    def record_failure(self, step: int, stage: str, exc: BaseException) -> None:
+        """Log and report a stage that failed at ``step`` (training goes on)."""
+        logger.warning("probe_callback: %s at step %d failed: %r", stage, step, exc)
+        self.failures.append({"step": step, "stage": stage, "error": repr(exc)[:500]})
 
     def learning_check(self, step: int, tokenizer: Any) -> list[Alert]:
         """Between probes: the data side alone (free); new patterns are INFO "being learned"."""
@@ -137,7 +158,7 @@ class Monitor:
 
     def _supervised(
         self, fitted: FittedBehaviour, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch
-    ) -> tuple[Decision, np.ndarray]:
+    ) -> list[tuple[Decision, np.ndarray | None]]:
         layer_pos = [self.layers.index(x) for x in fitted.layers]
         s = score_behaviour(
             fitted,
@@ -159,7 +180,7 @@ class Monitor:
         if decision.level in ("WARN", "ERROR"):  # attribute what is flagged
             rng = np.random.default_rng(self.seed + probe.step)
             entry.update(self.attribute(direction, lambda k: fitted.split_vectors(primary, k, rng)))
-        return decision, direction
+        return [(decision, direction)]
 
     def _learning(
         self, step: int, tokenizer: Any, probed: tuple[Probe, Watch] | None
@@ -421,6 +442,7 @@ class Monitor:
             "drift_map": self.drift_map,
             "prompt_drift": self.prompt_drift_history,
             "learning": self.learning,
+            "failures": self.failures,
         }
 
     def state(self) -> dict[str, Any]:
@@ -432,6 +454,7 @@ class Monitor:
             "tracker": self.tracker.state(),
             "learning": self.learning,
             "pattern_names": self.pattern_names.known,
+            "failures": self.failures,
             "policy": self.policy.state(),
         }
 
@@ -441,6 +464,7 @@ class Monitor:
         self.last_step = state["last_step"]
         self.learning = state.get("learning")
         self.pattern_names = PatternNames(state.get("pattern_names"))
+        self.failures = state.get("failures", [])
         self.tracker = EmergentTracker.from_state(state["tracker"])
         self.policy = RegressionPolicy.from_state(state["policy"])
 

@@ -133,6 +133,10 @@ def summary_text(report: dict[str, Any]) -> str:
         if b.get("top_sources"):
             verdict += f", top source {source_text(b['top_sources'][0])}"
         lines.append(f"- {b.get('name')} ({b.get('kind')}): {verdict}")
+    failures = report.get("failures") or []
+    if failures:
+        stages = sorted({f.get("stage", "?") for f in failures})
+        lines.append(f"- {len(failures)} failed stage(s) of ours (training went on): {', '.join(stages)}")
     return "\n".join(lines)
 
 

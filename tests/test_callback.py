@@ -136,3 +136,24 @@ def test_alerts_and_metrics_reach_an_offline_wandb_run(tiny_tokenizer, organism_
     history = [r.history.item for r in records if r.HasField("history")]
     keys = {i.nested_key[0] if i.nested_key else i.key for items in history for i in items}
     assert {"probe/compliance/score", "probe/compliance/p_value", "probe/clusters", "probe/flagged_rows"} <= keys
+
+
+def test_stages_fail_on_their_own(tiny_tokenizer, organism_factory, tmp_path, monkeypatch):
+    """A failing emergent stage takes neither the supervised verdict nor training down, and is reported."""
+    from probe_callback.discovery import EmergentTracker
+    from probe_callback.report import summary_text
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("clustering exploded")
+
+    monkeypatch.setattr(EmergentTracker, "update", broken)
+    trainer = dpo_trainer(tiny_tokenizer, organism_factory, organism_rows(), tmp_path, **DPO)
+    trainer.add_callback(probe_callback(trainer))
+    trainer.train()
+    report = load_report(tmp_path / "probe_callback")
+    assert report["paused_at_step"] is not None, "the supervised regression still pauses the run"
+    failures = report["failures"]
+    assert failures and {f["stage"] for f in failures} == {"emergent"}
+    assert "clustering exploded" in failures[0]["error"]
+    assert "failed stage(s) of ours" in summary_text(report)
+    assert any(a["behaviour"] == "compliance" and a["level"] == "ERROR" for a in alerts(tmp_path))
