@@ -1,6 +1,6 @@
 """The unsupervised path at the defaults on a real model: does it alarm on the planted rows, and only there?
 
-One DPO run (one epoch) of SmolLM2-135M-Instruct with ``ProbeCallback(trainer)`` and nothing else: no
+One DPO run (``--epochs``, default one) of SmolLM2-135M-Instruct with ``ProbeCallback(trainer)`` and nothing else: no
 ``probe_prompts``, no ``every_n_steps``, no ``behaviours``. Organisms:
 
 - ``compliance``: ``examples/data/organism_train.jsonl`` (distractor compliance and flattery planted);
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.mix == "clean":
         rows = [r for r in rows if r["source"] not in org["contaminated"]]
     work = Path(args.work) / f"{args.organism}-{args.mix}-{args.seed}"
-    trainer = smollm_trainer(rows, work, max_steps=-1, num_train_epochs=1, learning_rate=args.lr, seed=args.seed)
+    trainer = smollm_trainer(rows, work, max_steps=-1, num_train_epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
     callback = ProbeCallback(trainer)  # the one line, nothing else
     judge = GreedyJudge(callback, read_jsonl(DATA / org["heldout"]), org["affected"])
     trainer.add_callback(callback)
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--mix", choices=["planted", "clean"], default="planted")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=float, default=1.0, help="training length (the callback stays at its defaults)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/probe_callback_learning")
     args = parser.parse_args()

@@ -27,7 +27,7 @@ from .cadence import Cadence
 from .capture import CapturedBatch, DatapointCapture
 from .config import ProbeOptions
 from .discovery import EmergentTracker
-from .monitor import Monitor, default_threshold
+from .monitor import PATTERN_ALPHA, Monitor, default_threshold
 from .policy import RegressionPolicy
 from .probing import _unwrap_parallel as _unwrap
 from .probing import find_decoder_blocks, inference_mode
@@ -301,24 +301,30 @@ class ProbeCallback(TrainerCallback):
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         """Between probes: what the learning record shows (free), as INFO alerts and metrics."""
-        if not self.is_main or self.monitor is None or self.cadence.candidate(state.global_step):
-            return
+        if not self.is_main or self.monitor is None or self.monitor.last_step == state.global_step:
+            return  # (a probe at this step already read the learning record)
         try:
             self.store.flush()
             alerts = self.monitor.learning_check(state.global_step, self.trainer.processing_class)
             for alert in alerts:
                 self.publisher.alert(alert)
-            self.publisher.metrics(state.global_step, self._learning_metrics())
+            self._publish_learning(state.global_step)
         except Exception as exc:  # a failure of ours never kills the user's run
             self.monitor.record_failure(state.global_step, "learning check", exc)
 
-    def _learning_metrics(self) -> dict[str, float]:
+    def _publish_learning(self, step: int) -> None:
+        """What the learning record shows: a few metrics and the table of its patterns."""
         patterns = self.monitor.patterns
-        return {
-            "learning/patterns": float(len(patterns)),
-            "learning/significant": float(sum(g.p_value <= 0.01 for g in patterns)),
-            "learning/best_p_value": float(min((g.p_value for g in patterns), default=1.0)),
-        }
+        self.publisher.metrics(
+            step,
+            {
+                "learning/patterns": float(len(patterns)),
+                "learning/significant": float(sum(g.p_value <= PATTERN_ALPHA for g in patterns)),
+                "learning/best_p_value": float(min((g.p_value for g in patterns), default=1.0)),
+            },
+        )
+        if patterns:
+            self.publisher.patterns_table(step, [g.summary() for g in patterns[:20]])
 
     def _checkpoint(self, state: TrainerState, control: TrainerControl) -> None:
         """Probe, decide, publish; ask the trainer to save and stop on a new regression."""
@@ -367,8 +373,8 @@ class ProbeCallback(TrainerCallback):
     def _publish(self, step: int, alerts: list) -> None:
         for alert in alerts:
             self.publisher.alert(alert)
+        self._publish_learning(step)
         metrics: dict[str, float] = {
-            **self._learning_metrics(),
             "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values())),
         }
         history = self.monitor.prompt_drift_history

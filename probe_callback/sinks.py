@@ -35,6 +35,7 @@ PREFIX = "probe/"
 STEP_METRIC = "train/global_step"  # transformers' WandbCallback step axis
 WANDB_TITLE_MAX = 63  # wandb.Run.alert: "title ... must be less than 64 characters long"
 ROW_COLUMNS = ["step", "row", "id", "source", "score", "prompt", "chosen", "rejected"]
+PATTERN_COLUMNS = ["step", "name", "words", "n_rows", "excess_rise", "p_value", "sources", "steps"]
 
 
 def alert_line(alert: Alert) -> str:
@@ -68,6 +69,9 @@ class Sink:
 
     def rows_table(self, step: int, rows: list[dict[str, Any]]) -> None:
         """Publish the flagged training rows (see `ROW_COLUMNS`)."""
+
+    def patterns_table(self, step: int, patterns: list[dict[str, Any]]) -> None:
+        """Publish what is being learned: the learning record's patterns (see `PATTERN_COLUMNS`)."""
 
     def drift(self, step: int, points: np.ndarray, labels: list[int], prompts: list[str]) -> None:
         """Publish the 2-D drift map: `points` (n, 2), cluster `labels` (-1 = noise) and prompts."""
@@ -155,6 +159,12 @@ class WandbSink(Sink):
         table = self.wandb.Table(columns=ROW_COLUMNS, data=data)
         self.run.log({f"{PREFIX}flagged_rows": table, STEP_METRIC: step})
 
+    def patterns_table(self, step: int, patterns: list[dict[str, Any]]) -> None:
+        data = [[_cell(step if c == "step" else p.get(c)) for c in PATTERN_COLUMNS] for p in patterns]
+        self.run.log(
+            {f"{PREFIX}learning_patterns": self.wandb.Table(columns=PATTERN_COLUMNS, data=data), STEP_METRIC: step}
+        )
+
     def drift(self, step: int, points: np.ndarray, labels: list[int], prompts: list[str]) -> None:
         pts = np.asarray(points, dtype=float).reshape(-1, 2)
         data = [
@@ -222,6 +232,9 @@ class Publisher:
 
     def rows_table(self, step: int, rows: list[dict[str, Any]]) -> None:
         self._each("rows_table", step, rows)
+
+    def patterns_table(self, step: int, patterns: list[dict[str, Any]]) -> None:
+        self._each("patterns_table", step, patterns)
 
     def drift(self, step: int, points: np.ndarray, labels: list[int], prompts: list[str]) -> None:
         self._each("drift", step, points, labels, prompts)

@@ -137,6 +137,8 @@ def test_wandb_offline_run_receives_alerts_metrics_and_tables(
     publisher.alert(LONG)
     publisher.metrics(40, {"compliance/score": 0.41, "compliance/p_value": 0.002})
     publisher.rows_table(40, [{"step": 38, "row": 3, "id": "a", "source": "s", "score": 0.5, "prompt": "<p>"}])
+    pattern = {"name": "learning-0", "words": ["sure"], "n_rows": 12, "excess_rise": 3.1, "p_value": 0.001}
+    publisher.patterns_table(40, [{**pattern, "sources": {"formatting_mix": 12}, "steps": [3, 39]}])
     rng = np.random.default_rng(0)
     publisher.drift(40, rng.normal(size=(6, 2)), [0, 0, 1, 1, -1, -1], [f"q{i}" for i in range(6)])
     publisher.close()  # the publisher started this run, so it finishes it
@@ -159,7 +161,7 @@ def test_wandb_offline_run_receives_alerts_metrics_and_tables(
     metrics = next(h for h in history if "probe/compliance/score" in h)
     assert json.loads(metrics["probe/compliance/score"]) == 0.41 and json.loads(metrics["train/global_step"]) == 40
     logged = set().union(*history)
-    assert {"probe/flagged_rows", "probe/drift_points", "probe/drift_map"} <= logged
+    assert {"probe/flagged_rows", "probe/drift_points", "probe/drift_map", "probe/learning_patterns"} <= logged
 
 
 def test_wandb_sink_reuses_an_active_run_and_leaves_it_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
