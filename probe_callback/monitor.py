@@ -229,16 +229,15 @@ class Monitor:
         self, probe: Probe, watch: Watch
     ) -> tuple[list[set[str]], list[set[str]], Callable[[Pattern], np.ndarray]]:
         """The words of M0's answers, those each current answer gained, and which watched prompts lie
-        outside a pattern's rows."""
+        outside a pattern (see :func:`outside_prompts`)."""
         before = [{normalise(t) for t in watch.answers([[x] for x in r])} for r in watch.r0]
         gained = gained_words(probe.tokens, probe.novelty, before)
-        texts = [to_text(p) for p in watch.prompts]
-
-        def outside_of(g: Pattern) -> np.ndarray:
-            own = {self.rows.text(int(r), "prompt") for r in g.rows}
-            return np.array([t not in own for t in texts]) & probe.valid
-
-        return before, gained, outside_of
+        rows_of: dict[str, list[int]] = {}
+        for r in range(self.rows.n_rows):
+            rows_of.setdefault(self.rows.text(r, "prompt"), []).append(r)
+        watched = [rows_of.get(to_text(p), []) for p in watch.prompts]
+        sources = self.rows.sources_array()
+        return before, gained, partial(outside_prompts, watched=watched, sources=sources, valid=probe.valid)
 
     def _pattern_entry(self, g: Pattern, records: dict[str, np.ndarray], store: VectorStore) -> dict[str, Any]:
         """Rows, steps and sources of a pattern: its own rows first (best learning first), then the rows
@@ -477,6 +476,20 @@ def _calibrate_blame(entry: dict[str, Any]) -> None:
         return
     entry["attribution_p_value"] = max(entry["attribution_p_value"], floor)
     entry["top_sources"] = [{**s, "p_value": max(s["p_value"], floor)} for s in entry["top_sources"]]
+
+
+def outside_prompts(
+    g: Pattern, watched: list[list[int]], sources: list[str | None], valid: np.ndarray, min_prompts: int = 8
+) -> np.ndarray:
+    """Watched prompts that can confirm a pattern: not from its rows, nor from the sources that hold a
+    tenth or more of its rows (there, its words are its own kind of answer: ordinary learning), unless
+    that leaves fewer than ``min_prompts`` (a pattern spread over most sources, or no source column).
+    ``watched``: the training rows each watched prompt comes from (none for held-out prompts)."""
+    own = set(g.rows.tolist())
+    mine = {s for s, n in g.sources.items() if n >= 0.1 * len(g.rows)}
+    not_own = np.array([not own.intersection(rows) for rows in watched]) & valid
+    other = np.array([not any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched])
+    return not_own & other if (not_own & other).sum() >= min_prompts else not_own
 
 
 def _decode(tokenizer: Any, token: int) -> str:
