@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.mix == "clean":
         rows = [r for r in rows if r["source"] not in org["contaminated"]]
     work = Path(args.work) / f"{args.organism}-{args.mix}-{args.seed}"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing of an earlier one in its folder
     trainer = smollm_trainer(rows, work, max_steps=-1, num_train_epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
     callback = ProbeCallback(trainer)  # the one line, nothing else
     judge = GreedyJudge(callback, read_jsonl(DATA / org["heldout"]), org["affected"])
