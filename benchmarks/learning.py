@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = [r for r in rows if r["source"] not in org["contaminated"]]
     work = Path(args.work) / f"{args.organism}-{args.mix}-{args.seed}"
     shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing of an earlier one in its folder
-    trainer = smollm_trainer(rows, work, max_steps=-1, num_train_epochs=args.epochs, learning_rate=args.lr, seed=args.seed)
+    trainer = smollm_trainer(
+        rows, work, max_steps=-1, num_train_epochs=args.epochs, learning_rate=args.lr, seed=args.seed
+    )
     callback = ProbeCallback(trainer)  # the one line, nothing else
     judge = GreedyJudge(callback, read_jsonl(DATA / org["heldout"]), org["affected"])
     trainer.add_callback(callback)
@@ -159,7 +161,9 @@ def main() -> None:
     parser.add_argument("--mix", choices=["planted", "clean"], default="planted")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--epochs", type=float, default=1.0, help="training length (the callback stays at its defaults)")
+    parser.add_argument(
+        "--epochs", type=float, default=1.0, help="training length (the callback stays at its defaults)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/probe_callback_learning")
     args = parser.parse_args()
