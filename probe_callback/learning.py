@@ -27,9 +27,9 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from scipy.stats import binom, hypergeom
 
 MIN_PEAK_RISE = 1.0  # nats: a peak below this is no learning
 MAX_PATTERNS = 64  # most frequent words tested
+GENERIC = 0.2  # a word in more than this share of the answers links no words together
 _EPS = 1e-9
 
 
@@ -163,6 +164,7 @@ def find_patterns(
     records: dict[str, np.ndarray],
     decode: Callable[[int], str],
     sources: list[str | None] | None = None,
+    answers: Callable[[int], set[str]] | None = None,
     min_rows: int | None = None,
     n_null: int = 999,
     seed: int = 0,
@@ -170,8 +172,9 @@ def find_patterns(
     """Patterns of the learning records (see the module doc), most significant first.
 
     ``records``: the store's learning records (every step); ``decode``: token id -> text;
-    ``sources``: each row's source (indexed by row) or None; ``min_rows``: smallest pattern
-    (default 2% of the rows seen, at least 4).
+    ``sources``: each row's source (indexed by row) or None; ``answers``: row -> the words of its
+    chosen answer (groups words that answers hold together, see :func:`word_groups`); ``min_rows``:
+    smallest pattern (default 2% of the rows seen, at least 4).
     """
     rec = latest_records(records)
     n = len(rec["row"])
@@ -180,7 +183,8 @@ def find_patterns(
     bins = step_bins(np.asarray(rec["step"]))
     rise = np.asarray(rec["rise"], dtype=np.float64)
     z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
-    groups = word_groups(_row_words(rec, decode), n // 2)
+    held = [answers(int(r)) for r in rec["row"]] if answers is not None else None
+    groups = word_groups(_row_words(rec, decode), n // 2, held)
     smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
     groups = [(ws, m) for ws, m in groups if len(m) >= smallest][:MAX_PATTERNS]
     if not groups:
@@ -226,20 +230,39 @@ def source_enrichment(rows: np.ndarray, sources: list[str | None], seen_rows: np
     return sorted(out, key=lambda d: (d["p_value"], -d["score"]))
 
 
-def word_groups(row_words: list[set[str]], most: int, link: float = 0.3) -> list[tuple[list[str], np.ndarray]]:
-    """Words that peak on mostly the same rows (Jaccard >= ``link``, joined transitively), each group
-    with the rows that peak on any of its words; words on more than ``most`` rows are left out (they say
-    nothing specific). Largest groups first; a group's words are listed most frequent first.
+def word_groups(
+    row_words: list[set[str]], most: int, answers: list[set[str]] | None = None, link: float = 0.5
+) -> list[tuple[list[str], np.ndarray]]:
+    """Words of one learned behaviour, each group with the rows that peak on any of its words.
+
+    Two words (each the peak of 2+ rows) join when the rows that peak on them mostly coincide (Jaccard
+    >= ``link``, joined transitively), or, with ``answers`` (the words of each row's chosen answer),
+    the rows whose answer holds them. Words in more than ``most`` rows, or
+    in more than a fifth of the answers, say nothing specific and stay alone. Largest groups first;
+    a group's words most frequent first.
 
     Example:
-        >>> word_groups([{"sure", "how"}, {"sure", "how"}, {"how"}, {"cat"}], most=3)
-        [(['how', 'sure'], array([0, 1, 2])), (['cat'], array([3]))]
+        >>> peaks = [{"sure"}, {"sure"}, {"how"}, {"how"}] + [{"cat"}] * 16
+        >>> word_groups(peaks, most=10, answers=[{"sure", "how"}] * 4 + [{"cat"}] * 16)[1]
+        (['how', 'sure'], array([0, 1, 2, 3]))
     """
     rows_of: dict[str, set[int]] = {}
     for i, ws in enumerate(row_words):
         for w in ws:
             rows_of.setdefault(w, set()).add(i)
-    words = sorted((w for w, r in rows_of.items() if len(r) <= most), key=lambda w: (-len(rows_of[w]), w))
+    words = sorted(rows_of, key=lambda w: (-len(rows_of[w]), w))
+    linkable = [w for w in words if 2 <= len(rows_of[w]) <= most][:MAX_PATTERNS]
+    peaks = np.zeros((len(linkable), len(row_words)), dtype=np.float32)
+    for k, w in enumerate(linkable):
+        peaks[k, list(rows_of[w])] = 1.0
+    linked = _jaccard_at_least(peaks, link)
+    if answers is not None:
+        index = {w: k for k, w in enumerate(linkable)}
+        holds = np.zeros_like(peaks)
+        for i, ws in enumerate(answers):
+            holds[[index[w] for w in ws if w in index], i] = 1.0
+        holds[holds.sum(axis=1) > GENERIC * len(answers)] = 0.0  # in many answers: nothing specific
+        linked |= _jaccard_at_least(holds, link)
     parent = {w: w for w in words}
 
     def root(w: str) -> str:
@@ -248,14 +271,30 @@ def word_groups(row_words: list[set[str]], most: int, link: float = 0.3) -> list
             w = parent[w]
         return w
 
-    for a, b in combinations([w for w in words if len(rows_of[w]) >= 2], 2):
-        if _jaccard(rows_of[a], rows_of[b]) >= link:
-            parent[root(b)] = root(a)
+    for a, b in zip(*np.nonzero(np.triu(linked, k=1))):
+        parent[root(linkable[b])] = root(linkable[a])
     groups: dict[str, list[str]] = {}
     for w in words:
         groups.setdefault(root(w), []).append(w)
     out = [(ws, np.array(sorted(set().union(*(rows_of[w] for w in ws))))) for ws in groups.values()]
     return sorted(out, key=lambda g: (-len(g[1]), g[0]))
+
+
+def _jaccard_at_least(members: np.ndarray, link: float) -> np.ndarray:
+    """(k, k) whether the row sets of two words (rows of a 0/1 matrix) have Jaccard >= ``link``."""
+    inter = members @ members.T
+    sizes = members.sum(axis=1)
+    return (inter >= link * (sizes[:, None] + sizes[None, :] - inter)) & (inter > 0)
+
+
+def answer_words(text: str) -> set[str]:
+    """The words of an answer, as :func:`normalise` gives a token's word.
+
+    Example:
+        >>> sorted(answer_words("Sure! Here's how: ..."))
+        ['here', 'how', 's', 'sure']
+    """
+    return set(re.findall(r"\w+", text.lower()))
 
 
 def _row_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> list[set[str]]:

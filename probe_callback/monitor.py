@@ -29,6 +29,7 @@ from .discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_
 from .learning import (
     Pattern,
     PatternNames,
+    answer_words,
     confirm,
     find_patterns,
     gained_words,
@@ -192,7 +193,9 @@ class Monitor:
             return []
         records = store.memberships()
         decode = partial(_decode, tokenizer)
-        self.patterns = find_patterns(records, decode, self.rows.sources_array(), seed=self.seed + step)
+        self.patterns = find_patterns(
+            records, decode, self.rows.sources_array(), self._answer_words, seed=self.seed + step
+        )
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         centre = _mean_unit_vector(store)
         self.pattern_names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
@@ -220,6 +223,11 @@ class Monitor:
                 decision = replace(decision, reason=f"{decision.reason}; {_confirmed(g, conf)}")
             out.append((decision, None))
         return out
+
+    def _answer_words(self, row: int) -> set[str]:
+        if row not in self._answers:
+            self._answers[row] = answer_words(self.rows.text(row, "chosen"))
+        return self._answers[row]
 
     @property
     def policy_seen(self) -> set[str]:
@@ -493,7 +501,7 @@ def outside_prompts(
 
 
 def _decode(tokenizer: Any, token: int) -> str:
-    return tokenizer.decode([token])
+    return tokenizer.decode([token], skip_special_tokens=True)
 
 
 def _unit_mean(vectors: np.ndarray) -> np.ndarray:
