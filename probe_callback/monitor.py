@@ -89,10 +89,9 @@ class Monitor:
         self.last_step = 0
         self.patterns: list[Pattern] = []
         self.pattern_names = PatternNames()
-        self.pattern_scores: dict[str, np.ndarray] = {}
-        self.failures: list[
-            dict[str, Any]
-        ] = []  # stages that failed, for the report  # each reported pattern's score of every row
+        self.pattern_scores: dict[str, np.ndarray] = {}  # each reported pattern's score of every row
+        self.failures: list[dict[str, Any]] = []  # stages that failed, for the report
+        self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
 
     # ----- per checkpoint -----------------------------------------------------------------------
