@@ -79,43 +79,42 @@ class Pattern:
 
 
 class PatternNames:
-    """Stable names (``learning-0``, ``learning-1``, ...) for patterns across checks. A pattern keeps the
-    name of an earlier one that shares a word with it, half of the smaller one's rows, or the direction
-    of its rows' datapoint vectors (cosine >= 0.8); state is plain JSON.
+    """Stable names (``learning-0``, ``learning-1``, ...) for patterns across checks. A pattern takes the
+    name of the earlier pattern it is most like (sharing a word with its last words, or a third of its
+    last rows, or the direction of their datapoint vectors: cosine >= 0.8); patterns of one check
+    that take the same name are one behaviour. State is plain JSON.
     """
 
     def __init__(self, known: list[dict[str, Any]] | None = None) -> None:
         self.known = known or []
 
     def assign(self, patterns: list[Pattern], directions: list[np.ndarray | None]) -> None:
-        for g, direction in zip(patterns, directions):
+        updated: set[str] = set()
+        for g, direction in zip(patterns, directions):  # most significant first
             rows, words = set(g.rows.tolist()), set(g.words)
-            match = next((k for k in self.known if _same(k, rows, words, direction)), None)
-            if match is None:
-                match = {"name": f"learning-{len(self.known)}", "words": [], "rows": [], "direction": None}
+            scores = [(_likeness(k, rows, words, direction), k) for k in self.known]
+            score, match = max(scores, key=lambda sk: sk[0], default=(0.0, None))
+            if match is None or score <= 0:
+                match = {"name": f"learning-{len(self.known)}"}
                 self.known.append(match)
             g.name = match["name"]
-            match["words"] = sorted(set(match["words"]) | words)
-            match["rows"] = sorted(set(match["rows"]) | rows)
-            if direction is not None:
-                match["direction"] = np.asarray(direction, dtype=float).tolist()
+            if g.name not in updated:  # a name remembers its best pattern of the latest check
+                updated.add(g.name)
+                match.update(words=sorted(words), rows=sorted(rows))
+                match["direction"] = None if direction is None else np.asarray(direction, dtype=float).tolist()
 
 
-def _same(known: dict[str, Any], rows: set[int], words: set[str], direction: np.ndarray | None) -> bool:
-    if words & set(known["words"]) or _overlap(rows, set(known["rows"])) >= 0.5:
-        return True
-    if direction is None or known.get("direction") is None:
-        return False
-    old = np.asarray(known["direction"])
-    return float(direction @ old / (np.linalg.norm(direction) * np.linalg.norm(old) + _EPS)) >= 0.8
+def _likeness(known: dict[str, Any], rows: set[int], words: set[str], direction: np.ndarray | None) -> float:
+    """How much a pattern is like a known one (0: not at all): shared words, shared rows, direction."""
+    score = len(words & set(known["words"])) + (_jaccard(rows, set(known["rows"])) >= 1 / 3)
+    if direction is not None and known.get("direction") is not None:
+        old = np.asarray(known["direction"])
+        score += float(direction @ old / (np.linalg.norm(direction) * np.linalg.norm(old) + _EPS)) >= 0.8
+    return float(score)
 
 
 def _jaccard(a: set[int], b: set[int]) -> float:
     return len(a & b) / max(len(a | b), 1)
-
-
-def _overlap(a: set[int], b: set[int]) -> float:
-    return len(a & b) / max(min(len(a), len(b)), 1)
 
 
 def normalise(text: str) -> str:
