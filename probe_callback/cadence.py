@@ -21,7 +21,7 @@ class Cadence:
 
     A candidate step is probed when the probes so far plus the expected cost of this one stay at or
     below ``budget`` times the training wall time so far (wall time since :meth:`start`, minus the
-    probes). The expected cost is the last probe's, or ``expected_seconds`` before the first.
+    probes). The expected cost is the dearest probe's so far, or ``expected_seconds`` before the first.
     ``budget=None``: every candidate is probed.
     """
 
@@ -58,10 +58,11 @@ class Cadence:
         return ok
 
     def record(self, seconds: float) -> None:
-        """Account for a probe that took ``seconds``; it sets the expected cost of the next one."""
+        """Account for a probe that took ``seconds``; the dearest probe so far is the expected cost of the
+        next one (probes grow dearer as answers lengthen, and a busy machine slows some)."""
+        self.expected_seconds = seconds if self.probes == 0 else max(self.expected_seconds, seconds)
         self.probes += 1
         self.probe_seconds += seconds
-        self.expected_seconds = seconds
 
     def summary(self) -> dict[str, float | int | None]:
         """JSON-ready cost figures for the report."""
