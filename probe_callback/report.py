@@ -337,6 +337,16 @@ def _behaviour(b: dict[str, Any]) -> str:
         meta.insert(0, f"label <b>{_e(b['label'])}</b>")
     if b.get("probe_accuracy") is not None:
         meta.append(f"probe accuracy <b>{_num(b.get('probe_accuracy'))}</b>")
+    if b.get("words"):
+        meta.append(f"learned words <b>{_e(', '.join(map(str, b['words'][:8])))}</b>")
+    confirmation = b.get("confirmation") or {}
+    if confirmation:
+        meta.append(
+            f"gained on <b>{_num(confirmation.get('count'))}</b> of {_num(confirmation.get('changed'))} changed "
+            f"answers outside it at step {_num(confirmation.get('step'))} (p {_num(confirmation.get('p_value'))})"
+        )
+    for link in b.get("links") or []:
+        meta.append(f"linked to <b>{_e(link.get('pattern'))}</b> by {_e(', '.join(link.get('shared_words') or []))}")
     sources = [dict(s, share=_share_bar(s.get("share_in_top"))) for s in b.get("top_sources") or []]
     steps = _table([("step", "n"), ("score", "n")], b.get("top_steps") or [], "no steps ranked")
     rows = _table(ROW_COLUMNS, b.get("top_rows") or [], "no rows ranked")
@@ -393,6 +403,26 @@ def _top_source(b: dict[str, Any]) -> str | None:
     return sources[0].get("source") if sources else None
 
 
+def _learning(report: dict[str, Any]) -> str:
+    learning = report.get("learning") or {}
+    patterns = [
+        {
+            **g,
+            "words": ", ".join(map(str, g.get("words") or [])),
+            "sources": ", ".join(f"{k} ({v})" for k, v in (g.get("sources") or {}).items()),
+        }
+        for g in learning.get("patterns") or []
+    ]
+    if not patterns:
+        return ""
+    columns = [("name", "t"), ("words", "t"), ("n_rows", "n"), ("excess_rise", "n"), ("p_value", "n"), ("sources", "t")]
+    return (
+        f'<section class="card"><h2>What is being learned</h2><p class="meta">patterns of the learning record at '
+        f"step <b>{_num(learning.get('step'))}</b>: rows whose learning peaks on the same words, against random "
+        f"rows of the same steps</p>{_table(columns, patterns, 'no patterns')}</section>"
+    )
+
+
 def _drift(report: dict[str, Any]) -> str:
     drift = report.get("drift_map")
     clusters = report.get("clusters") or []
@@ -437,6 +467,6 @@ def render_html(report: dict[str, Any]) -> str:
 <body><main>
 <section class="card"><h1>probe_callback report</h1><p>{status}</p><p class="meta">{meta}</p>
 {_overview(report)}</section>
-{body}{_drift(report)}
+{body}{_learning(report)}{_drift(report)}
 </main></body></html>
 """

@@ -10,6 +10,7 @@ from tiny_organism import organism_rows, watch_prompts
 from probe_callback import ProbeCallback, load_report
 from probe_callback.attribution import auroc
 from probe_callback.learning import latest_records
+from probe_callback.report import render_html
 from probe_callback.store import VectorStore
 
 # DPO plus an SFT term (TRL's RPO mix), as in test_emergent, long enough for the greedy answers to the
@@ -69,6 +70,8 @@ def test_emergent_cluster_is_joined_to_the_pattern_and_takes_its_rows(planted):
 
 def test_report_lists_the_patterns(planted):
     _, _, report, _ = planted
+    html = render_html(report)
+    assert "What is being learned" in html and "linked to <b>learning-0</b>" in html
     learning = report["learning"]
     assert learning["step"] == RPO["max_steps"]
     best = learning["patterns"][0]
