@@ -6,7 +6,7 @@ attribution but writes nothing; the callback publishes and saves.
 
 Example:
     >>> monitor = Monitor(fitted, EmergentTracker(), RegressionPolicy(), rows, store_dir)  # doctest: +SKIP
-    >>> alerts = monitor.checkpoint(probe, model, tokenizer, watch)                        # doctest: +SKIP
+    >>> alerts = monitor.checkpoint(probe, watch)                                          # doctest: +SKIP
     >>> monitor.report(paused_at_step=None, checkpoint=None)["behaviours"]                 # doctest: +SKIP
 """
 
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from .alerts import Alert
 from .attribution import SourceBlame, rank_rows, top_sources, top_steps
@@ -73,10 +72,13 @@ class Monitor:
         self.last_step = 0
 
     # ----- per checkpoint -----------------------------------------------------------------------
-    def checkpoint(self, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch) -> list[Alert]:
-        """Score every behaviour at this checkpoint, decide, attribute what is flagged; return alerts."""
+    def checkpoint(self, probe: Probe, watch: Watch) -> list[Alert]:
+        """Score every behaviour at this checkpoint, decide, attribute what is flagged; return alerts.
+
+        Numpy only: every model forward (behaviour likelihoods included) is already in ``probe``.
+        """
         self.last_step = probe.step
-        decisions = [self._supervised(f, probe, model, tokenizer, watch) for f in self.fitted]
+        decisions = [self._supervised(f, probe, watch) for f in self.fitted]
         decisions += self._emergent(probe, watch)
         alerts = []
         for decision, direction in decisions:
@@ -109,14 +111,11 @@ class Monitor:
             },
         )
 
-    def _supervised(
-        self, fitted: FittedBehaviour, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch
-    ) -> tuple[Decision, np.ndarray]:
+    def _supervised(self, fitted: FittedBehaviour, probe: Probe, watch: Watch) -> tuple[Decision, np.ndarray]:
         layer_pos = [self.layers.index(x) for x in fitted.layers]
         s = score_behaviour(
             fitted,
-            model,
-            tokenizer,
+            logps=probe.likelihoods[fitted.behaviour.name],
             behaviour_vectors=probe.change[:, layer_pos],
             response_activations=probe.response_means[:, layer_pos],
             responses=list(zip(watch.texts, probe.responses)),

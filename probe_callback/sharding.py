@@ -1,0 +1,70 @@
+"""Sharded training (FSDP, DeepSpeed ZeRO-3): which model forwards every rank must run, and how.
+
+Under FSDP and ZeRO-3 each rank holds a shard of the parameters, so any forward of the policy or a
+sharded reference is a collective: every rank runs it (same inputs, same number of calls) or the run
+deadlocks. The callback therefore measures on every rank (probes, the datapoint pass, behaviour
+likelihoods) and leaves scoring and deciding, numpy only, to rank 0.
+
+Example:
+    >>> with gathered(trainer.model_wrapped, trainer.accelerator) as model:   # doctest: +SKIP
+    ...     model.generate(...)                                               # every rank runs this
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from accelerate.utils import DistributedType, extract_model_from_parallel
+from torch import nn
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """True when a forward of the trained model is a collective: FSDP or ZeRO-3 on several processes."""
+    if accelerator is None or accelerator.num_processes < 2:
+        return False
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
+def backend_name(accelerator: Any) -> str:
+    """``"fsdp1"``, ``"fsdp2"``, ``"zero3"``, ``"ddp"`` or ``"single"`` (for the report and logs)."""
+    if accelerator is None or accelerator.num_processes < 2:
+        return "single"
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return f"fsdp{accelerator.state.fsdp_plugin.fsdp_version}"
+    return "zero3" if is_sharded(accelerator) else str(accelerator.distributed_type.value).lower()
+
+
+@contextmanager
+def gathered(model: nn.Module, accelerator: Any) -> Iterator[nn.Module]:
+    """``model`` unwrapped and ready for forwards (every rank must enter together when sharded).
+
+    ZeRO-3: parameters gathered the way TRL gathers them for generation
+    (``trl.models.utils.unwrap_model_for_generation``; for a reference engine, which has no
+    optimizer hooks to lift, ``deepspeed.zero.GatheredParameters``). FSDP2: the module itself, whose
+    forwards gather each shard; FSDP1: its full parameters summoned. Otherwise: the bare module.
+    """
+    if not is_sharded(accelerator):
+        yield extract_model_from_parallel(model)
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        if accelerator.state.fsdp_plugin.fsdp_version == 1:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.summon_full_params(model, writeback=False, recurse=False):
+                yield model
+        else:
+            yield extract_model_from_parallel(model)
+    elif getattr(model, "optimizer", None) is not None:
+        from trl.models.utils import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(model, accelerator) as unwrapped:
+            yield unwrapped
+    else:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield extract_model_from_parallel(model)
