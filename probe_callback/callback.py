@@ -33,7 +33,7 @@ from .probing import _unwrap_parallel as _unwrap
 from .probing import find_decoder_blocks, inference_mode
 from .report import atomic_write_text, summary_text, write_html, write_report
 from .rows import RowIndex
-from .sharding import gathered
+from .sharding import RankMirror, gathered
 from .sinks import Publisher, make_publisher
 from .store import VectorStore
 from .watch import Watch
@@ -186,6 +186,8 @@ class ProbeCallback(TrainerCallback):
         )
         self.store.truncate_steps_after(state.global_step)
         self._stored = set(self.store.row_ids().tolist())
+        folder = self.store.path / f"rank-{rank:05d}"
+        self._mirror = RankMirror(folder, self.trainer.accelerator, per_node=args.save_on_each_node)
         self.store_dim = self.store.meta.dim
         policy = _unwrap(self.trainer.model)
         blocks = [find_decoder_blocks(self.ref_model)[layer - 1] for layer in self.layers]
@@ -208,13 +210,14 @@ class ProbeCallback(TrainerCallback):
     def _store_dir(self, step: int) -> Path:
         """The store of this dataset; a store written for other data (say, before a mitigation) is set aside."""
         folder, stamp = self.output_dir / "vectors", self.output_dir / "vectors" / "dataset.txt"
-        if stamp.exists() and stamp.read_text() != self.rows.fingerprint and self.is_main:
+        writes = self.trainer.args.should_save  # rank 0, or each node's first rank with per-node output folders
+        if stamp.exists() and stamp.read_text() != self.rows.fingerprint and writes:
             aside = self.output_dir / f"vectors-before-step-{step}"
             logger.warning("probe_callback: the training data changed; the old vector store moves to %s", aside)
             folder.rename(aside)
         self.trainer.accelerator.wait_for_everyone()
         folder.mkdir(parents=True, exist_ok=True)
-        if self.is_main:
+        if writes:
             stamp.write_text(self.rows.fingerprint)
         return folder
 
@@ -284,6 +287,7 @@ class ProbeCallback(TrainerCallback):
         try:
             # Every rank measures (a sharded model's forwards are collectives); rank 0 alone scores.
             probe = self.watch.probe(state.global_step, self._current, self._reference, self.monitor.fitted)
+            self._mirror.sync()
             if self.is_main:
                 alerts = self.monitor.checkpoint(probe, self.watch)
                 self._publish(state.global_step, alerts)
@@ -305,6 +309,7 @@ class ProbeCallback(TrainerCallback):
         """Before pausing: vectors for the rows not trained on yet, then rank every row again."""
         try:
             self._datapoint_pass()
+            self._mirror.sync()
             self._stored = set(VectorStore.open(self.store.path).row_ids().tolist())
             if self.is_main:
                 self.monitor.reattribute()
@@ -370,7 +375,7 @@ class ProbeCallback(TrainerCallback):
 
     # ----- resume -------------------------------------------------------------------------------
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        if not self.is_main or self.monitor is None:
+        if not args.should_save or self.monitor is None:  # per-node output folders: each node keeps its state
             return
         snapshot = {
             "step": state.global_step,

@@ -1,4 +1,4 @@
-"""Sharded training (FSDP, DeepSpeed ZeRO-3): which model forwards every rank must run, and how.
+"""Sharded and multi-node training: which model forwards every rank must run, and how; per-node stores.
 
 Under FSDP and ZeRO-3 each rank holds a shard of the parameters, so any forward of the policy or a
 sharded reference is a collective: every rank runs it (same inputs, same number of calls) or the run
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from accelerate.utils import DistributedType, extract_model_from_parallel
@@ -68,3 +69,44 @@ def gathered(model: nn.Module, accelerator: Any) -> Iterator[nn.Module]:
 
         with deepspeed.zero.GatheredParameters(list(model.parameters())):
             yield extract_model_from_parallel(model)
+
+
+class RankMirror:
+    """Per-node output folders (``save_on_each_node=True``): rank 0 keeps a copy of every other node's
+    rank store folders, so its report ranks every rank's rows.
+
+    At each :meth:`sync` (a collective: every rank calls it) each rank on another node than rank 0
+    sends the bytes its store files grew by since its last sync (``gather_object``); rank 0 appends
+    them to ``<store>/rank-NNNNN/``. A rank's first sync sends its files whole and replaces rank 0's
+    copy (a resume truncates them). Memory: what was written since the last sync. With a shared
+    ``output_dir`` (the default) nothing is sent.
+    """
+
+    def __init__(self, folder: Path, accelerator: Any, per_node: bool) -> None:
+        self.folder, self.accelerator = Path(folder), accelerator
+        self.active = per_node and accelerator.num_processes > 1
+        # torchrun numbers ranks node by node: rank 0's node holds global ranks 0..local_world_size-1.
+        self.sends = self.active and accelerator.process_index != accelerator.local_process_index
+        self.sent: dict[str, int] = {}
+
+    def sync(self) -> None:
+        if not self.active:
+            return
+        from accelerate.utils import gather_object
+
+        grown: dict[str, bytes] = {}
+        for path in sorted(self.folder.iterdir()) if self.sends else []:
+            with open(path, "rb") as f:
+                f.seek(self.sent.get(path.name, 0))
+                grown[path.name] = f.read()
+        fresh = self.sends and not self.sent
+        for name, data in grown.items():
+            self.sent[name] = self.sent.get(name, 0) + len(data)
+        parts = gather_object([(self.folder.name, fresh, grown)])
+        if self.accelerator.is_main_process:
+            for name, whole, files in parts:
+                target = self.folder.parent / name
+                target.mkdir(exist_ok=True)
+                for file, data in files.items():
+                    with open(target / file, "wb" if whole else "ab") as f:
+                        f.write(data)

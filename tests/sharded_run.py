@@ -1,6 +1,7 @@
 """Run by `torchrun` from test_sharded.py: the planted organism under FSDP2 or ZeRO-3 (gloo, CPU), then a resume.
 
-`python sharded_run.py MODE OUT`, MODE one of `single` (one process, no sharding), `ddp`, `fsdp2`, `zero3`.
+`python sharded_run.py MODE OUT`, MODE one of `single` (one process, no sharding), `ddp`, `fsdp2`, `zero3`,
+`nodes` (DDP with `save_on_each_node=True`: OUT is this node's own output folder).
 Each rank writes `rank{N}.json`: the step it stopped at, the backend, M0's answers and every probe's answers.
 """
 
@@ -57,7 +58,13 @@ def record_probes(answers: list[list[str]]) -> None:
 
 
 mode, out = sys.argv[1], Path(sys.argv[2])
-settings = {"ddp": {}, "single": {}, "fsdp2": {"fsdp": "full_shard", "fsdp_config": {"version": 2}}, "zero3": {}}
+settings = {
+    "ddp": {},
+    "single": {},
+    "nodes": {"save_on_each_node": True},
+    "fsdp2": {"fsdp": "full_shard", "fsdp_config": {"version": 2}},
+    "zero3": {},
+}
 settings = {**DPO, "per_device_train_batch_size": 4 if mode == "single" else 2, **settings[mode]}
 if mode == "fsdp2":
     fsdp_on_cpu()
@@ -92,7 +99,9 @@ result = {
     "r0": callback.watch.answers(callback.watch.r0),
     "probes": list(answers),
 }
-if paused_at < MAX_STEPS:  # resume from the pause and carry on to the end, alerting only
+# Resume from the pause and carry on to the end, alerting only. (With save_on_each_node, transformers 5.24 saves
+# no weights on the other nodes' checkpoints, so those cannot resume without a copy of node 0's.)
+if paused_at < MAX_STEPS and mode != "nodes":
     resumed = dpo_trainer(tokenizer, organism, rows, out, **settings)
     resumed.add_callback(probe_callback(resumed, pause_on_regression=False))
     resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{paused_at}"))

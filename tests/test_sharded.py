@@ -88,3 +88,38 @@ def test_sharded_run_matches_one_process_pauses_together_and_resumes(mode, one_p
     assert b["flagged_at_step"] == single["step"]
     alerts = (tmp_path / "probe_callback" / "alerts.jsonl").read_text().splitlines()
     assert len(alerts) == len(set(alerts)), "only rank 0 publishes"
+
+
+def test_two_nodes_with_their_own_output_folders(one_process, tmp_path):
+    """Two single-process 'nodes' (torchrun --nnodes 2 on this machine), save_on_each_node=True: node 0's
+    report ranks both ranks' rows, and each node keeps its own state for a resume."""
+    _, single_out = one_process
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "OMP_NUM_THREADS": "1"}
+    env["WANDB_MODE"] = "disabled"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+    torchrun += ["--master_addr", "127.0.0.1", "--master_port", "29563"]
+    nodes = [
+        subprocess.Popen(
+            [*torchrun, "--node_rank", str(k), str(HERE / "sharded_run.py"), "nodes", str(tmp_path / f"node{k}")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (0, 1)
+    ]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+    steps = [json.loads((tmp_path / f"node{k}" / f"rank{k}.json").read_text())["step"] for k in (0, 1)]
+    assert steps[0] == steps[1] < MAX_STEPS
+    main = tmp_path / "node0" / "probe_callback"
+    assert not (tmp_path / "node1" / "probe_callback" / "vectors" / "rank-00000").exists(), "really separate folders"
+    assert (tmp_path / "node1" / "probe_callback" / "state" / f"step-{steps[0]}.json").exists()
+    store, reference = VectorStore.open(main / "vectors"), VectorStore.open(single_out / "probe_callback" / "vectors")
+    rows = reference.row_ids()
+    assert np.array_equal(store.row_ids(), rows), "rank 0 holds every rank's rows"
+    assert np.abs(store.vectors_for(rows) - reference.vectors_for(rows)).max() <= TOLERANCE
+    assert np.bincount(store.memberships()["step"])[1:].tolist() == [4] * steps[0]
+    report = load_report(main)
+    assert report["paused_at_step"] == steps[0] and report["store"]["rows"] == len(rows)
