@@ -22,8 +22,8 @@ from torch import nn
 
 
 def is_sharded(accelerator: Any) -> bool:
-    """True when a forward of the trained model is a collective: FSDP or ZeRO-3 on several processes."""
-    if accelerator is None or accelerator.num_processes < 2:
+    """True under FSDP or ZeRO-3 (parameters partitioned; with several processes a forward is a collective)."""
+    if accelerator is None:
         return False
     if accelerator.distributed_type == DistributedType.FSDP:
         return True
@@ -32,12 +32,12 @@ def is_sharded(accelerator: Any) -> bool:
 
 
 def backend_name(accelerator: Any) -> str:
-    """``"fsdp1"``, ``"fsdp2"``, ``"zero3"``, ``"ddp"`` or ``"single"`` (for the report and logs)."""
-    if accelerator is None or accelerator.num_processes < 2:
-        return "single"
-    if accelerator.distributed_type == DistributedType.FSDP:
+    """``"fsdp1"``, ``"fsdp2"``, ``"zero3"``, ``"ddp"`` (any other data-parallel run) or ``"single"``."""
+    if accelerator is not None and accelerator.distributed_type == DistributedType.FSDP:
         return f"fsdp{accelerator.state.fsdp_plugin.fsdp_version}"
-    return "zero3" if is_sharded(accelerator) else str(accelerator.distributed_type.value).lower()
+    if is_sharded(accelerator):
+        return "zero3"
+    return "ddp" if accelerator is not None and accelerator.num_processes > 1 else "single"
 
 
 @contextmanager
