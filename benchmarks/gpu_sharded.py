@@ -101,7 +101,7 @@ def worker(args: argparse.Namespace) -> None:
     from probe_callback.sharding import backend_name
 
     if args.cpu and args.worker == "fsdp2":
-        from sharded_run import fsdp_on_cpu  # accelerate takes an FSDP plugin only on GPU-type devices
+        from dpo_helpers import fsdp_on_cpu  # accelerate takes an FSDP plugin only on GPU-type devices
 
         fsdp_on_cpu()
     rows = [json.loads(line) for line in (ROOT / "examples" / "data" / "organism_train.jsonl").read_text().splitlines()]

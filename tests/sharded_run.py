@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from conftest import _build_tokenizer, tiny_llama_config
-from dpo_helpers import dpo_trainer
+from dpo_helpers import dpo_trainer, fsdp_on_cpu
 from test_callback import DPO, MAX_STEPS, probe_callback
 from tiny_organism import organism_rows, sft_start
 from transformers import LlamaForCausalLM
@@ -27,22 +27,6 @@ ZERO3 = {
     "bf16": {"enabled": False},
     "fp16": {"enabled": False},
 }
-
-
-def fsdp_on_cpu() -> None:
-    """accelerate takes an FSDP plugin only on GPU-type devices: let a CPU (gloo) run use it too."""
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType
-
-    init = AcceleratorState.__init__
-
-    def patched(self, *args, fsdp_plugin=None, **kwargs):
-        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-            self.fsdp_plugin = fsdp_plugin
-
-    AcceleratorState.__init__ = patched
 
 
 def record_probes(answers: list[list[str]]) -> None:
