@@ -45,9 +45,10 @@ def gathered(model: nn.Module, accelerator: Any) -> Iterator[nn.Module]:
     """``model`` unwrapped and ready for forwards (every rank must enter together when sharded).
 
     ZeRO-3: parameters gathered the way TRL gathers them for generation
-    (``trl.models.utils.unwrap_model_for_generation``; for a reference engine, which has no
-    optimizer hooks to lift, ``deepspeed.zero.GatheredParameters``). FSDP2: the module itself, whose
-    forwards gather each shard; FSDP1: its full parameters summoned. Otherwise: the bare module.
+    (``trl.models.utils.unwrap_model_for_generation``; an engine without an optimizer, whose hooks
+    that helper lifts, gets ``deepspeed.zero.GatheredParameters``). FSDP2: the module itself, whose
+    forwards gather each shard. FSDP1 (untested): the root's own parameters summoned, its wrapped
+    blocks gathering theirs, as TRL does for generation. Otherwise: the bare module.
     """
     if not is_sharded(accelerator):
         yield extract_model_from_parallel(model)
@@ -56,7 +57,7 @@ def gathered(model: nn.Module, accelerator: Any) -> Iterator[nn.Module]:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
             with FSDP.summon_full_params(model, writeback=False, recurse=False):
-                yield model
+                yield extract_model_from_parallel(model)
         else:
             yield extract_model_from_parallel(model)
     elif getattr(model, "optimizer", None) is not None:
