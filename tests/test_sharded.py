@@ -41,7 +41,7 @@ def _run(mode: str, out: Path) -> list[dict]:
     else:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
         cmd, ranks = [*torchrun, "--master_port", str(PORTS[mode]), *script], 2
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
 
@@ -109,7 +109,7 @@ def test_two_nodes_with_their_own_output_folders(one_process, tmp_path):
         for k in (0, 1)
     ]
     for node in nodes:
-        _, err = node.communicate(timeout=300)
+        _, err = node.communicate(timeout=900)
         assert node.returncode == 0, err[-3000:]
     steps = [json.loads((tmp_path / f"node{k}" / f"rank{k}.json").read_text())["step"] for k in (0, 1)]
     assert steps[0] == steps[1] < MAX_STEPS
