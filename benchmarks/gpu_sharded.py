@@ -66,7 +66,7 @@ def _gpus() -> int:
 def _model(name: str, cpu: bool) -> tuple[Any, Any]:
     """(tokenizer, () -> model): SmolLM2 when available offline, else a random 8-block Llama."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if name in ("auto", "smollm2"):
         try:
@@ -81,8 +81,8 @@ def _model(name: str, cpu: bool) -> tuple[Any, Any]:
     from conftest import _build_tokenizer, tiny_llama_config
 
     tokenizer = _build_tokenizer()
-    config = tiny_llama_config(tokenizer, hidden_size=256, num_hidden_layers=8, intermediate_size=512)
-    config.max_position_embeddings = 1024  # chat prompts plus generated answers
+    sizes = {"hidden_size": 256, "head_dim": 64, "num_hidden_layers": 8, "intermediate_size": 512}
+    config = LlamaConfig(**{**tiny_llama_config(tokenizer).to_dict(), **sizes, "max_position_embeddings": 1024})
 
     def make() -> LlamaForCausalLM:
         torch.manual_seed(0)
