@@ -237,8 +237,17 @@ class FittedBehaviour:
         )
 
 
-def _mean_logps(model: nn.Module, prompts: list[list[int]], responses: list[list[int]], batch_size: int) -> np.ndarray:
-    traces = teacher_forced(model, prompts, responses, [], batch_size)
+def behaviour_logps(fitted: FittedBehaviour, model: nn.Module, tokenizer: Any, batch_size: int = 8) -> np.ndarray:
+    """Mean per-token log-likelihood of each example's response under ``model``, positives first.
+
+    The only model forward of :func:`score_behaviour`: run it where the model is (every rank of a
+    sharded run) and hand the array to ``score_behaviour(..., logps=...)``.
+
+    Example:
+        >>> score_behaviour(fitted, logps=behaviour_logps(fitted, model, tok))["ll_margin"]
+    """
+    prompts, answers = fitted.behaviour.encoded(tokenizer)
+    traces = teacher_forced(model, prompts, answers, [], batch_size)
     return np.array([t.logprobs.mean().item() for t in traces])
 
 
@@ -301,16 +310,20 @@ def _welch(a: np.ndarray, b: np.ndarray, min_var: float = 0.0) -> tuple[float, f
 
 def score_behaviour(
     fitted: FittedBehaviour,
-    current_model: nn.Module,
-    tokenizer: Any,
+    current_model: nn.Module | None = None,
+    tokenizer: Any = None,
     behaviour_vectors: np.ndarray | torch.Tensor | None = None,
     response_activations: np.ndarray | torch.Tensor | None = None,
     responses: Sequence[Example] | None = None,
     judge: Judge | None = None,
     control_deltas: Sequence[float] | np.ndarray | None = None,
     batch_size: int = 8,
+    logps: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """How far the current model has moved along a behaviour; JSON-ready floats, None where not computed.
+
+    Pass ``current_model`` and ``tokenizer``, or ``logps``, the examples' likelihoods already measured
+    with :func:`behaviour_logps` (then no model is touched).
 
     - `ll_margin` (nats/token): mean over positive examples of (current - reference) mean per-token
       log-likelihood of the response, minus the same mean over the negatives. Needs no generation and
@@ -340,8 +353,8 @@ def score_behaviour(
         >>> s["ll_margin"], s["ll_margin_p"], s["projection"]
     """
     b = fitted.behaviour
-    prompts, answers = b.encoded(tokenizer)
-    logps = _mean_logps(current_model, prompts, answers, batch_size)
+    if logps is None:
+        logps = behaviour_logps(fitted, current_model, tokenizer, batch_size)
     n_pos = len(b.positive)
     control = np.asarray([] if control_deltas is None else control_deltas, dtype=np.float64)
     control = control[~np.isnan(control)]

@@ -33,6 +33,7 @@ from .probing import _unwrap_parallel as _unwrap
 from .probing import find_decoder_blocks, inference_mode
 from .report import atomic_write_text, summary_text, write_html, write_report
 from .rows import RowIndex
+from .sharding import RankMirror, gathered
 from .sinks import Publisher, make_publisher
 from .store import VectorStore
 from .watch import Watch
@@ -161,12 +162,23 @@ class ProbeCallback(TrainerCallback):
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[torch.nn.Module]:
-        """M0: the separate reference model, or the PEFT policy with its adapters disabled."""
-        if self.trainer.ref_model is not None:
-            yield self.ref_model
+        """M0: the separate reference model, or the PEFT policy with its adapters disabled.
+
+        Sharded (FSDP, ZeRO-3): every rank enters together; see :func:`~probe_callback.sharding.gathered`.
+        """
+        trainer = self.trainer
+        if trainer.ref_model is not None:
+            with gathered(trainer.ref_model, trainer.accelerator) as ref:
+                yield ref
         else:
-            with self.ref_model.disable_adapter():
-                yield self.ref_model
+            with gathered(trainer.model_wrapped, trainer.accelerator) as model, model.disable_adapter():
+                yield model
+
+    @contextlib.contextmanager
+    def _current(self) -> Iterator[torch.nn.Module]:
+        """The model being trained, ready for forwards (sharded: every rank enters together)."""
+        with gathered(self.trainer.model_wrapped, self.trainer.accelerator) as model:
+            yield model
 
     def _default_cadence(self, state: TrainerState) -> int:
         args, max_steps = self.trainer.args, max(int(state.max_steps), 1)
@@ -206,6 +218,8 @@ class ProbeCallback(TrainerCallback):
         )
         self.store.truncate_steps_after(state.global_step)
         self._stored = set(self.store.row_ids().tolist())
+        folder = self.store.path / f"rank-{rank:05d}"
+        self._mirror = RankMirror(folder, self.trainer.accelerator, per_node=args.save_on_each_node)
         self.store_dim = self.store.meta.dim
         policy = _unwrap(self.trainer.model)
         blocks = [find_decoder_blocks(self.ref_model)[layer - 1] for layer in self.layers]
@@ -229,13 +243,14 @@ class ProbeCallback(TrainerCallback):
     def _store_dir(self, step: int) -> Path:
         """The store of this dataset; a store written for other data (say, before a mitigation) is set aside."""
         folder, stamp = self.output_dir / "vectors", self.output_dir / "vectors" / "dataset.txt"
-        if stamp.exists() and stamp.read_text() != self.rows.fingerprint and self.is_main:
+        writes = self.trainer.args.should_save  # rank 0, or each node's first rank with per-node output folders
+        if stamp.exists() and stamp.read_text() != self.rows.fingerprint and writes:
             aside = self.output_dir / f"vectors-before-step-{step}"
             logger.warning("probe_callback: the training data changed; the old vector store moves to %s", aside)
             folder.rename(aside)
         self.trainer.accelerator.wait_for_everyone()
         folder.mkdir(parents=True, exist_ok=True)
-        if self.is_main:
+        if writes:
             stamp.write_text(self.rows.fingerprint)
         return folder
 
@@ -330,11 +345,11 @@ class ProbeCallback(TrainerCallback):
         """Probe, decide, publish; ask the trainer to save and stop on a new regression."""
         pause, started = False, time.perf_counter()
         try:
-            probe = self.watch.probe(state.global_step, self.trainer.model, self._reference)
+            # Every rank measures (a sharded model's forwards are collectives); rank 0 alone scores.
+            probe = self.watch.probe(state.global_step, self._current, self._reference, self.monitor.fitted)
+            self._mirror.sync()
             if self.is_main:
-                alerts = self.monitor.checkpoint(
-                    probe, _unwrap(self.trainer.model), self.trainer.processing_class, self.watch
-                )
+                alerts = self.monitor.checkpoint(probe, self.watch)
                 pause = self.options.pause_on_regression and any(
                     a.level == "ERROR" and a.behaviour not in self._acknowledged for a in alerts
                 )
@@ -354,6 +369,7 @@ class ProbeCallback(TrainerCallback):
         """Before pausing: vectors for the rows not trained on yet, then rank every row again."""
         try:
             self._datapoint_pass()
+            self._mirror.sync()
             self._stored = set(VectorStore.open(self.store.path).row_ids().tolist())
             if self.is_main:
                 self.monitor.reattribute()
@@ -362,13 +378,17 @@ class ProbeCallback(TrainerCallback):
 
     def _agree(self, flag: bool) -> bool:
         """Rank 0's decision, on every rank (so every rank stops at the same step)."""
+        return bool(self._from_main(flag))
+
+    def _from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a picklable object)."""
         if self.trainer.accelerator.num_processes == 1:
-            return flag
+            return value
         from accelerate.utils import broadcast_object_list
 
-        box = [flag]
+        box = [value]
         broadcast_object_list(box, from_process=0)
-        return bool(box[0])
+        return box[0]
 
     def _publish(self, step: int, alerts: list) -> None:
         for alert in alerts:
@@ -418,7 +438,7 @@ class ProbeCallback(TrainerCallback):
 
     # ----- resume -------------------------------------------------------------------------------
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        if not self.is_main or self.monitor is None:
+        if not args.should_save or self.monitor is None:  # per-node output folders: each node keeps its state
             return
         snapshot = {
             "step": state.global_step,
@@ -503,22 +523,28 @@ class ProbeCallback(TrainerCallback):
 
         Made at train begin when DPO precomputes its reference log-probs (no reference forward per
         step), and at a pause, so the report ranks every row, not only those trained on so far.
-        Ranks split the rows between them.
+        Ranks split the batches of the rows rank 0 sees no vector for; every rank makes as many
+        forwards (a rank out of batches repeats one, not captured), as a sharded model needs.
         """
         args, ds = (
             self.trainer.args,
             self.trainer.train_dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
         )
-        todo = [pos for pos, row in enumerate(self.rows.order) if int(row) not in self._stored]
-        todo = todo[args.process_index :: args.world_size]
-        bs = args.per_device_train_batch_size
+        self.store.flush()
+        self.trainer.accelerator.wait_for_everyone()
+        stored = set(VectorStore.open(self.store.path).row_ids().tolist()) if self.is_main else set()
+        todo = self._from_main([pos for pos, row in enumerate(self.rows.order) if int(row) not in stored])
+        bs, world = args.per_device_train_batch_size, args.world_size
+        batches = [todo[start : start + bs] for start in range(0, len(todo), bs)]
+        mine = batches[args.process_index :: world]
         capture, saved = self._capture, (self._capture.reference_per_step, self._step)
-        capture.reference_per_step, capture.active, self._step = True, True, 0  # step 0: no batch membership
+        capture.reference_per_step, self._step = True, 0  # step 0: no batch membership
         try:
             with self._reference() as ref, inference_mode(ref):
                 device = next(ref.parameters()).device
-                for start in range(0, len(todo), bs):
-                    batch = self.trainer.data_collator([ds[i] for i in todo[start : start + bs]])
+                for k in range(-(-len(batches) // world)):
+                    capture.active = k < len(mine)
+                    batch = self.trainer.data_collator([ds[i] for i in (mine[k] if capture.active else batches[0])])
                     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
                     ref(
                         input_ids=batch["input_ids"].to(device),

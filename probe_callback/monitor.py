@@ -6,7 +6,7 @@ attribution but writes nothing; the callback publishes and saves.
 
 Example:
     >>> monitor = Monitor(fitted, EmergentTracker(), RegressionPolicy(), rows, store_dir)  # doctest: +SKIP
-    >>> alerts = monitor.checkpoint(probe, model, tokenizer, watch)                        # doctest: +SKIP
+    >>> alerts = monitor.checkpoint(probe, watch)                                          # doctest: +SKIP
     >>> monitor.report(paused_at_step=None, checkpoint=None)["behaviours"]                 # doctest: +SKIP
 """
 
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from .alerts import Alert
 from .attribution import SourceBlame, combine_scores, rank_rows, top_rows, top_sources, top_steps
@@ -95,16 +94,19 @@ class Monitor:
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
 
     # ----- per checkpoint -----------------------------------------------------------------------
-    def checkpoint(self, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch) -> list[Alert]:
-        """Score every behaviour at this checkpoint, decide, attribute what is flagged; return alerts."""
+    def checkpoint(self, probe: Probe, watch: Watch) -> list[Alert]:
+        """Score every behaviour at this checkpoint, decide, attribute what is flagged; return alerts.
+
+        Numpy only: every model forward (behaviour likelihoods included) is already in ``probe``.
+        """
         self.last_step = probe.step
         decisions: list[tuple[Decision, np.ndarray | None]] = []
         stages: list[tuple[str, Callable[[], list[tuple[Decision, np.ndarray | None]]]]] = [
             *(
-                (f"supervised:{f.behaviour.name}", partial(self._supervised, f, probe, model, tokenizer, watch))
+                (f"supervised:{f.behaviour.name}", partial(self._supervised, f, probe, watch))
                 for f in self.fitted
             ),
-            ("learning", partial(self._learning, probe.step, tokenizer, (probe, watch))),
+            ("learning", partial(self._learning, probe.step, watch.tokenizer, (probe, watch))),
             ("emergent", partial(self._emergent, probe, watch)),
         ]
         for stage, run in stages:  # each stage fails on its own: a failure is reported, the rest goes on
@@ -157,13 +159,12 @@ class Monitor:
         )
 
     def _supervised(
-        self, fitted: FittedBehaviour, probe: Probe, model: nn.Module, tokenizer: Any, watch: Watch
+        self, fitted: FittedBehaviour, probe: Probe, watch: Watch
     ) -> list[tuple[Decision, np.ndarray | None]]:
         layer_pos = [self.layers.index(x) for x in fitted.layers]
         s = score_behaviour(
             fitted,
-            model,
-            tokenizer,
+            logps=probe.likelihoods[fitted.behaviour.name],
             behaviour_vectors=probe.change[:, layer_pos],
             response_activations=probe.response_means[:, layer_pos],
             responses=list(zip(watch.texts, probe.responses)),

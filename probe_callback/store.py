@@ -231,9 +231,10 @@ class VectorStore:
 
     def iter_vectors(self, layer_pos: int = 0, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(rows, vectors)`` chunks of one layer, each row once, read a chunk at a time
-        (memory stays bounded by one chunk, whatever the store's size)."""
+        (memory: one chunk, plus with several ranks a one-byte flag per row index to drop rows
+        another rank stored too)."""
         folders = self._rank_folders()
-        seen = np.zeros(0, dtype=np.int64)
+        seen = np.zeros(0, dtype=bool)
         shape = (len(self.meta.layers), self.meta.dim)
         record = np.dtype((np.float16, shape))
         for folder in folders:
@@ -242,9 +243,11 @@ class VectorStore:
                 for start in range(0, len(rows), chunk):
                     r = np.asarray(rows[start : start + chunk])
                     v = np.fromfile(f, dtype=record, count=len(r))[:, layer_pos]
-                    if len(folders) > 1:
-                        fresh = ~np.isin(r, seen)
-                        seen = np.union1d(seen, r)
+                    if len(folders) > 1 and len(r):
+                        if r.max() >= len(seen):
+                            seen = np.concatenate([seen, np.zeros(int(r.max()) + 1 - len(seen), dtype=bool)])
+                        fresh = ~seen[r]
+                        seen[r] = True
                         r, v = r[fresh], v[fresh]
                     if len(r):
                         yield r, v

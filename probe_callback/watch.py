@@ -7,7 +7,7 @@ per-token log-prob rise of ``r_t`` (current model minus M0) that names what the 
 
 Example:
     >>> watch = Watch.build(["Say hi", "What is 2+2?"], tok, ref_model, layers=[18])   # doctest: +SKIP
-    >>> probe = watch.probe(step=20, model=model, reference=ref_scope)                 # doctest: +SKIP
+    >>> probe = watch.probe(step=20, current=model_scope, reference=ref_scope)         # doctest: +SKIP
     >>> probe.change.shape        # (n_prompts, n_layers, H): the paper's behaviour-change vectors
 """
 
@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .behaviours import FittedBehaviour, behaviour_logps
 from .probing import ResponseTrace, format_prompt, greedy_responses, greedy_traced, teacher_forced
 
 CONTROL_PROMPTS = 16
 
-# A context manager factory that makes ``model`` act as M0 (PEFT: adapters off) or yields M0.
+# A context manager factory yielding a model ready for forwards: M0 (PEFT: adapters off), or the
+# current model (under ZeRO-3 with its parameters gathered).
 Reference = Callable[[], contextlib.AbstractContextManager[nn.Module]]
 
 
@@ -41,7 +43,8 @@ class Probe:
     ``prompt_reference``: (n, n_layers, H) mean prompt-token activations under the current model and
     M0, the generation-free drift signal (NaN rows for empty answers); ``control``: (n,) mean
     per-token log-prob change of M0's own answers r0 (the run's generic likelihood drift), NaN outside
-    the ``CONTROL_PROMPTS`` sampled.
+    the ``CONTROL_PROMPTS`` sampled; ``likelihoods``: per supervised behaviour, its examples' mean
+    per-token log-likelihood under the current model (:func:`~probe_callback.behaviours.behaviour_logps`).
     """
 
     step: int
@@ -55,6 +58,7 @@ class Probe:
     prompt_reference: np.ndarray
     valid: np.ndarray
     control: np.ndarray
+    likelihoods: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Watch:
@@ -105,17 +109,23 @@ class Watch:
         """M0's per-token states of r0 at the primary layer (a one-token zero for an empty r0)."""
         return [_tokens_or_zero(t) for t in self.base]
 
-    def probe(self, step: int, model: nn.Module, reference: Reference) -> Probe:
-        """Greedy answers of ``model`` and their measurements through M0 (see :class:`Probe`).
+    def probe(
+        self, step: int, current: Reference, reference: Reference, behaviours: Sequence[FittedBehaviour] = ()
+    ) -> Probe:
+        """Greedy answers of the current model and their measurements through M0 (see :class:`Probe`).
 
         Three passes: the generation (which also gives r_t's log-probs and prompt activations under
-        ``model``), r_t teacher-forced through M0, and r0 through ``model`` for ``CONTROL_PROMPTS``
-        prompts spread over the list (the control deltas only need the spread of the run's drift).
+        the current model), r_t teacher-forced through M0, and r0 through the current model for
+        ``CONTROL_PROMPTS`` prompts spread over the list (the control deltas only need the spread of
+        the run's drift); plus the ``behaviours``' examples through the current model. Every model
+        forward of a checkpoint is here, so a sharded run calls this on every rank.
         """
         ids, layers, bs = self.prompt_ids, self.layers, self.batch_size
-        rt, own = greedy_traced(model, self.tokenizer, ids, layers, self.max_new_tokens, bs)
         picks = np.unique(np.linspace(0, len(ids) - 1, CONTROL_PROMPTS).round().astype(int))
-        r0_now = teacher_forced(model, [ids[i] for i in picks], [self.r0[i] for i in picks], [], bs)
+        with current() as model:
+            rt, own = greedy_traced(model, self.tokenizer, ids, layers, self.max_new_tokens, bs)
+            r0_now = teacher_forced(model, [ids[i] for i in picks], [self.r0[i] for i in picks], [], bs)
+            likelihoods = {f.behaviour.name: behaviour_logps(f, model, self.tokenizer, bs) for f in behaviours}
         with reference() as ref:
             cur = teacher_forced(ref, ids, rt, layers, bs)
         means = torch.stack([t.mean() for t in cur]).numpy()
@@ -135,6 +145,7 @@ class Watch:
             prompt_reference=torch.stack([c.prompt_mean for c in cur]).numpy(),
             valid=np.array([t.length > 0 for t in cur]) & np.array([t.length > 0 for t in self.base]),
             control=control,
+            likelihoods=likelihoods,
         )
 
 

@@ -68,3 +68,19 @@ def dpo_trainer(
         train_dataset=dataset,
         processing_class=tokenizer,
     )
+
+
+def fsdp_on_cpu() -> None:
+    """accelerate takes an FSDP plugin only on GPU-type devices: let a CPU (gloo) run use it too."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    init = AcceleratorState.__init__
+
+    def patched(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+
+    AcceleratorState.__init__ = patched
