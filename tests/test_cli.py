@@ -218,3 +218,14 @@ def test_drop_source_by_name_compares_sources_as_text(tmp_path: Path, capsys: py
     capsys.readouterr()
     assert main([*argv, "--source", "7", "-o", str(tmp_path / "x.jsonl")]) == 2
     assert "no such source ['7'] in 'source'; the dataset has ['1', '2']" in capsys.readouterr().err
+
+
+def test_an_unexpected_failure_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(path: object) -> dict:
+        raise RuntimeError("disk\non fire")
+
+    monkeypatch.setattr("probe_callback.cli.load_report", broken)
+    assert main(["report", "x"]) == 1
+    assert capsys.readouterr().err == "probe-callback report: error: unexpected RuntimeError: disk on fire\n"
