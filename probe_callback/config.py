@@ -90,7 +90,7 @@ def _check_policy(policy: Any, behaviour_names: set[str]) -> None:
         raise ValueError(f"policy has unknown keys {unknown}; valid keys: {[*settings, 'overrides']}.")
     for key in set(policy) - {"overrides"}:
         _check_policy_value("", key, policy[key])
-    overrides = policy.get("overrides") or {}
+    overrides = policy.get("overrides", {})
     if not isinstance(overrides, dict):
         raise TypeError(f"policy['overrides'] must map a behaviour name to a dict of settings, got {overrides!r}.")
     for name, values in overrides.items():

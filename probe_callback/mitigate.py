@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,7 +139,7 @@ def _entries(behaviour: dict[str, Any], key: str) -> list[dict[str, Any]]:
 def _score(entry: dict[str, Any], where: str) -> float | None:
     """The entry's score, or None (the entry is skipped) when it is missing or not finite."""
     score = entry.get("score")
-    if score is not None and (not isinstance(score, (int, float)) or isinstance(score, bool)):
+    if score is not None and (not isinstance(score, Real) or isinstance(score, bool)):
         raise ValueError(f"{where} has score {score!r}: a report score must be a number")
     return float(score) if score is not None and math.isfinite(score) else None
 
@@ -149,11 +150,11 @@ def _ranked_rows(behaviours: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for b in behaviours:
         for i, r in enumerate(_entries(b, "top_rows")):
             where, row = f"behaviour {b.get('name')!r}: top_rows[{i}]", r.get("row")
-            if not isinstance(row, int) or isinstance(row, bool) or row < 0:
+            if not isinstance(row, Integral) or isinstance(row, bool) or row < 0:
                 raise ValueError(f"{where} has row {row!r}: a report row must be a row index (an integer >= 0)")
             score = _score(r, where)
             if score is not None and (row not in best or score > best[row]["score"]):
-                best[row] = {**r, "score": score}
+                best[int(row)] = {**r, "row": int(row), "score": score}
     if not best:
         names = [b.get("name") for b in behaviours]
         raise ValueError(f"the report lists no top_rows for {names} (none with a finite score): nothing to rank")
@@ -167,11 +168,11 @@ def _ranked_sources(behaviours: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, s in enumerate(_entries(b, "top_sources")):
             where = f"behaviour {b.get('name')!r}: top_sources[{i}]"
             share = s.get("share_in_top") or 0.0
-            if not isinstance(share, (int, float)) or isinstance(share, bool):
+            if not isinstance(share, Real) or isinstance(share, bool):
                 raise ValueError(f"{where} has share_in_top {share!r}: it must be a number")
             name, score = s.get("source"), _score(s, where)
             if name is not None and score is not None and (str(name) not in best or score > best[str(name)]["score"]):
-                share = share if math.isfinite(share) else 0.0
+                share = float(share) if math.isfinite(share) else 0.0
                 best[str(name)] = {**s, "source": str(name), "score": score, "share_in_top": share}
     if not best:
         raise ValueError("the report blames no source (top_sources is empty): use --action filter or swap")
@@ -277,6 +278,7 @@ def mitigate(
             )
         values = [str(s) for s in ds[source_column]]
         if sources:
+            sources = [str(s) for s in sources]
             if top_k is not None or top_frac is not None:
                 raise ValueError("give either sources (--source) or top_k / top_frac, not both")
             unknown = sorted(set(sources) - set(values))

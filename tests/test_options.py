@@ -38,6 +38,7 @@ BAD_OPTIONS = [
     # failed only at train() before
     ({"layers": []}, ValueError, r"layers=\[\] is empty"),
     ({"policy": "strict"}, TypeError, "policy='strict' must be a dict"),
+    ({"policy": {"overrides": None}}, TypeError, r"policy\[.overrides.\] must map a behaviour name"),
     ({"probe_prompts": [*PROMPTS[:3], None]}, TypeError, r"probe_prompts\[3\] is None"),
     ({"probe_prompts": [*PROMPTS[:3], 7]}, TypeError, r"probe_prompts\[3\] is 7"),
     ({"probe_prompts": [*PROMPTS[:3], "bad \ud800"]}, ValueError, r"probe_prompts\[3\] holds '\\ud800'"),
