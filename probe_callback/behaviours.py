@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,17 @@ _SE_FLOOR = 1e-6
 _STATE_VERSION = 2
 
 
+def check_text(where: str, text: str) -> None:
+    """Raise a `ValueError` naming `where` when `text` cannot be encoded (e.g. a lone surrogate "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{where} holds {text[e.start : e.end]!r} at position {e.start}, which is not valid Unicode text "
+            "(a lone surrogate?): fix or remove that character."
+        ) from None
+
+
 def _check_examples(name: str, side: str, examples: Any) -> list[Example]:
     if not isinstance(examples, (list, tuple)):
         raise ValueError(f"Behaviour {name!r}: `{side}` must be a list of (prompt, response) pairs.")
@@ -50,6 +62,8 @@ def _check_examples(name: str, side: str, examples: Any) -> list[Example]:
                 f"Behaviour {name!r}: {side}[{i}] is {item!r}; each example must be a (prompt, response) "
                 "pair of non-empty strings."
             )
+        for text in item:
+            check_text(f"Behaviour {name!r}: {side}[{i}]", text)
         pairs.append((item[0], item[1]))
     if len(pairs) < 2:
         raise ValueError(
@@ -85,6 +99,8 @@ class Behaviour:
             raise ValueError(f"Behaviour name {self.name!r} is empty: give each behaviour a short unique name.")
         self.positive = _check_examples(self.name, "positive", self.positive)
         self.negative = _check_examples(self.name, "negative", self.negative)
+        if self.threshold is not None and (not isinstance(self.threshold, Real) or isinstance(self.threshold, bool)):
+            raise TypeError(f"Behaviour {self.name!r}: threshold={self.threshold!r} must be a number or None.")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError(f"Behaviour {self.name!r}: threshold {self.threshold!r} must be a finite number or None.")
         if self.judge is not None and not callable(self.judge):

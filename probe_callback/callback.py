@@ -15,17 +15,19 @@ import logging
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .behaviours import Behaviour, fit_behaviour
+from .behaviours import fit_behaviour
 from .cadence import Cadence
 from .capture import CapturedBatch, DatapointCapture
-from .config import ProbeOptions
+from .config import ProbeOptions, check_output_dir
 from .discovery import EmergentTracker
 from .monitor import PATTERN_ALPHA, Monitor, default_threshold
 from .policy import RegressionPolicy
@@ -91,18 +93,19 @@ class ProbeCallback(TrainerCallback):
     precompute pass); batch membership is still recorded every step.
     """
 
-    def __init__(self, trainer: Any, **options: Any) -> None:
-        try:
-            self.options = ProbeOptions(**options)
-        except TypeError as e:
-            raise TypeError(f"{e}. ProbeCallback options are the fields of probe_callback.ProbeOptions.") from e
+    def __init__(self, trainer: Any, options: ProbeOptions | None = None, **overrides: Any) -> None:
+        self.options = self._options(options, overrides)
         self.trainer = trainer
         self._check_trainer(trainer)
         self.ref_model = self._reference_module(trainer)
         self.num_layers = len(find_decoder_blocks(self.ref_model))
-        self.options.validate(self.num_layers)
+        text_config = self.ref_model.config.get_text_config()
+        self.options.validate(
+            self.num_layers, text_config.hidden_size, getattr(text_config, "max_position_embeddings", None)
+        )
         self.layers = self.options.resolve_layers(self.num_layers)
         self.output_dir = Path(self.options.output_dir or Path(trainer.args.output_dir) / "probe_callback")
+        check_output_dir(self.output_dir)
         self.precomputed = bool(getattr(trainer.args, "precompute_ref_log_probs", False))
         self._check_behaviours(trainer)
         self.rows: RowIndex | None = None
@@ -122,6 +125,22 @@ class ProbeCallback(TrainerCallback):
 
     # ----- attach-time checks -------------------------------------------------------------------
     @staticmethod
+    def _options(options: ProbeOptions | None, overrides: dict[str, Any]) -> ProbeOptions:
+        """``options`` (a ``ProbeOptions``) with keyword ``overrides`` applied; unknown names are refused."""
+        if options is not None and not isinstance(options, ProbeOptions):
+            raise TypeError(
+                f"ProbeCallback(trainer, options) takes a probe_callback.ProbeOptions, got {type(options).__name__}; "
+                "or pass the options as keywords: ProbeCallback(trainer, probe_prompts=[...])."
+            )
+        valid = [f.name for f in fields(ProbeOptions)]
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise TypeError(
+                f"unknown ProbeCallback option(s) {unknown}; valid options (ProbeOptions): {', '.join(valid)}."
+            )
+        return replace(options, **overrides) if options is not None else ProbeOptions(**overrides)
+
+    @staticmethod
     def _check_trainer(trainer: Any) -> None:
         needed = ("args", "model", "train_dataset", "data_collator", "add_callback")
         if not all(hasattr(trainer, a) for a in needed) or not hasattr(trainer, "ref_model"):
@@ -129,21 +148,20 @@ class ProbeCallback(TrainerCallback):
                 f"ProbeCallback needs the trl.DPOTrainer it is added to, got {type(trainer).__name__}. "
                 "Use: trainer.add_callback(ProbeCallback(trainer, ...))."
             )
-        if trainer.train_dataset is None or not hasattr(trainer.train_dataset, "column_names"):
+        if not isinstance(trainer.train_dataset, datasets.Dataset):
             raise ValueError(
-                "ProbeCallback needs a map-style datasets.Dataset as train_dataset (an IterableDataset has no "
-                "row indices to attribute to)."
+                f"ProbeCallback needs a map-style datasets.Dataset as train_dataset, got "
+                f"{type(trainer.train_dataset).__name__} (a streaming IterableDataset has no row indices to attribute "
+                "to): load the data without streaming=True."
             )
 
     def _check_behaviours(self, trainer: Any) -> None:
+        """Every behaviour example must fit the context: the smaller of DPO's max_length and the model's."""
+        model_context = getattr(self.ref_model.config.get_text_config(), "max_position_embeddings", None)
+        limit = min((int(x) for x in (getattr(trainer.args, "max_length", None), model_context) if x), default=None)
         for b in self.options.behaviours:
-            if not isinstance(b, Behaviour):
-                raise TypeError(f"behaviours must hold probe_callback.Behaviour objects, got {type(b).__name__}.")
-            limit = getattr(trainer.args, "max_length", None) or getattr(
-                self.ref_model.config, "max_position_embeddings", None
-            )
             if limit:
-                b.validate_lengths(trainer.processing_class, int(limit))
+                b.validate_lengths(trainer.processing_class, limit)
 
     @staticmethod
     def _reference_module(trainer: Any) -> torch.nn.Module:

@@ -34,8 +34,12 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> int:
     report = load_report(args.output_dir)
     folder = args.output_dir if args.output_dir.is_dir() else args.output_dir.parent
-    print(write_html(report, folder))
-    print(summary_text(report))
+    try:
+        page, summary = write_html(report, folder), summary_text(report)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{args.output_dir} is not a well-formed probe_callback report ({exc!r})") from exc
+    print(page)
+    print(summary)
     return 0
 
 
@@ -47,13 +51,21 @@ def _mitigate_args(p: argparse.ArgumentParser) -> None:
     size.add_argument("--top-k", type=int, help="rows to change (drop-source: sources to drop)")
     size.add_argument("--top-frac", type=float, help="fraction of the dataset (drop-source: share of top rows)")
     p.add_argument("--behaviour", action="append", dest="behaviours", help="act on this behaviour (repeatable)")
+    p.add_argument("--source", action="append", dest="sources", help="drop-source: drop this source (repeatable)")
     p.add_argument("--source-column", default="source", help="the dataset's source column (default: source)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output: .jsonl, .parquet, otherwise a folder")
 
 
 def _mitigate(args: argparse.Namespace) -> int:
-    from probe_callback.mitigate import mitigate, save_dataset, write_manifest  # imports `datasets`
+    import datasets
 
+    from probe_callback.mitigate import check_output_path, mitigate, save_dataset, write_manifest
+
+    datasets.disable_progress_bars()  # stderr keeps to the one line an error needs
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    if args.sources and args.action != "drop-source":
+        raise ValueError("--source only goes with --action drop-source")
+    check_output_path(args.out, args.dataset)
     ds, manifest = mitigate(
         args.report,
         args.dataset,
@@ -62,6 +74,7 @@ def _mitigate(args: argparse.Namespace) -> int:
         top_frac=args.top_frac,
         behaviours=args.behaviours,
         source_column=args.source_column,
+        sources=args.sources,
     )
     out = save_dataset(ds, args.out)
     manifest_file = write_manifest(manifest, out)
@@ -93,10 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 with a one-line error for bad input)."""
+    """Run the command line and return its exit code.
+
+    Bad input exits 2, any other failure 1, each with one line on stderr: never a traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"probe-callback {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as exc:
+        return _fail(args.verb, str(exc), 2)
+    except Exception as exc:
+        return _fail(args.verb, f"unexpected {type(exc).__name__}: {exc}", 1)
+
+
+def _fail(verb: str, message: str, code: int) -> int:
+    print(f"probe-callback {verb}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code

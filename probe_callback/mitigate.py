@@ -17,12 +17,14 @@ Example:
 from __future__ import annotations
 
 import json
+import math
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from probe_callback.report import atomic_write_text, jsonable, load_report
+from probe_callback.report import atomic_write_text, check_report, jsonable, load_report
 
 Action = Literal["filter", "swap", "drop-source"]
 ACTIONS: tuple[str, ...] = ("filter", "swap", "drop-source")
@@ -40,23 +42,54 @@ def load_dataset_file(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset {path} not found: give a .jsonl, .parquet or save_to_disk folder")
+    if path.is_file() and path.suffix not in (".jsonl", ".json", ".parquet"):
+        raise ValueError(f"cannot read {path}: use .jsonl, .json, .parquet or a save_to_disk folder")
+    try:
+        loaded = _read_dataset(path)
+    except Exception as e:  # datasets' parse errors: name the file and the first real cause
+        cause = e.__cause__ or e
+        raise ValueError(
+            f"cannot read dataset {path}: {str(cause).splitlines()[0] if str(cause) else 'is it empty?'}"
+        ) from e
+    if isinstance(loaded, DatasetDict):
+        if "train" not in loaded:
+            raise ValueError(f"{path} holds splits {list(loaded)} but no 'train': point at the train split")
+        loaded = loaded["train"]
+    if len(loaded) == 0:
+        raise ValueError(f"dataset {path} has no rows: pass the train_dataset the report was made from")
+    return loaded
+
+
+def _read_dataset(path: Path) -> Dataset | DatasetDict:
     if path.is_dir():
-        loaded = load_from_disk(str(path))
-        if isinstance(loaded, DatasetDict):
-            if "train" not in loaded:
-                raise ValueError(f"{path} holds splits {list(loaded)} but no 'train': point at the train split")
-            loaded = loaded["train"]
-        return loaded
-    if path.suffix in (".jsonl", ".json"):
-        return Dataset.from_json(str(path))
+        return load_from_disk(str(path))
+    if path.stat().st_size == 0:
+        raise ValueError("the file is empty")
     if path.suffix == ".parquet":
         return Dataset.from_parquet(str(path))
-    raise ValueError(f"cannot read {path}: use .jsonl, .json, .parquet or a save_to_disk folder")
+    return Dataset.from_json(str(path))
+
+
+def check_output_path(out: str | Path, dataset: str | Path | None = None) -> Path:
+    """Refuse an output that is an existing folder or the input dataset itself; returns `out` as a Path.
+
+    Example:
+        >>> check_output_path("/tmp")
+        Traceback (most recent call last):
+        ...
+        ValueError: output /tmp is an existing folder: give a new path (.jsonl, .parquet or a new folder)
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"output {out} is an existing folder: give a new path (.jsonl, .parquet or a new folder)")
+    if dataset is not None and out.exists() and out.resolve() == Path(dataset).resolve():
+        raise ValueError(f"output {out} is the input dataset: write the cleaned data to a new path")
+    return out
 
 
 def save_dataset(ds: Dataset, out: str | Path) -> Path:
     """Save `ds` in the format `out`'s suffix names: `.jsonl`, `.parquet`, otherwise a folder."""
-    out = Path(out)
+    out = check_output_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".jsonl":
         ds.to_json(str(out), lines=True, force_ascii=False)
@@ -95,31 +128,55 @@ def _behaviours(report: dict[str, Any], names: list[str] | None) -> list[dict[st
     return flagged
 
 
+def _entries(behaviour: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """`behaviour[key]` (top_rows / top_sources): a list of objects, else a clear error."""
+    entries = behaviour.get(key) or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"behaviour {behaviour.get('name')!r}: {key} must be a list of objects, got {entries!r:.80}")
+    return entries
+
+
+def _score(entry: dict[str, Any], where: str) -> float | None:
+    """The entry's score, or None (the entry is skipped) when it is missing or not finite."""
+    score = entry.get("score")
+    if score is not None and (not isinstance(score, Real) or isinstance(score, bool)):
+        raise ValueError(f"{where} has score {score!r}: a report score must be a number")
+    return float(score) if score is not None and math.isfinite(score) else None
+
+
 def _ranked_rows(behaviours: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Top rows of all `behaviours`, one per row index (its best score), best first."""
+    """Top rows of all `behaviours`, one per row index (its best score), best first; no score, no rank."""
     best: dict[int, dict[str, Any]] = {}
     for b in behaviours:
-        for r in b.get("top_rows") or []:
-            row = int(r["row"])
-            if row not in best or r.get("score", 0.0) > best[row].get("score", 0.0):
-                best[row] = r
+        for i, r in enumerate(_entries(b, "top_rows")):
+            where, row = f"behaviour {b.get('name')!r}: top_rows[{i}]", r.get("row")
+            if not isinstance(row, Integral) or isinstance(row, bool) or row < 0:
+                raise ValueError(f"{where} has row {row!r}: a report row must be a row index (an integer >= 0)")
+            score = _score(r, where)
+            if score is not None and (row not in best or score > best[row]["score"]):
+                best[int(row)] = {**r, "row": int(row), "score": score}
     if not best:
         names = [b.get("name") for b in behaviours]
-        raise ValueError(f"the report lists no top_rows for {names}: re-run the report with attribution enabled")
-    return sorted(best.values(), key=lambda r: -float(r.get("score") or 0.0))
+        raise ValueError(f"the report lists no top_rows for {names} (none with a finite score): nothing to rank")
+    return sorted(best.values(), key=lambda r: -r["score"])
 
 
 def _ranked_sources(behaviours: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Top sources of all `behaviours`, one per source (its best score), best first."""
+    """Top sources of all `behaviours`, one per source (its best score), best first; no score, no rank."""
     best: dict[str, dict[str, Any]] = {}
     for b in behaviours:
-        for s in b.get("top_sources") or []:
-            name = s.get("source")
-            if name is not None and (name not in best or s.get("score", 0.0) > best[name].get("score", 0.0)):
-                best[name] = s
+        for i, s in enumerate(_entries(b, "top_sources")):
+            where = f"behaviour {b.get('name')!r}: top_sources[{i}]"
+            share = s.get("share_in_top") or 0.0
+            if not isinstance(share, Real) or isinstance(share, bool):
+                raise ValueError(f"{where} has share_in_top {share!r}: it must be a number")
+            name, score = s.get("source"), _score(s, where)
+            if name is not None and score is not None and (str(name) not in best or score > best[str(name)]["score"]):
+                share = float(share) if math.isfinite(share) else 0.0
+                best[str(name)] = {**s, "source": str(name), "score": score, "share_in_top": share}
     if not best:
         raise ValueError("the report blames no source (top_sources is empty): use --action filter or swap")
-    return sorted(best.values(), key=lambda s: -float(s.get("score") or 0.0))
+    return sorted(best.values(), key=lambda s: -s["score"])
 
 
 def _pick_rows(ranked: list[dict[str, Any]], n_rows: int, top_k: int | None, top_frac: float | None) -> list[dict]:
@@ -146,7 +203,7 @@ def _pick_sources(ranked: list[dict[str, Any]], top_k: int | None, top_frac: flo
             if covered >= top_frac:
                 break
             picked.append(s["source"])
-            covered += float(s.get("share_in_top") or 0.0)
+            covered += s["share_in_top"]
         return picked
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 (got {top_k})")
@@ -184,13 +241,15 @@ def mitigate(
     top_frac: float | None = None,
     behaviours: list[str] | None = None,
     source_column: str = "source",
+    sources: list[str] | None = None,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Apply `action` to the rows (or sources) the report blames; returns the new dataset and a manifest.
 
     - `filter`: remove the top rows (`top_k` of them, or `top_frac` of the dataset's size).
     - `swap`: exchange `chosen` and `rejected` of those rows.
     - `drop-source`: remove every row of the blamed sources (default the top one; `top_k` sources,
-      or `top_frac` = the fewest top sources that together hold that share of the top rows).
+      or `top_frac` = the fewest top sources that together hold that share of the top rows), or the
+      named `sources`. Sources are compared as text, as the report writes them.
 
     Behaviours default to those flagged in the report. See the module example.
     """
@@ -198,7 +257,7 @@ def mitigate(
         raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
     report_path = None if isinstance(report, dict) else str(report)
     dataset_path = None if isinstance(dataset, Dataset) else str(dataset)
-    report = report if isinstance(report, dict) else load_report(report)
+    report = check_report(report) if isinstance(report, dict) else load_report(report)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset_file(dataset)
     chosen = _behaviours(report, behaviours)
     manifest: dict[str, Any] = {
@@ -217,9 +276,20 @@ def mitigate(
                 f"the dataset has no {source_column!r} column (columns: {ds.column_names}): "
                 "pass source_column / --source-column, or use --action filter"
             )
-        sources = _pick_sources(_ranked_sources(chosen), top_k, top_frac)
+        values = [str(s) for s in ds[source_column]]
+        if sources:
+            sources = [str(s) for s in sources]
+            if top_k is not None or top_frac is not None:
+                raise ValueError("give either sources (--source) or top_k / top_frac, not both")
+            unknown = sorted(set(sources) - set(values))
+            if unknown:
+                raise ValueError(
+                    f"no such source {unknown} in {source_column!r}; the dataset has {sorted(set(values))}"
+                )
+        else:
+            sources = _pick_sources(_ranked_sources(chosen), top_k, top_frac)
         blamed = set(sources)
-        changed = [i for i, s in enumerate(ds[source_column]) if s in blamed]
+        changed = [i for i, s in enumerate(values) if s in blamed]
         manifest["sources"] = sources
     else:
         rows = _pick_rows(_ranked_rows(chosen), len(ds), top_k, top_frac)

@@ -64,12 +64,16 @@ def jsonable(obj: Any) -> Any:
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` via a temp file, fsync and `os.replace` (readers never see half a file)."""
+    """Write `text` to `path` via a temp file, fsync and `os.replace` (readers never see half a file).
+
+    The file gets the mode `open()` would give it (0666 less the umask), not the temp file's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -78,6 +82,12 @@ def atomic_write_text(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_report(report: dict[str, Any], output_dir: Path) -> Path:
@@ -100,9 +110,29 @@ def load_report(path_or_dir: str | Path) -> dict[str, Any]:
         path = path / REPORT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no report at {path}: pass the output_dir or its report.json")
-    report = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(report, dict) or not isinstance(report.get("behaviours", []), list):
-        raise ValueError(f"{path} is not a probe_callback report (expected an object with 'behaviours')")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a probe_callback report") from None
+    except ValueError as e:  # not UTF-8, not JSON
+        raise ValueError(f"{path} is not a JSON report: {e}") from None
+    return check_report(report, str(path))
+
+
+def check_report(report: Any, where: str = "the report") -> dict[str, Any]:
+    """`report` when it is an object whose `behaviours` are objects (the report's shape), else a `ValueError`.
+
+    Example:
+        >>> check_report({"behaviours": [1]})
+        Traceback (most recent call last):
+        ...
+        ValueError: the report is not a probe_callback report (expected an object with a list of 'behaviours' objects)
+    """
+    behaviours = report.get("behaviours", []) if isinstance(report, dict) else None
+    if not isinstance(behaviours, list) or not all(isinstance(b, dict) for b in behaviours):
+        raise ValueError(
+            f"{where} is not a probe_callback report (expected an object with a list of 'behaviours' objects)"
+        )
     return report
 
 

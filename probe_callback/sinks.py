@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,18 @@ STEP_METRIC = "train/global_step"  # transformers' WandbCallback step axis
 WANDB_TITLE_MAX = 63  # wandb.Run.alert: "title ... must be less than 64 characters long"
 ROW_COLUMNS = ["step", "row", "id", "source", "score", "prompt", "chosen", "rejected"]
 PATTERN_COLUMNS = ["step", "name", "words", "n_rows", "excess_rise", "p_value", "sources", "steps"]
+# C0/C1 controls (ESC starts ANSI sequences), line separators, bidi overrides: dataset text must not drive a terminal.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (`\\x1b`, `\\n`, `\\u202e`...), safe to print as one line.
+
+    Example:
+        >>> print(printable("red\\x1b[31m\\nnext"))
+        red\\x1b[31m\\nnext
+    """
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def alert_line(alert: Alert) -> str:
@@ -81,13 +94,14 @@ class Sink:
 
 
 class ConsoleSink(Sink):
-    """Prints one line per alert (to stderr by default), e.g. `[probe_callback] ERROR step 40 ...`."""
+    """Prints one line per alert (to stderr by default), e.g. `[probe_callback] ERROR step 40 ...`, its
+    control characters escaped (`printable`); `alerts.jsonl` keeps the exact text."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
 
     def alert(self, alert: Alert) -> None:
-        print(alert_line(alert), file=self.stream or sys.stderr, flush=True)
+        print(printable(alert_line(alert)), file=self.stream or sys.stderr, flush=True)
 
 
 class JsonlSink(Sink):

@@ -171,7 +171,8 @@ def test_peft_policy_with_adapter_off_is_the_reference(tiny_tokenizer, tiny_mode
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     trainer = dpo_trainer(tiny_tokenizer, tiny_model_factory, preference_rows(16, seed=3), tmp_path, peft_config=lora)
     assert trainer.ref_model is None
-    cb = ProbeCallback(trainer, layers=[LAYER], probe_prompts=["hello there", "tell me a story"], every_n_steps=3)
+    prompts = ["hello there", "tell me a story", "what is a cat", "name a colour"]
+    cb = ProbeCallback(trainer, layers=[LAYER], probe_prompts=prompts, every_n_steps=3)
     trainer.add_callback(cb)
     trainer.train()
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict
 
-from probe_callback.mitigate import load_dataset_file, manifest_path, mitigate, save_dataset, write_manifest
+from probe_callback.mitigate import (
+    check_output_path,
+    load_dataset_file,
+    manifest_path,
+    mitigate,
+    save_dataset,
+    write_manifest,
+)
 from probe_callback.report import write_report
 
 SOURCES = ["web", "planted", "books", "planted", "web", "planted", "books", "web", "planted", "books"]
@@ -151,3 +158,30 @@ def test_no_top_rows_is_a_clear_error() -> None:
     bare = {"behaviours": [{"name": "promo", "flagged_at_step": 3, "top_rows": []}]}
     with pytest.raises(ValueError, match="lists no top_rows for \\['promo'\\]"):
         mitigate(bare, dataset(), "filter", top_k=1)
+
+
+def test_non_finite_scores_never_rank() -> None:
+    crafted = report()
+    crafted["behaviours"][0]["top_rows"] += [{"row": 9, "score": float("nan")}, {"row": 7, "score": None}]
+    crafted["behaviours"][0]["top_sources"].insert(0, {"source": "books", "score": float("nan"), "share_in_top": 1})
+    clean, manifest = mitigate(crafted, dataset(), "filter", top_k=1)
+    assert [r["index"] for r in manifest["rows"]] == [5]
+    _, manifest = mitigate(crafted, dataset(), "drop-source")
+    assert manifest["sources"] == ["planted"]
+
+
+def test_drop_named_sources() -> None:
+    clean, manifest = mitigate(report(), dataset(), "drop-source", sources=["web", "books"])
+    assert set(clean["source"]) == {"planted"} and manifest["sources"] == ["web", "books"]
+    with pytest.raises(ValueError, match=r"no such source \['nope'\] in 'source'; the dataset has \['books', "):
+        mitigate(report(), dataset(), "drop-source", sources=["nope"])
+    with pytest.raises(ValueError, match="not both"):
+        mitigate(report(), dataset(), "drop-source", sources=["web"], top_k=1)
+
+
+def test_output_may_not_be_a_folder_or_the_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is an existing folder"):
+        save_dataset(dataset(), tmp_path)
+    save_dataset(dataset(), tmp_path / "train.jsonl")
+    with pytest.raises(ValueError, match="is the input dataset"):
+        check_output_path(tmp_path / "train.jsonl", tmp_path / "train.jsonl")

@@ -6,6 +6,7 @@ import html
 import math
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -198,3 +199,19 @@ def test_chromium_renders_report_inert_and_without_console_errors(tmp_path: Path
         check=True,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_report_files_get_ordinary_file_modes(tmp_path: Path) -> None:
+    """0666 less the umask, like any file a program writes (the temp file behind them is 0600)."""
+    from probe_callback.alerts import Alert
+    from probe_callback.sinks import JsonlSink
+
+    old = os.umask(0o022)
+    try:
+        files = [write_report(realistic_report(), tmp_path), write_html(realistic_report(), tmp_path)]
+        JsonlSink(tmp_path / "alerts.jsonl").alert(Alert("x", "supervised", "INFO", 1, 0.0, None, None, "m"))
+        assert [stat.S_IMODE(p.stat().st_mode) for p in [*files, tmp_path / "alerts.jsonl"]] == [0o644] * 3
+        os.umask(0o077)
+        assert stat.S_IMODE(write_report({"behaviours": []}, tmp_path).stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -178,3 +178,15 @@ def test_wandb_sink_reuses_an_active_run_and_leaves_it_open(tmp_path: Path, monk
         assert wandb.run is run
     finally:
         run.finish()
+
+
+def test_console_escapes_control_characters_and_jsonl_keeps_them(tmp_path: Path) -> None:
+    hostile = "web\x1b[2J\x1b]0;pwned\x07\r\nfake\u202eline"
+    alert = Alert("b\x1b[31m", "supervised", "WARN", 5, 0.3, None, 0.01, "m", top_sources=[{"source": hostile}])
+    stream = io.StringIO()
+    Publisher([ConsoleSink(stream), JsonlSink(tmp_path / "alerts.jsonl")]).alert(alert)
+    line = stream.getvalue()
+    assert line.count("\n") == 1 and not any(c in line for c in "\x1b\x07\r\u202e")
+    assert "b\\x1b[31m (supervised)" in line and "web\\x1b[2J\\x1b]0;pwned\\x07\\r\\nfake\\u202eline" in line
+    saved = json.loads((tmp_path / "alerts.jsonl").read_text())
+    assert saved["behaviour"] == "b\x1b[31m" and saved["top_sources"][0]["source"] == hostile
