@@ -21,17 +21,28 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from .behaviours import Behaviour, fit_behaviour
 from .cadence import Cadence
 from .capture import CapturedBatch, DatapointCapture
 from .config import ProbeOptions
 from .discovery import EmergentTracker
+from .fence import FaultRecordingSink, Faults, FolderLock, GuardedStore
 from .monitor import Monitor, default_threshold
 from .policy import RegressionPolicy
 from .probing import _unwrap_parallel as _unwrap
 from .probing import find_decoder_blocks, inference_mode
-from .report import atomic_write_text, summary_text, write_html, write_report
+from .report import atomic_write_text, jsonable, summary_text, write_html, write_report
+from .resume import (
+    model_identity,
+    options_record,
+    remove_temp_files,
+    roll_back_alerts,
+    saved_state,
+    set_aside,
+    warn_changed_options,
+)
 from .rows import RowIndex
 from .sinks import Publisher, make_publisher
 from .store import VectorStore
@@ -46,7 +57,7 @@ def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
-class ProbeCallback(TrainerCallback):
+class ProbeCallback(TrainerCallback, ExportableState):
     """Probe a DPO run live: capture datapoint vectors, probe checkpoints, alert, pause, attribute.
 
     ``trainer``: the ``trl.DPOTrainer`` this callback is added to. ``options``: see
@@ -65,6 +76,7 @@ class ProbeCallback(TrainerCallback):
             raise TypeError(f"{e}. ProbeCallback options are the fields of probe_callback.ProbeOptions.") from e
         self.trainer = trainer
         self._check_trainer(trainer)
+        self._check_alone(trainer)
         self.ref_model = self._reference_module(trainer)
         self.num_layers = len(find_decoder_blocks(self.ref_model))
         self.options.validate(self.num_layers)
@@ -86,6 +98,8 @@ class ProbeCallback(TrainerCallback):
         self.store_dim: int | None = None
         self._step = 0
         self.unmatched = 0
+        self.faults = Faults()
+        self._locks: list[FolderLock] = []
 
     # ----- attach-time checks -------------------------------------------------------------------
     @staticmethod
@@ -100,6 +114,20 @@ class ProbeCallback(TrainerCallback):
             raise ValueError(
                 "ProbeCallback needs a map-style datasets.Dataset as train_dataset (an IterableDataset has no "
                 "row indices to attribute to)."
+            )
+
+    @staticmethod
+    def _check_alone(trainer: Any) -> None:
+        handler = getattr(trainer, "callback_handler", None)
+        if any(isinstance(cb, ProbeCallback) for cb in getattr(handler, "callbacks", [])):
+            raise ValueError(
+                "This trainer already has a ProbeCallback: a second one would store every vector and alert twice. "
+                "Add one ProbeCallback per trainer (watch more prompts or behaviours through its options)."
+            )
+        if getattr(trainer.args, "restore_callback_states_from_checkpoint", False):
+            raise ValueError(
+                "restore_callback_states_from_checkpoint=True rebuilds callbacks without their trainer, which "
+                "ProbeCallback needs. Set it to False: ProbeCallback restores its own state from the checkpoint."
             )
 
     def _check_behaviours(self, trainer: Any) -> None:
@@ -160,21 +188,74 @@ class ProbeCallback(TrainerCallback):
 
     # ----- trainer events -----------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._step = state.global_step
+        try:
+            if self._fence(args, state):
+                self._begin(args, state)
+        except Exception as exc:  # a failure of ours never kills the user's run
+            logger.error("probe_callback: could not start (%r); training goes on without it", exc, exc_info=True)
+            self.close()
+            self.monitor = None
+
+    def _fence(self, args: TrainingArguments, state: TrainerState) -> bool:
+        """Lock the output folder (rank 0) and this rank's store for this run; stand down if another run holds them."""
+        self._release()
+        names = (["run.lock"] if self.is_main else []) + [f"rank-{int(args.process_index):05d}.lock"]
+        held = True
+        for name in names:
+            lock = FolderLock(self.output_dir / name)
+            try:
+                got = lock.acquire()
+            except OSError as exc:  # a folder that cannot hold a lock file: go on unlocked
+                self.faults.record("lock", state.global_step, exc)
+                continue
+            held = held and got
+            self._locks += [lock] if got else []
+        if not self._all(held):
+            logger.error(
+                "probe_callback: another run (or another ProbeCallback) is writing to %s; this run trains without "
+                "the callback. Give each run its own output_dir.",
+                self.output_dir,
+            )
+            self._release()
+            return False
+        if self.is_main:
+            remove_temp_files(self.output_dir)
+        return True
+
+    def _release(self) -> None:
+        for lock in self._locks:
+            lock.release()
+        self._locks = []
+
+    def _all(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank."""
+        if self.trainer.accelerator.num_processes == 1:
+            return flag
+        from accelerate.utils import gather_object
+
+        return all(gather_object([flag]))
+
+    def _begin(self, args: TrainingArguments, state: TrainerState) -> None:
         self.rows = RowIndex.from_trainer(self.trainer, self.options.id_column, self.options.source_column)
-        rank = int(getattr(args, "process_index", 0))
         hidden = int(self.ref_model.config.get_text_config().hidden_size)
-        self.store = VectorStore.create(
-            self._store_dir(state.global_step),
-            layers=self.layers,
-            hidden=hidden,
-            projection_dim=self.options.projection_dim,
-            projection_seed=self.options.seed,
-            rank=rank,
-        )
+        self.store = GuardedStore(None, self.faults, lambda: self._step)
+        with self.faults.guard("vectors", state.global_step):
+            store = VectorStore.create(
+                self._store_dir(state.global_step),
+                layers=self.layers,
+                hidden=hidden,
+                projection_dim=self.options.projection_dim,
+                projection_seed=self.options.seed,
+                rank=int(args.process_index),
+            )
+            self.store = GuardedStore(store, self.faults, lambda: self._step)
+        if self.is_main:
+            with self.faults.guard("alerts.jsonl", state.global_step):
+                self._roll_back_alerts(state.global_step)
         self.store.truncate_steps_after(state.global_step)
         self._stored = set(self.store.row_ids().tolist())
-        self.store_dim = self.store.meta.dim
+        self.store_dim = self.store.dim
         policy = _unwrap(self.trainer.model)
         blocks = [find_decoder_blocks(self.ref_model)[layer - 1] for layer in self.layers]
         self._capture = DatapointCapture(
@@ -194,21 +275,37 @@ class ProbeCallback(TrainerCallback):
         self.cadence.start()
 
     def _store_dir(self, step: int) -> Path:
-        """The store of this dataset; a store written for other data (say, before a mitigation) is set aside."""
-        folder, stamp = self.output_dir / "vectors", self.output_dir / "vectors" / "dataset.txt"
-        if stamp.exists() and stamp.read_text() != self.rows.fingerprint and self.is_main:
-            aside = self.output_dir / f"vectors-before-step-{step}"
-            logger.warning("probe_callback: the training data changed; the old vector store moves to %s", aside)
-            folder.rename(aside)
+        """The store of this dataset and reference model. Another run's store (other data, say before a
+        mitigation; another model; or any store when this run starts fresh) is set aside as
+        ``vectors-before-step-N``, never mixed in."""
+        folder = self.output_dir / "vectors"
+        if self.is_main:
+            stamps = {"dataset.txt": self.rows.fingerprint, "model.txt": model_identity(self.ref_model)}
+            found = {name: (folder / name).read_text() for name in stamps if (folder / name).exists()}
+            changed = [name.removesuffix(".txt") for name, text in found.items() if text != stamps[name]]
+            if changed or (step == 0 and folder.is_dir() and any(folder.iterdir())):
+                why = f"the {' and the '.join(changed)} changed" if changed else "this run starts at step 0"
+                aside = set_aside(folder, f"before-step-{step}")
+                logger.warning("probe_callback: %s; the old vector store moves to %s", why, aside)
         self.trainer.accelerator.wait_for_everyone()
         folder.mkdir(parents=True, exist_ok=True)
         if self.is_main:
-            stamp.write_text(self.rows.fingerprint)
+            for name, text in stamps.items():
+                atomic_write_text(folder / name, text)
         return folder
+
+    def _roll_back_alerts(self, step: int) -> None:
+        """A resume raises the alerts after its step again, so they are dropped; a fresh run sets old ones aside."""
+        path = self.output_dir / "alerts.jsonl"
+        if step > 0:
+            roll_back_alerts(path, step)
+        elif path.exists():
+            set_aside(path, "before-step-0")
 
     def _start_monitor(self, args: TrainingArguments, state: TrainerState) -> None:
         tok, opts = self.trainer.processing_class, self.options
-        saved = self._load_state(state.global_step) if state.global_step > 0 else None
+        step = state.global_step
+        saved = saved_state(state.stateful_callbacks, self.output_dir, step) if step > 0 else None
         with self._reference() as ref:
             fitted = [
                 fit_behaviour(b, ref, tok, self.layers, opts.probe_batch_size, opts.seed) for b in opts.behaviours
@@ -225,10 +322,11 @@ class ProbeCallback(TrainerCallback):
             opts.probe_batch_size,
             r0=saved["r0"] if saved else None,
         )
+        policy = RegressionPolicy(**{**opts.policy, "overrides": overrides})
         self.monitor = Monitor(
             fitted,
             EmergentTracker(alpha=SCREEN_ALPHA, seed=opts.seed),
-            RegressionPolicy(**{**opts.policy, "overrides": overrides}),
+            policy,
             self.rows,
             self.output_dir / "vectors",
             self.layers,
@@ -237,8 +335,12 @@ class ProbeCallback(TrainerCallback):
         )
         if saved:
             self.monitor.restore(saved["monitor"])
+            settings = {k: v for k, v in policy.state().items() if k != "tracks"}  # this run's policy wins
+            self.monitor.policy = RegressionPolicy.from_state({**saved["monitor"]["policy"], **settings})
+            warn_changed_options(saved, opts)
             self._acknowledged = {b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]}
         self.publisher = make_publisher(args, self.output_dir, self.is_main)
+        self.publisher.sinks = [FaultRecordingSink(s, self.faults, lambda: self._step) for s in self.publisher.sinks]
 
     def _log_start(self) -> None:
         if self.is_main:
@@ -294,7 +396,7 @@ class ProbeCallback(TrainerCallback):
         """Before pausing: vectors for the rows not trained on yet, then rank every row again."""
         try:
             self._datapoint_pass()
-            self._stored = set(VectorStore.open(self.store.path).row_ids().tolist())
+            self._stored = set(self.store.row_ids().tolist())
             if self.is_main:
                 self.monitor.reattribute()
         except Exception as exc:
@@ -341,49 +443,41 @@ class ProbeCallback(TrainerCallback):
         report["store"] = {"rows": len(self._stored), "dim": self.store_dim}
         report["every_n_steps"] = self.cadence.every if self.cadence else None
         report["cost"] = self.cadence.summary() if self.cadence else {}
+        report["trained_to_step"] = self._step
+        report["not_recorded"] = self.faults.report()
         return report
 
     def _write_report(self) -> None:
         if not self.is_main:
             return
-        try:
+        with self.faults.guard("report", self._step):
             report = self.report()
             write_report(report, self.output_dir)
             write_html(report, self.output_dir)
-        except Exception as exc:
-            logger.warning("probe_callback: could not write the report to %s: %r", self.output_dir, exc)
 
     # ----- resume -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The callback's state at a checkpoint; the Trainer saves it in that checkpoint's ``trainer_state.json``."""
+        snapshot: dict[str, Any] = {}
+        if self.monitor is not None and self.is_main:
+            step = self.trainer.state.global_step
+            with self.faults.guard("state", step):
+                snapshot = {
+                    "probe_state": jsonable(
+                        {
+                            "step": step,
+                            "prompts": self.watch.prompts,
+                            "r0": self.watch.r0,
+                            "monitor": self.monitor.state(),
+                            "options": options_record(self.options),
+                        }
+                    )
+                }
+        return {"args": {}, "attributes": snapshot}
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        if not self.is_main or self.monitor is None:
-            return
-        snapshot = {
-            "step": state.global_step,
-            "prompts": self.watch.prompts,
-            "r0": self.watch.r0,
-            "monitor": self.monitor.state(),
-        }
-        try:
-            from .report import jsonable
-
-            atomic_write_text(self._state_path(state.global_step), json.dumps(jsonable(snapshot)))
-        except Exception as exc:
-            logger.warning("probe_callback: could not save its state for step %d: %r", state.global_step, exc)
-        self._write_report()
-
-    def _state_path(self, step: int) -> Path:
-        folder = self.output_dir / "state"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"step-{step}.json"
-
-    def _load_state(self, step: int) -> dict[str, Any] | None:
-        path = self.output_dir / "state" / f"step-{step}.json"
-        if not path.exists():
-            logger.warning(
-                "probe_callback: no saved state for step %d in %s; starting a new history.", step, path.parent
-            )
-            return None
-        return json.loads(path.read_text())
+        if self.monitor is not None:
+            self._write_report()
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         if self.cadence is not None:
@@ -395,6 +489,7 @@ class ProbeCallback(TrainerCallback):
                 logger.warning(self._next_steps())
         self.publisher.close()
         self.close()
+        self._release()
 
     def _next_steps(self) -> str:
         out = self.output_dir
@@ -419,6 +514,10 @@ class ProbeCallback(TrainerCallback):
 
     # ----- capture ------------------------------------------------------------------------------
     def _on_batch(self, batch: CapturedBatch) -> None:
+        with self.faults.guard("vectors", self._step):  # runs inside the trainer's forward: never raise
+            self._record_batch(batch)
+
+    def _record_batch(self, batch: CapturedBatch) -> None:
         rows = self.rows.lookup(batch.input_ids, batch.attention_mask)
         known = rows >= 0
         self.unmatched += int((~known).sum())
