@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import random
@@ -55,6 +56,14 @@ SCREEN_ALPHA = 0.05
 
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def _fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model``'s weights in a new instance (a deep copy would keep TRL's patched forward)."""
+    weight = next(model.parameters())
+    copy_ = type(model)(copy.deepcopy(model.config)).to(device=weight.device, dtype=weight.dtype)
+    copy_.load_state_dict(model.state_dict())
+    return copy_.eval().requires_grad_(False)
 
 
 class ProbeCallback(TrainerCallback, ExportableState):
@@ -144,8 +153,16 @@ class ProbeCallback(TrainerCallback, ExportableState):
     def _reference_module(trainer: Any) -> torch.nn.Module:
         if trainer.ref_model is not None:
             return _unwrap(trainer.ref_model)
-        if _is_peft(_unwrap(trainer.model)):
-            return _unwrap(trainer.model)
+        policy = _unwrap(trainer.model)
+        if _is_peft(policy):
+            return policy
+        if getattr(trainer.args, "precompute_ref_log_probs", False):
+            # TRL used the untrained policy as the reference and kept none: keep a frozen copy of it as M0.
+            logger.warning(
+                "probe_callback: precompute_ref_log_probs=True without a ref_model: keeping a frozen copy of the "
+                "initial policy as the reference (one more model in memory; pass ref_model=... to avoid it)."
+            )
+            return _fresh_copy(policy)
         raise ValueError(
             "The trainer has no reference model. Pass ref_model=... to DPOTrainer (or train a PEFT adapter, "
             "whose disabled-adapter model is the reference)."
@@ -157,9 +174,15 @@ class ProbeCallback(TrainerCallback, ExportableState):
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[torch.nn.Module]:
-        """M0: the separate reference model, or the PEFT policy with its adapters disabled."""
-        if self.trainer.ref_model is not None:
+        """M0: the separate reference model; with PEFT, TRL's frozen "ref" copy of a pretrained adapter, else
+        the policy with its adapters disabled."""
+        if self.ref_model is not _unwrap(self.trainer.model):
             yield self.ref_model
+        elif "ref" in self.ref_model.peft_config:
+            from trl.trainer.utils import use_adapter
+
+            with use_adapter(self.ref_model, "ref"):
+                yield self.ref_model
         else:
             with self.ref_model.disable_adapter():
                 yield self.ref_model
