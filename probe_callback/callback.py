@@ -94,7 +94,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         self.precomputed = bool(getattr(trainer.args, "precompute_ref_log_probs", False))
         self._check_behaviours(trainer)
         self.rows: RowIndex | None = None
-        self.store: VectorStore | None = None
+        self.store: GuardedStore | None = None
         self.watch: Watch | None = None
         self.monitor: Monitor | None = None
         self.publisher = Publisher([])
@@ -211,13 +211,16 @@ class ProbeCallback(TrainerCallback, ExportableState):
 
     # ----- trainer events -----------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        self._step = state.global_step
+        self._step, started = state.global_step, False
         try:
             if self._fence(args, state):
                 self._begin(args, state)
+                started = True
         except Exception as exc:  # a failure of ours never kills the user's run
             logger.error("probe_callback: could not start (%r); training goes on without it", exc, exc_info=True)
+        if not self._all(started):  # every rank goes on with the callback, or none does
             self.close()
+            self._release()
             self.monitor = None
 
     def _fence(self, args: TrainingArguments, state: TrainerState) -> bool:
@@ -471,7 +474,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         return report
 
     def _write_report(self) -> None:
-        if not self.is_main:
+        if not self.is_main or self.monitor is None:  # never started (or stood down): the folder is not ours
             return
         with self.faults.guard("report", self._step):
             report = self.report()
@@ -499,8 +502,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         return {"args": {}, "attributes": snapshot}
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        if self.monitor is not None:
-            self._write_report()
+        self._write_report()
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         if self.cadence is not None:

@@ -127,8 +127,8 @@ class FolderLock:
 
 
 class FaultRecordingSink:
-    """Wraps a publisher sink: a failing call is recorded in ``faults`` (as ``<Sink>.<method>``) and re-raised,
-    so the :class:`~probe_callback.sinks.Publisher` still logs it and carries on."""
+    """Wraps a publisher sink: a failing call is recorded in ``faults`` (as ``<Sink>.<method>``, logged once)
+    instead of raised."""
 
     def __init__(self, sink: Any, faults: Faults, step: Callable[[], int]) -> None:
         self.sink, self.faults, self.step = sink, faults, step
@@ -137,10 +137,7 @@ class FaultRecordingSink:
         fn = getattr(self.sink, method)
 
         def call(*args: Any) -> Any:
-            try:
+            with self.faults.guard(f"{type(self.sink).__name__}.{method}", self.step()):
                 return fn(*args)
-            except Exception as exc:
-                self.faults.record(f"{type(self.sink).__name__}.{method}", self.step(), exc)
-                raise
 
         return call

@@ -124,6 +124,7 @@ def test_one_callback_per_trainer_and_one_run_per_folder(tiny_tokenizer, tiny_mo
     trainer.train()  # this run's callback stands down: the other run owns the folder
     assert trainer.state.global_step == 6
     assert not (tmp_path / "probe_callback" / "vectors").exists()
+    assert not (tmp_path / "probe_callback" / "report.json").exists(), "the other run's report is left alone"
     other_run.release()
 
 
