@@ -29,7 +29,7 @@ from .cadence import Cadence
 from .capture import CapturedBatch, DatapointCapture
 from .config import ProbeOptions
 from .discovery import EmergentTracker
-from .fence import FaultRecordingSink, Faults, FolderLock, GuardedStore
+from .fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
 from .monitor import Monitor, default_threshold
 from .policy import RegressionPolicy
 from .probing import _unwrap_parallel as _unwrap
@@ -42,6 +42,7 @@ from .resume import (
     roll_back_alerts,
     saved_state,
     set_aside,
+    stale_store,
     warn_changed_options,
 )
 from .rows import RowIndex
@@ -108,7 +109,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         self._step = 0
         self.unmatched = 0
         self.faults = Faults()
-        self._locks: list[FolderLock] = []
+        self._locks = RunLocks(self.output_dir)
 
     # ----- attach-time checks -------------------------------------------------------------------
     @staticmethod
@@ -220,39 +221,23 @@ class ProbeCallback(TrainerCallback, ExportableState):
             logger.error("probe_callback: could not start (%r); training goes on without it", exc, exc_info=True)
         if not self._all(started):  # every rank goes on with the callback, or none does
             self.close()
-            self._release()
+            self._locks.release()
             self.monitor = None
 
     def _fence(self, args: TrainingArguments, state: TrainerState) -> bool:
-        """Lock the output folder (rank 0) and this rank's store for this run; stand down if another run holds them."""
-        self._release()
-        names = (["run.lock"] if self.is_main else []) + [f"rank-{int(args.process_index):05d}.lock"]
-        held = True
-        for name in names:
-            lock = FolderLock(self.output_dir / name)
-            try:
-                got = lock.acquire()
-            except OSError as exc:  # a folder that cannot hold a lock file: go on unlocked
-                self.faults.record("lock", state.global_step, exc)
-                continue
-            held = held and got
-            self._locks += [lock] if got else []
+        """Lock the output folder for this run; stand down (every rank) if another run holds it."""
+        held = self._locks.acquire(int(args.process_index), self.is_main, self.faults, state.global_step)
         if not self._all(held):
             logger.error(
                 "probe_callback: another run (or another ProbeCallback) is writing to %s; this run trains without "
                 "the callback. Give each run its own output_dir.",
                 self.output_dir,
             )
-            self._release()
+            self._locks.release()
             return False
         if self.is_main:
             remove_temp_files(self.output_dir)
         return True
-
-    def _release(self) -> None:
-        for lock in self._locks:
-            lock.release()
-        self._locks = []
 
     def _all(self, flag: bool) -> bool:
         """Whether ``flag`` holds on every rank."""
@@ -306,18 +291,16 @@ class ProbeCallback(TrainerCallback, ExportableState):
         ``vectors-before-step-N``, never mixed in."""
         folder = self.output_dir / "vectors"
         if self.is_main:
-            stamps = {"dataset.txt": self.rows.fingerprint, "model.txt": model_identity(self.ref_model)}
-            found = {name: (folder / name).read_text() for name in stamps if (folder / name).exists()}
-            changed = [name.removesuffix(".txt") for name, text in found.items() if text != stamps[name]]
-            if changed or (step == 0 and folder.is_dir() and any(folder.iterdir())):
-                why = f"the {' and the '.join(changed)} changed" if changed else "this run starts at step 0"
+            stamps = {"dataset": self.rows.fingerprint, "model": model_identity(self.ref_model)}
+            why = stale_store(folder, stamps, step)
+            if why:
                 aside = set_aside(folder, f"before-step-{step}")
                 logger.warning("probe_callback: %s; the old vector store moves to %s", why, aside)
         self.trainer.accelerator.wait_for_everyone()
         folder.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             for name, text in stamps.items():
-                atomic_write_text(folder / name, text)
+                atomic_write_text(folder / f"{name}.txt", text)
         return folder
 
     def _roll_back_alerts(self, step: int) -> None:
@@ -514,7 +497,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
                 logger.warning(self._next_steps())
         self.publisher.close()
         self.close()
-        self._release()
+        self._locks.release()
 
     def _next_steps(self) -> str:
         out = self.output_dir

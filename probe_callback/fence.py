@@ -126,6 +126,35 @@ class FolderLock:
             self._fd = None
 
 
+class RunLocks:
+    """One run's hold on its output folder: rank 0 locks ``run.lock``, every rank its ``rank-N.lock``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.held: list[FolderLock] = []
+
+    def acquire(self, rank: int, main: bool, faults: Faults, step: int) -> bool:
+        """Take this rank's locks; False when another run holds one. A folder that cannot hold a lock file
+        (read-only) is recorded in ``faults`` and left unlocked."""
+        self.release()
+        ok = True
+        for name in (["run.lock"] if main else []) + [f"rank-{rank:05d}.lock"]:
+            lock = FolderLock(self.folder / name)
+            try:
+                got = lock.acquire()
+            except OSError as exc:
+                faults.record("lock", step, exc)
+                continue
+            ok = ok and got
+            self.held += [lock] if got else []
+        return ok
+
+    def release(self) -> None:
+        for lock in self.held:
+            lock.release()
+        self.held = []
+
+
 class FaultRecordingSink:
     """Wraps a publisher sink: a failing call is recorded in ``faults`` (as ``<Sink>.<method>``, logged once)
     instead of raised."""

@@ -94,6 +94,18 @@ def set_aside(path: Path, label: str) -> Path:
     raise FileExistsError(f"no free name to set {path} aside")
 
 
+def stale_store(folder: Path, stamps: dict[str, str], step: int) -> str | None:
+    """Why the store in ``folder`` is another run's (its ``<name>.txt`` stamps differ, or this run starts at
+    step 0 and finds one), or None when it is this run's to continue."""
+    found = {k: (folder / f"{k}.txt").read_text() for k in stamps if (folder / f"{k}.txt").exists()}
+    changed = [k for k, text in found.items() if text != stamps[k]]
+    if changed:
+        return f"the {' and the '.join(changed)} changed"
+    if step == 0 and folder.is_dir() and any(folder.iterdir()):
+        return "this run starts at step 0"
+    return None
+
+
 def model_identity(model: torch.nn.Module) -> str:
     """Name, shape and a hash of the input embeddings of the reference model (the same model gives the same id)."""
     config = model.config.get_text_config()
