@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import random
@@ -23,17 +24,29 @@ import datasets
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from .behaviours import fit_behaviour
 from .cadence import Cadence
 from .capture import CapturedBatch, DatapointCapture
 from .config import ProbeOptions, check_output_dir
 from .discovery import EmergentTracker
+from .fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
 from .monitor import PATTERN_ALPHA, Monitor, default_threshold
 from .policy import RegressionPolicy
 from .probing import _unwrap_parallel as _unwrap
 from .probing import find_decoder_blocks, inference_mode
-from .report import atomic_write_text, summary_text, write_html, write_report
+from .report import atomic_write_text, jsonable, summary_text, write_html, write_report
+from .resume import (
+    model_identity,
+    options_record,
+    remove_temp_files,
+    roll_back_alerts,
+    saved_state,
+    set_aside,
+    stale_store,
+    warn_changed_options,
+)
 from .rows import RowIndex
 from .sharding import RankMirror, gathered
 from .sinks import Publisher, make_publisher
@@ -81,7 +94,15 @@ def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
-class ProbeCallback(TrainerCallback):
+def _fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model``'s weights in a new instance (a deep copy would keep TRL's patched forward)."""
+    weight = next(model.parameters())
+    copy_ = type(model)(copy.deepcopy(model.config)).to(device=weight.device, dtype=weight.dtype)
+    copy_.load_state_dict(model.state_dict())
+    return copy_.eval().requires_grad_(False)
+
+
+class ProbeCallback(TrainerCallback, ExportableState):
     """Probe a DPO run live: capture datapoint vectors, probe checkpoints, alert, pause, attribute.
 
     ``trainer``: the ``trl.DPOTrainer`` this callback is added to. ``options``: see
@@ -97,6 +118,7 @@ class ProbeCallback(TrainerCallback):
         self.options = self._options(options, overrides)
         self.trainer = trainer
         self._check_trainer(trainer)
+        self._check_alone(trainer)
         self.ref_model = self._reference_module(trainer)
         self.num_layers = len(find_decoder_blocks(self.ref_model))
         text_config = self.ref_model.config.get_text_config()
@@ -109,7 +131,7 @@ class ProbeCallback(TrainerCallback):
         self.precomputed = bool(getattr(trainer.args, "precompute_ref_log_probs", False))
         self._check_behaviours(trainer)
         self.rows: RowIndex | None = None
-        self.store: VectorStore | None = None
+        self.store: GuardedStore | None = None
         self.watch: Watch | None = None
         self.monitor: Monitor | None = None
         self.publisher = Publisher([])
@@ -122,6 +144,8 @@ class ProbeCallback(TrainerCallback):
         self.store_dim: int | None = None
         self._step = 0
         self.unmatched = 0
+        self.faults = Faults()
+        self._locks = RunLocks(self.output_dir)
 
     # ----- attach-time checks -------------------------------------------------------------------
     @staticmethod
@@ -155,6 +179,20 @@ class ProbeCallback(TrainerCallback):
                 "to): load the data without streaming=True."
             )
 
+    @staticmethod
+    def _check_alone(trainer: Any) -> None:
+        handler = getattr(trainer, "callback_handler", None)
+        if any(isinstance(cb, ProbeCallback) for cb in getattr(handler, "callbacks", [])):
+            raise ValueError(
+                "This trainer already has a ProbeCallback: a second one would store every vector and alert twice. "
+                "Add one ProbeCallback per trainer (watch more prompts or behaviours through its options)."
+            )
+        if getattr(trainer.args, "restore_callback_states_from_checkpoint", False):
+            raise ValueError(
+                "restore_callback_states_from_checkpoint=True rebuilds callbacks without their trainer, which "
+                "ProbeCallback needs. Set it to False: ProbeCallback restores its own state from the checkpoint."
+            )
+
     def _check_behaviours(self, trainer: Any) -> None:
         """Every behaviour example must fit the context: the smaller of DPO's max_length and the model's."""
         model_context = getattr(self.ref_model.config.get_text_config(), "max_position_embeddings", None)
@@ -167,8 +205,16 @@ class ProbeCallback(TrainerCallback):
     def _reference_module(trainer: Any) -> torch.nn.Module:
         if trainer.ref_model is not None:
             return _unwrap(trainer.ref_model)
-        if _is_peft(_unwrap(trainer.model)):
-            return _unwrap(trainer.model)
+        policy = _unwrap(trainer.model)
+        if _is_peft(policy):
+            return policy
+        if getattr(trainer.args, "precompute_ref_log_probs", False):
+            # TRL used the untrained policy as the reference and kept none: keep a frozen copy of it as M0.
+            logger.warning(
+                "probe_callback: precompute_ref_log_probs=True without a ref_model: keeping a frozen copy of the "
+                "initial policy as the reference (one more model in memory; pass ref_model=... to avoid it)."
+            )
+            return _fresh_copy(policy)
         raise ValueError(
             "The trainer has no reference model. Pass ref_model=... to DPOTrainer (or train a PEFT adapter, "
             "whose disabled-adapter model is the reference)."
@@ -180,7 +226,8 @@ class ProbeCallback(TrainerCallback):
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[torch.nn.Module]:
-        """M0: the separate reference model, or the PEFT policy with its adapters disabled.
+        """M0: the separate reference model; with PEFT, TRL's frozen "ref" copy of a pretrained adapter, else
+        the policy with its adapters disabled.
 
         Sharded (FSDP, ZeRO-3): every rank enters together; see :func:`~probe_callback.sharding.gathered`.
         """
@@ -188,9 +235,18 @@ class ProbeCallback(TrainerCallback):
         if trainer.ref_model is not None:
             with gathered(trainer.ref_model, trainer.accelerator) as ref:
                 yield ref
+        elif self.ref_model is not _unwrap(trainer.model):  # precompute: our frozen copy of the initial policy
+            yield self.ref_model
         else:
-            with gathered(trainer.model_wrapped, trainer.accelerator) as model, model.disable_adapter():
-                yield model
+            with gathered(trainer.model_wrapped, trainer.accelerator) as model:
+                if "ref" in model.peft_config:
+                    from trl.trainer.utils import use_adapter
+
+                    with use_adapter(model, "ref"):
+                        yield model
+                else:
+                    with model.disable_adapter():
+                        yield model
 
     @contextlib.contextmanager
     def _current(self) -> Iterator[torch.nn.Module]:
@@ -222,23 +278,63 @@ class ProbeCallback(TrainerCallback):
 
     # ----- trainer events -----------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._step, started = state.global_step, False
+        try:
+            if self._fence(args, state):
+                self._begin(args, state)
+                started = True
+        except Exception as exc:  # a failure of ours never kills the user's run
+            logger.error("probe_callback: could not start (%r); training goes on without it", exc, exc_info=True)
+        if not self._all(started):  # every rank goes on with the callback, or none does
+            self.close()
+            self._locks.release()
+            self.monitor = None
+
+    def _fence(self, args: TrainingArguments, state: TrainerState) -> bool:
+        """Lock the output folder for this run; stand down (every rank) if another run holds it."""
+        held = self._locks.acquire(int(args.process_index), self.is_main, self.faults, state.global_step)
+        if not self._all(held):
+            logger.error(
+                "probe_callback: another run (or another ProbeCallback) is writing to %s; this run trains without "
+                "the callback. Give each run its own output_dir.",
+                self.output_dir,
+            )
+            self._locks.release()
+            return False
+        if self.is_main:
+            remove_temp_files(self.output_dir)
+        return True
+
+    def _all(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank."""
+        if self.trainer.accelerator.num_processes == 1:
+            return flag
+        from accelerate.utils import gather_object
+
+        return all(gather_object([flag]))
+
+    def _begin(self, args: TrainingArguments, state: TrainerState) -> None:
         self.rows = RowIndex.from_trainer(self.trainer, self.options.id_column, self.options.source_column)
-        rank = int(getattr(args, "process_index", 0))
         hidden = int(self.ref_model.config.get_text_config().hidden_size)
-        self.store = VectorStore.create(
-            self._store_dir(state.global_step),
-            layers=self.layers,
-            hidden=hidden,
-            projection_dim=self.options.projection_dim,
-            projection_seed=self.options.seed,
-            rank=rank,
-        )
+        self.store = GuardedStore(None, self.faults, lambda: self._step)
+        with self.faults.guard("vectors", state.global_step):
+            store = VectorStore.create(
+                self._store_dir(state.global_step),
+                layers=self.layers,
+                hidden=hidden,
+                projection_dim=self.options.projection_dim,
+                projection_seed=self.options.seed,
+                rank=int(args.process_index),
+            )
+            self.store = GuardedStore(store, self.faults, lambda: self._step)
+        if self.is_main:
+            with self.faults.guard("alerts.jsonl", state.global_step):
+                self._roll_back_alerts(state.global_step)
         self.store.truncate_steps_after(state.global_step)
         self._stored = set(self.store.row_ids().tolist())
-        folder = self.store.path / f"rank-{rank:05d}"
+        folder = self.store.path / f"rank-{int(args.process_index):05d}"
         self._mirror = RankMirror(folder, self.trainer.accelerator, per_node=args.save_on_each_node)
-        self.store_dim = self.store.meta.dim
+        self.store_dim = self.store.dim
         policy = _unwrap(self.trainer.model)
         blocks = [find_decoder_blocks(self.ref_model)[layer - 1] for layer in self.layers]
         self._capture = DatapointCapture(
@@ -259,22 +355,36 @@ class ProbeCallback(TrainerCallback):
         self.cadence.start()
 
     def _store_dir(self, step: int) -> Path:
-        """The store of this dataset; a store written for other data (say, before a mitigation) is set aside."""
-        folder, stamp = self.output_dir / "vectors", self.output_dir / "vectors" / "dataset.txt"
+        """The store of this dataset and reference model. Another run's store (other data, say before a
+        mitigation; another model; or any store when this run starts fresh) is set aside as
+        ``vectors-before-step-N``, never mixed in."""
+        folder = self.output_dir / "vectors"
         writes = self.trainer.args.should_save  # rank 0, or each node's first rank with per-node output folders
-        if stamp.exists() and stamp.read_text() != self.rows.fingerprint and writes:
-            aside = self.output_dir / f"vectors-before-step-{step}"
-            logger.warning("probe_callback: the training data changed; the old vector store moves to %s", aside)
-            folder.rename(aside)
+        stamps = {"dataset": self.rows.fingerprint, "model": model_identity(self.ref_model)}
+        if writes:
+            why = stale_store(folder, stamps, step)
+            if why:
+                aside = set_aside(folder, f"before-step-{step}")
+                logger.warning("probe_callback: %s; the old vector store moves to %s", why, aside)
         self.trainer.accelerator.wait_for_everyone()
         folder.mkdir(parents=True, exist_ok=True)
         if writes:
-            stamp.write_text(self.rows.fingerprint)
+            for name, text in stamps.items():
+                atomic_write_text(folder / f"{name}.txt", text)
         return folder
+
+    def _roll_back_alerts(self, step: int) -> None:
+        """A resume raises the alerts after its step again, so they are dropped; a fresh run sets old ones aside."""
+        path = self.output_dir / "alerts.jsonl"
+        if step > 0:
+            roll_back_alerts(path, step)
+        elif path.exists():
+            set_aside(path, "before-step-0")
 
     def _start_monitor(self, args: TrainingArguments, state: TrainerState) -> None:
         tok, opts = self.trainer.processing_class, self.options
-        saved = self._load_state(state.global_step) if state.global_step > 0 else None
+        step = state.global_step
+        saved = saved_state(state.stateful_callbacks, self.output_dir, step) if step > 0 else None
         with self._reference() as ref:
             fitted = [
                 fit_behaviour(b, ref, tok, self.layers, opts.probe_batch_size, opts.seed) for b in opts.behaviours
@@ -291,10 +401,11 @@ class ProbeCallback(TrainerCallback):
             opts.probe_batch_size,
             r0=saved["r0"] if saved else None,
         )
+        policy = RegressionPolicy(**{**opts.policy, "overrides": overrides})
         self.monitor = Monitor(
             fitted,
             EmergentTracker(alpha=SCREEN_ALPHA, seed=opts.seed),
-            RegressionPolicy(**{**opts.policy, "overrides": overrides}),
+            policy,
             self.rows,
             self.output_dir / "vectors",
             self.layers,
@@ -303,8 +414,12 @@ class ProbeCallback(TrainerCallback):
         )
         if saved:
             self.monitor.restore(saved["monitor"])
+            settings = {k: v for k, v in policy.state().items() if k != "tracks"}  # this run's policy wins
+            self.monitor.policy = RegressionPolicy.from_state({**saved["monitor"]["policy"], **settings})
+            warn_changed_options(saved, opts)
             self._acknowledged = {b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]}
         self.publisher = make_publisher(args, self.output_dir, self.is_main)
+        self.publisher.sinks = [FaultRecordingSink(s, self.faults, lambda: self._step) for s in self.publisher.sinks]
 
     def _log_start(self) -> None:
         if self.is_main:
@@ -388,7 +503,7 @@ class ProbeCallback(TrainerCallback):
         try:
             self._datapoint_pass()
             self._mirror.sync()
-            self._stored = set(VectorStore.open(self.store.path).row_ids().tolist())
+            self._stored = set(self.store.row_ids().tolist())
             if self.is_main:
                 self.monitor.reattribute()
         except Exception as exc:
@@ -442,49 +557,40 @@ class ProbeCallback(TrainerCallback):
         report["store"] = {"rows": len(self._stored), "dim": self.store_dim}
         report["every_n_steps"] = self.cadence.every if self.cadence else None
         report["cost"] = self.cadence.summary() if self.cadence else {}
+        report["trained_to_step"] = self._step
+        report["not_recorded"] = self.faults.report()
         return report
 
     def _write_report(self) -> None:
-        if not self.is_main:
+        if not self.is_main or self.monitor is None:  # never started (or stood down): the folder is not ours
             return
-        try:
+        with self.faults.guard("report", self._step):
             report = self.report()
             write_report(report, self.output_dir)
             write_html(report, self.output_dir)
-        except Exception as exc:
-            logger.warning("probe_callback: could not write the report to %s: %r", self.output_dir, exc)
 
     # ----- resume -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The callback's state at a checkpoint; the Trainer saves it in that checkpoint's ``trainer_state.json``."""
+        snapshot: dict[str, Any] = {}
+        if self.monitor is not None and self.is_main:
+            step = self.trainer.state.global_step
+            with self.faults.guard("state", step):
+                snapshot = {
+                    "probe_state": jsonable(
+                        {
+                            "step": step,
+                            "prompts": self.watch.prompts,
+                            "r0": self.watch.r0,
+                            "monitor": self.monitor.state(),
+                            "options": options_record(self.options),
+                        }
+                    )
+                }
+        return {"args": {}, "attributes": snapshot}
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        if not args.should_save or self.monitor is None:  # per-node output folders: each node keeps its state
-            return
-        snapshot = {
-            "step": state.global_step,
-            "prompts": self.watch.prompts,
-            "r0": self.watch.r0,
-            "monitor": self.monitor.state(),
-        }
-        try:
-            from .report import jsonable
-
-            atomic_write_text(self._state_path(state.global_step), json.dumps(jsonable(snapshot)))
-        except Exception as exc:
-            logger.warning("probe_callback: could not save its state for step %d: %r", state.global_step, exc)
         self._write_report()
-
-    def _state_path(self, step: int) -> Path:
-        folder = self.output_dir / "state"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"step-{step}.json"
-
-    def _load_state(self, step: int) -> dict[str, Any] | None:
-        path = self.output_dir / "state" / f"step-{step}.json"
-        if not path.exists():
-            logger.warning(
-                "probe_callback: no saved state for step %d in %s; starting a new history.", step, path.parent
-            )
-            return None
-        return json.loads(path.read_text())
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         if self.cadence is not None:
@@ -496,6 +602,7 @@ class ProbeCallback(TrainerCallback):
                 logger.warning(self._next_steps())
         self.publisher.close()
         self.close()
+        self._locks.release()
 
     def _next_steps(self) -> str:
         out = self.output_dir
@@ -520,6 +627,10 @@ class ProbeCallback(TrainerCallback):
 
     # ----- capture ------------------------------------------------------------------------------
     def _on_batch(self, batch: CapturedBatch) -> None:
+        with self.faults.guard("vectors", self._step):  # runs inside the trainer's forward: never raise
+            self._record_batch(batch)
+
+    def _record_batch(self, batch: CapturedBatch) -> None:
         rows = self.rows.lookup(batch.input_ids, batch.attention_mask)
         known = rows >= 0
         self.unmatched += int((~known).sum())

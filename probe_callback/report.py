@@ -152,8 +152,13 @@ def summary_text(report: dict[str, Any]) -> str:
         - spam (emergent): ERROR at step 40, p=0.002, top source web
     """
     paused = report.get("paused_at_step")
-    head = f"paused at step {paused}" if paused is not None else f"not paused (last step {report.get('last_step')})"
+    last = report.get("trained_to_step", report.get("last_step"))
+    head = f"paused at step {paused}" if paused is not None else f"not paused (last step {last})"
     lines = [f"{head} (checkpoint: {report.get('checkpoint') or 'none'})"]
+    lines += [probes_text(report)] if report.get("cost") else []
+    lines += [
+        f"not recorded: {f['what']} from step {f['from_step']} ({f['error']})" for f in report.get("not_recorded") or []
+    ]
     for b in report.get("behaviours") or []:
         verdict = b.get("level") or "ok"
         if b.get("flagged_at_step") is not None:
@@ -168,6 +173,27 @@ def summary_text(report: dict[str, Any]) -> str:
         stages = sorted({f.get("stage", "?") for f in failures})
         lines.append(f"- {len(failures)} failed stage(s) of ours (training went on): {', '.join(stages)}")
     return "\n".join(lines)
+
+
+def probes_text(report: dict[str, Any]) -> str:
+    """How many probes ran, and why none did when none did.
+
+    Example:
+        >>> cost = {"probe_passes": 0, "every_n_steps": 10, "budget": 0.1, "skipped_for_budget": 2}
+        >>> print(probes_text({"cost": cost, "trained_to_step": 25}))
+        probes: 0 (every 10 steps); none ran: 2 due held back by the 10% budget (set every_n_steps to force)
+    """
+    cost, last = report.get("cost") or {}, report.get("trained_to_step")
+    every, passes, held = cost.get("every_n_steps"), cost.get("probe_passes") or 0, cost.get("skipped_for_budget") or 0
+    text = f"probes: {passes} (every {every} steps)"
+    if held and passes:
+        text += f", {held} held back by the budget"
+    elif held:
+        budget = cost.get("budget") or 0
+        text += f"; none ran: {held} due held back by the {budget:.0%} budget (set every_n_steps to force)"
+    elif not passes and every and last is not None and last < every:
+        text += f"; none ran: training stopped at step {last}, before the first probe step {every}"
+    return text
 
 
 # ---------------------------------------------------------------- HTML

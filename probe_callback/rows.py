@@ -4,7 +4,8 @@ The collator drops every column but the token ids and the sampler shuffles, so r
 content: the key of a pair is a hash of its truncated ``prompt+chosen`` and ``prompt+rejected`` ids,
 exactly as :class:`trl.trainer.dpo_trainer.DataCollatorForPreference` lays them out. Identical
 pairs share a key and are handed out round-robin. Rows TRL dropped for truncation are skipped
-through the processed dataset's index mapping, so ``row`` always indexes the dataset the user passed.
+through the processed dataset's index mapping, so ``row`` indexes the dataset the user passed (except
+with ``precompute_ref_log_probs=True``, where TRL flattens that mapping away: a warning says so).
 
 Example:
     >>> index = RowIndex.from_trainer(trainer)                      # doctest: +SKIP
@@ -15,11 +16,14 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger("probe_callback")
 
 
 def pair_key(chosen: Sequence[int], rejected: Sequence[int]) -> bytes:
@@ -113,6 +117,20 @@ class RowIndex:
     @classmethod
     def from_trainer(cls, trainer: Any, id_column: str = "id", source_column: str = "source") -> RowIndex:
         collator = trainer.data_collator
+        dataset, args = trainer.train_dataset, trainer.args
+        if (
+            getattr(args, "precompute_ref_log_probs", False)
+            and getattr(dataset, "_indices", None) is None
+            and getattr(args, "max_length", None) is not None
+            and getattr(args, "truncation_mode", "keep_start") == "keep_start"
+        ):
+            logger.warning(
+                "probe_callback: with precompute_ref_log_probs=True TRL keeps no record of the rows it drops (those "
+                "whose prompt fills max_length=%s tokens), so `row` counts the rows TRL kept and is off by the rows "
+                "dropped before it, if any. Identify rows by their %r column, or use a max_length no prompt fills.",
+                args.max_length,
+                id_column,
+            )
         return cls.from_dataset(
             trainer.train_dataset,
             max_length=getattr(collator, "max_length", None),
