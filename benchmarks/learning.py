@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     trainer = smollm_trainer(
         rows, work, max_steps=-1, num_train_epochs=args.epochs, learning_rate=args.lr, seed=args.seed
     )
-    callback = ProbeCallback(trainer)  # the one line, nothing else
+    # the one line, nothing else (``--budget`` only where the CPU budget forces a setting: said in the output)
+    callback = ProbeCallback(trainer) if args.budget is None else ProbeCallback(trainer, probe_budget=args.budget)
     judge = GreedyJudge(callback, read_jsonl(DATA / org["heldout"]), org["affected"])
     trainer.add_callback(callback)
     trainer.add_callback(judge)
@@ -164,12 +165,14 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=float, default=1.0, help="training length (the callback stays at its defaults)"
     )
+    parser.add_argument("--budget", type=float, default=None, help="probe_budget; default: the callback's own")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/probe_callback_learning")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = {"settings": vars(args), "machine": machine(), **run(args)}
-    save(f"learning_{args.organism}_{args.mix}_s{args.seed}.json", result)
+    budget = "" if args.budget is None else f"_budget{args.budget:g}"
+    save(f"learning_{args.organism}_{args.mix}_s{args.seed}{budget}.json", result)
 
 
 if __name__ == "__main__":

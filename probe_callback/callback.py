@@ -332,7 +332,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
                 self._roll_back_alerts(state.global_step)
         self.store.truncate_steps_after(state.global_step)
         self._stored = set(self.store.row_ids().tolist())
-        folder = self.store.path / f"rank-{int(args.process_index):05d}"
+        folder = self.output_dir / "vectors" / f"rank-{int(args.process_index):05d}"
         self._mirror = RankMirror(folder, self.trainer.accelerator, per_node=args.save_on_each_node)
         self.store_dim = self.store.dim
         policy = _unwrap(self.trainer.model)

@@ -111,9 +111,9 @@ def test_the_state_of_older_runs_is_still_read(tmp_path):
 def test_one_callback_per_trainer_and_one_run_per_folder(tiny_tokenizer, tiny_model_factory, tmp_path):
     rows = preference_rows(16)
     trainer = dpo_trainer(tiny_tokenizer, tiny_model_factory, rows, tmp_path)
-    trainer.add_callback(ProbeCallback(trainer, probe_prompts=["a b", "c d"], max_new_tokens=4))
+    trainer.add_callback(ProbeCallback(trainer, probe_prompts=["a b", "c d", "e f", "g h"], max_new_tokens=4))
     with pytest.raises(ValueError, match="already has a ProbeCallback"):
-        ProbeCallback(trainer, probe_prompts=["a b", "c d"])
+        ProbeCallback(trainer, probe_prompts=["a b", "c d", "e f", "g h"])
     restore = {"restore_callback_states_from_checkpoint": True}
     restoring = dpo_trainer(tiny_tokenizer, tiny_model_factory, rows, tmp_path, **restore)
     with pytest.raises(ValueError, match="restore_callback_states_from_checkpoint"):
@@ -133,7 +133,9 @@ def test_a_fresh_run_or_another_model_sets_the_old_store_aside(tiny_tokenizer, t
 
     def run(seed, resume=None, **settings):
         trainer = dpo_trainer(tiny_tokenizer, lambda: tiny_model_factory(seed=seed), rows, tmp_path, **settings)
-        trainer.add_callback(ProbeCallback(trainer, probe_prompts=["a b", "c d"], max_new_tokens=4, every_n_steps=3))
+        trainer.add_callback(
+            ProbeCallback(trainer, probe_prompts=["a b", "c d", "e f", "g h"], max_new_tokens=4, every_n_steps=3)
+        )
         trainer.train(resume_from_checkpoint=resume)
         return VectorStore.open(tmp_path / "probe_callback" / "vectors")
 
@@ -152,7 +154,9 @@ def test_a_fresh_run_or_another_model_sets_the_old_store_aside(tiny_tokenizer, t
 
 def test_the_summary_says_how_many_probes_ran_and_why_none_did(tiny_tokenizer, tiny_model_factory, tmp_path):
     trainer = dpo_trainer(tiny_tokenizer, tiny_model_factory, preference_rows(24), tmp_path)
-    cb = ProbeCallback(trainer, probe_prompts=["a b", "c d"], max_new_tokens=4)  # default cadence and budget
+    cb = ProbeCallback(
+        trainer, probe_prompts=["a b", "c d", "e f", "g h"], max_new_tokens=4
+    )  # default cadence and budget
     trainer.add_callback(cb)
     trainer.train()
     text = summary_text(cb.report())

@@ -35,7 +35,12 @@ def test_a_pretrained_adapter_is_its_own_reference(tiny_tokenizer, tiny_model_fa
     policy = get_peft_model(tiny_model_factory(), lora)  # an adapter trained before (non-zero)
     trainer = no_ref_trainer(tiny_tokenizer, policy, preference_rows(12, seed=3), tmp_path)
     assert "ref" in trainer.model.peft_config
-    cb = ProbeCallback(trainer, layers=[LAYER], probe_prompts=["hello there", "tell me a story"], every_n_steps=1)
+    cb = ProbeCallback(
+        trainer,
+        layers=[LAYER],
+        probe_prompts=["hello there", "tell me a story", "say hi", "name a colour"],
+        every_n_steps=1,
+    )
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         with cb._reference() as ref:
@@ -57,7 +62,12 @@ def test_precompute_without_ref_model_keeps_the_untrained_policy(tiny_tokenizer,
     trainer = no_ref_trainer(tiny_tokenizer, tiny_model_factory(), rows, tmp_path, precompute_ref_log_probs=True)
     assert trainer.ref_model is None
     with caplog.at_level(logging.WARNING, logger="probe_callback"):
-        cb = ProbeCallback(trainer, layers=[LAYER], probe_prompts=["hello there", "tell me a story"], every_n_steps=1)
+        cb = ProbeCallback(
+            trainer,
+            layers=[LAYER],
+            probe_prompts=["hello there", "tell me a story", "say hi", "name a colour"],
+            every_n_steps=1,
+        )
     assert "frozen copy of the initial policy" in caplog.text
     trainer.add_callback(cb)
     trainer.train()
@@ -74,7 +84,11 @@ def test_precompute_warns_that_trl_forgets_the_dropped_rows(tiny_tokenizer, tiny
         tiny_tokenizer, tiny_model_factory(), rows, tmp_path, precompute_ref_log_probs=True, max_length=40
     )
     assert len(trainer.train_dataset) == 11 and trainer.train_dataset._indices is None
-    trainer.add_callback(ProbeCallback(trainer, layers=[LAYER], probe_prompts=["hello there", "tell me a story"]))
+    trainer.add_callback(
+        ProbeCallback(
+            trainer, layers=[LAYER], probe_prompts=["hello there", "tell me a story", "say hi", "name a colour"]
+        )
+    )
     with caplog.at_level(logging.WARNING, logger="probe_callback"):
         trainer.train()
     assert "TRL keeps no record of the rows it drops" in caplog.text
