@@ -655,6 +655,8 @@ class ProbeCallback(TrainerCallback, ExportableState):
         Ranks split the batches of the rows rank 0 sees no vector for; every rank makes as many
         forwards (a rank out of batches repeats one, not captured), as a sharded model needs.
         """
+        if not self._all(self.store.path is not None):  # every rank skips together (a collective follows)
+            return
         args, ds = (
             self.trainer.args,
             self.trainer.train_dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),

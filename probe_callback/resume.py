@@ -110,7 +110,9 @@ def model_identity(model: torch.nn.Module) -> str:
     """Name, shape and a hash of the input embeddings of the reference model (the same model gives the same id)."""
     config = model.config.get_text_config()
     h = hashlib.blake2b(digest_size=8)
-    weights = model.get_input_embeddings().weight.detach().flatten()[:4096]
+    weight = model.get_input_embeddings().weight.detach()
+    weight = weight.to_local() if hasattr(weight, "to_local") else weight  # FSDP2: this rank's shard
+    weights = weight.flatten()[:4096]
     h.update(weights.float().cpu().numpy().tobytes())
     name = getattr(model.config, "name_or_path", "") or ""
     return f"{name}|hidden={config.hidden_size}|layers={config.num_hidden_layers}|{h.hexdigest()}"

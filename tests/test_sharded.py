@@ -115,7 +115,8 @@ def test_two_nodes_with_their_own_output_folders(one_process, tmp_path):
     assert steps[0] == steps[1] < MAX_STEPS
     main = tmp_path / "node0" / "probe_callback"
     assert not (tmp_path / "node1" / "probe_callback" / "vectors" / "rank-00000").exists(), "really separate folders"
-    assert (tmp_path / "node1" / "probe_callback" / "state" / f"step-{steps[0]}.json").exists()
+    node1_state = json.loads((tmp_path / "node1" / f"checkpoint-{steps[0]}" / "trainer_state.json").read_text())
+    assert "ProbeCallback" in node1_state["stateful_callbacks"], "each node's checkpoint holds the callback's state"
     store, reference = VectorStore.open(main / "vectors"), VectorStore.open(single_out / "probe_callback" / "vectors")
     rows = reference.row_ids()
     assert np.array_equal(store.row_ids(), rows), "rank 0 holds every rank's rows"
