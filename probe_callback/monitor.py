@@ -102,10 +102,7 @@ class Monitor:
         self.last_step = probe.step
         decisions: list[tuple[Decision, np.ndarray | None]] = []
         stages: list[tuple[str, Callable[[], list[tuple[Decision, np.ndarray | None]]]]] = [
-            *(
-                (f"supervised:{f.behaviour.name}", partial(self._supervised, f, probe, watch))
-                for f in self.fitted
-            ),
+            *((f"supervised:{f.behaviour.name}", partial(self._supervised, f, probe, watch)) for f in self.fitted),
             ("learning", partial(self._learning, probe.step, watch.tokenizer, (probe, watch))),
             ("emergent", partial(self._emergent, probe, watch)),
         ]
@@ -206,7 +203,7 @@ class Monitor:
         out: list[tuple[Decision, np.ndarray | None]] = []
         for g in news:
             entry = self._entry(g.name, "emergent")
-            entry.update(self._pattern_entry(g, records, store))
+            entry.update(self._pattern_entry(g, records, store if probed is not None else None))
             entry["score_history"].append([step, g.score])
             if g.name not in self.policy_seen:
                 decision = self.policy.update(g.name, "emergent", step, g.score, None)
@@ -247,15 +244,16 @@ class Monitor:
         sources = self.rows.sources_array()
         return before, gained, partial(outside_prompts, watched=watched, sources=sources, valid=probe.valid)
 
-    def _pattern_entry(self, g: Pattern, records: dict[str, np.ndarray], store: VectorStore) -> dict[str, Any]:
-        """Rows, steps and sources of a pattern: its own rows first (best learning first), then the rows
-        whose datapoint vectors point its way (rows not trained on yet, after a pause's datapoint pass)."""
+    def _pattern_entry(self, g: Pattern, records: dict[str, np.ndarray], store: VectorStore | None) -> dict[str, Any]:
+        """Rows, steps and sources of a pattern: its own rows first (best learning first), then, with a
+        ``store`` (at probes and pauses, not the cheap checks between them), the rows whose datapoint
+        vectors point its way (rows not trained on yet, after a pause's datapoint pass)."""
         seen = np.unique(records["row"])
         signal = np.full(self.rows.n_rows, np.nan)
         signal[seen[seen < len(signal)]] = -1e3  # trained on, not in the pattern: below every member
         signal[g.rows] = g.z
         scores = signal
-        direction = _rows_direction(store, g.rows, _mean_unit_vector(store))
+        direction = None if store is None else _rows_direction(store, g.rows, _mean_unit_vector(store))
         if direction is not None and np.linalg.norm(direction) > 0:
             cosine = rank_rows(store, direction, top_k=1, n_null=0, seed=self.seed).cosine
             scores = combine_scores(
