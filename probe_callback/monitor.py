@@ -205,7 +205,7 @@ class Monitor:
             entry = self._entry(g.name, "emergent")
             entry.update(self._pattern_entry(g, records, store if probed is not None else None))
             entry["score_history"].append([step, g.score])
-            if g.name not in self.policy_seen:
+            if not self.policy.knows(g.name):
                 decision = self.policy.update(g.name, "emergent", step, g.score, None)
                 out.append((replace(decision, reason=_being_learned(g)), None))
             if probed is None:
@@ -225,10 +225,6 @@ class Monitor:
         if row not in self._answers:
             self._answers[row] = answer_words(self.rows.text(row, "chosen"))
         return self._answers[row]
-
-    @property
-    def policy_seen(self) -> set[str]:
-        return set(self.policy.state()["tracks"])
 
     def _gained(
         self, probe: Probe, watch: Watch

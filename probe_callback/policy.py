@@ -151,6 +151,10 @@ class RegressionPolicy:
         """The thresholds in force for behaviour `name`."""
         return self.overrides.get(name, self.defaults)
 
+    def knows(self, name: str) -> bool:
+        """Whether `name` has been scored before."""
+        return name in self._tracks
+
     def flagged_at_step(self, name: str) -> int | None:
         """The step of the first ERROR for `name`, or None."""
         track = self._tracks.get(name)
