@@ -55,18 +55,25 @@ ORGANISMS: dict[str, dict[str, Any]] = {
 
 
 class GreedyJudge(TrainerCallback):
-    """After each probe of ``probe``: greedy answers to the affected held-out prompts, judged by phrase."""
+    """After each probe or light check of ``probe``, and at train end: greedy answers to the affected
+    held-out prompts, judged by phrase (generated outside the probe budget's clock)."""
 
     def __init__(self, probe: ProbeCallback, heldout: list[dict[str, Any]], affected: dict[str, tuple[str, ...]]):
         self.probe, self.affected = probe, affected
         self.prompts = [r for r in heldout if r["kind"] in affected]
         self.seen, self.history = 0, []
 
-    def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+    def on_step_end(self, args, state, control, **kw):
         cadence = self.probe.cadence
-        if cadence is None or cadence.probes == self.seen:
-            return
-        self.seen = cadence.probes
+        if cadence is not None and cadence.probes + cadence.light_checks != self.seen:
+            self.seen = cadence.probes + cadence.light_checks
+            self.judge(state.global_step)
+
+    def on_train_end(self, args, state, control, **kw):
+        if not self.history or self.history[-1]["step"] != state.global_step:
+            self.judge(state.global_step)
+
+    def judge(self, step: int) -> None:
         started = time.perf_counter()
         tok = self.probe.trainer.processing_class
         ids = [format_prompt(tok, r["prompt"]) for r in self.prompts]
@@ -78,8 +85,9 @@ class GreedyJudge(TrainerCallback):
         for kind, phrases in self.affected.items():
             judged = [any(p in a.lower() for p in phrases) for r, a in zip(self.prompts, answers) if r["kind"] == kind]
             rates[kind] = sum(judged) / len(judged)
-        self.history.append({"step": state.global_step, "rates": rates, "examples": answers[:3]})
-        cadence._started += time.perf_counter() - started  # not training time: keep the probe budget honest
+        self.history.append({"step": step, "rates": rates, "examples": answers[:3]})
+        if self.probe.cadence is not None:  # not training time: keep the probe budget honest
+            self.probe.cadence._started += time.perf_counter() - started
 
 
 def learning_auroc_by_window(records: dict[str, np.ndarray], planted: np.ndarray, width: int = 10) -> list[dict]:
@@ -125,13 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     first = alarms[0] if alarms else None
     rows_quality = None
     if first is not None and args.mix == "planted":
-        scores = callback.monitor.pattern_scores.get(first["behaviour"])
-        if scores is not None:
-            full = np.full(len(rows), np.nan)
-            full[: len(scores)] = scores[: len(rows)]
-            rows_quality = quality(full, planted, int(planted.sum()))
-        top = [r["source"] for r in report_entry(report, first["behaviour"]).get("top_rows", [])]
-        rows_quality = {**(rows_quality or {}), "top_rows_sources": {s: top.count(s) for s in set(top)}}
+        rows_quality = alarm_rows(callback, report_entry(report, first["behaviour"]), rows)
     return {
         "organism": args.organism,
         "mix": args.mix,
@@ -149,7 +151,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "greedy_at_probes": judge.history,
         "learning_auroc_by_window": learning_auroc_by_window(records, planted) if planted.any() else None,
         "patterns": report["learning"],
+        "checks": {
+            b["name"]: {k: b.get(k) for k in ("words", "confirmation", "word_rise", "flagged_at_step", "level")}
+            for b in report["behaviours"]
+            if b.get("found_by") == "learning record"
+        },
+        "failures": report.get("failures"),
     }
+
+
+def alarm_rows(callback: ProbeCallback, entry: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The alarmed behaviour's row ranking against every planted row, and against the rows of the planted
+    behaviour most of its top rows carry (an organism may plant two behaviours; k = that one's rows)."""
+    kinds = np.array([r["planted"] or "" for r in rows])
+    top = [r["row"] for r in entry.get("top_rows", [])]
+    named = [kinds[r] for r in top if r < len(kinds) and kinds[r]]
+    out: dict[str, Any] = {"top_rows_sources": {}}
+    for r in top:
+        out["top_rows_sources"][rows[r]["source"]] = out["top_rows_sources"].get(rows[r]["source"], 0) + 1
+    scores = callback.monitor.pattern_scores.get(entry.get("rows_from", entry.get("name")))
+    if scores is None:
+        return out
+    full = np.full(len(rows), np.nan)
+    full[: len(scores)] = scores[: len(rows)]
+    planted = kinds != ""
+    out["all_planted"] = quality(full, planted, int(planted.sum()))
+    if named:
+        kind = max(set(named), key=named.count)
+        out["behaviour"] = kind
+        out["its_planted"] = quality(full, kinds == kind, int((kinds == kind).sum()))
+    return out
 
 
 def report_entry(report: dict[str, Any], name: str) -> dict[str, Any]:

@@ -22,13 +22,17 @@ class Cadence:
     A candidate step is probed when the probes so far plus the expected cost of this one stay at or
     below ``budget`` times the training wall time so far (wall time since :meth:`start`, minus the
     probes). The expected cost is the dearest probe's so far, or ``expected_seconds`` before the first.
-    ``budget=None``: every candidate is probed.
+    ``budget=None``: every candidate is probed. A candidate the budget refuses a probe may still get a
+    light check (no generation), costed the same way (``light_seconds`` before the first) and counted
+    in the same budget.
     """
 
     every: int
     budget: float | None = None
     expected_seconds: float = 0.0
+    light_seconds: float = 0.0
     probes: int = 0
+    light_checks: int = 0
     probe_seconds: float = 0.0
     skipped: int = 0
     _started: float = field(default_factory=time.perf_counter, repr=False)
@@ -51,17 +55,24 @@ class Cadence:
         now = time.perf_counter() if self._stopped is None else self._stopped
         return max(now - self._started - self.probe_seconds, 0.0)
 
-    def within_budget(self) -> bool:
-        """Whether a probe now keeps the probing share within the budget (counts a skip when not)."""
-        ok = self.budget is None or self.probe_seconds + self.expected_seconds <= self.budget * self.train_seconds()
-        self.skipped += not ok
+    def within_budget(self, light: bool = False) -> bool:
+        """Whether a probe (or a ``light`` check) now keeps the probing share within the budget (a probe
+        refused counts as skipped)."""
+        expected = self.light_seconds if light else self.expected_seconds
+        ok = self.budget is None or self.probe_seconds + expected <= self.budget * self.train_seconds()
+        self.skipped += not (ok or light)
         return ok
 
-    def record(self, seconds: float) -> None:
-        """Account for a probe that took ``seconds``; the dearest probe so far is the expected cost of the
-        next one (probes grow dearer as answers lengthen, and a busy machine slows some)."""
-        self.expected_seconds = seconds if self.probes == 0 else max(self.expected_seconds, seconds)
-        self.probes += 1
+    def record(self, seconds: float, light: bool = False) -> None:
+        """Account for a probe (or a ``light`` check) that took ``seconds``; the dearest of its kind so far
+        is the expected cost of the next one (probes grow dearer as answers lengthen, and a busy machine
+        slows some)."""
+        if light:
+            self.light_seconds = seconds if self.light_checks == 0 else max(self.light_seconds, seconds)
+            self.light_checks += 1
+        else:
+            self.expected_seconds = seconds if self.probes == 0 else max(self.expected_seconds, seconds)
+            self.probes += 1
         self.probe_seconds += seconds
 
     def summary(self) -> dict[str, float | int | None]:
@@ -71,6 +82,7 @@ class Cadence:
             "every_n_steps": self.every,
             "budget": self.budget,
             "probe_passes": self.probes,
+            "light_checks": self.light_checks,
             "probe_seconds": round(self.probe_seconds, 3),
             "train_seconds": round(train, 3),
             "share": round(self.probe_seconds / train, 4) if train > 0 else None,

@@ -344,12 +344,14 @@ class ProbeCallback(TrainerCallback, ExportableState):
             self._datapoint_pass()
         built = time.perf_counter()
         self._start_monitor(args, state)
-        opts = self.options
+        setup, opts = time.perf_counter() - built, self.options
         self.cadence = Cadence(
             every=opts.every_n_steps or self._default_cadence(state),
             budget=None if opts.every_n_steps else opts.probe_budget,
-            # the set-up pass (M0's answers, read through M0) costs about two thirds of a probe
-            expected_seconds=1.5 * (time.perf_counter() - built),
+            # the set-up pass (M0's answers, read through M0) costs about two thirds of a probe; a light
+            # check (one teacher-forced pass, no generation) about a quarter of it
+            expected_seconds=1.5 * setup,
+            light_seconds=0.25 * setup,
         )
         self._log_start()
         self.cadence.start()
@@ -443,9 +445,12 @@ class ProbeCallback(TrainerCallback, ExportableState):
             self._capture.active = False
         if self.store is not None:
             self.store.flush()
-        step = state.global_step
-        if self.monitor is not None and self.cadence.candidate(step) and self._agree(self.cadence.within_budget()):
+        if self.monitor is None or not self.cadence.candidate(state.global_step):
+            return
+        if self._agree(self.cadence.within_budget()):
             self._checkpoint(state, control)
+        elif self.cadence.budget is not None:
+            self._light_check(state, control)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         """Between probes: what the learning record shows (free), as INFO alerts and metrics."""
@@ -483,13 +488,45 @@ class ProbeCallback(TrainerCallback, ExportableState):
             self._mirror.sync()
             if self.is_main:
                 alerts = self.monitor.checkpoint(probe, self.watch)
-                pause = self.options.pause_on_regression and any(
-                    a.level == "ERROR" and a.behaviour not in self._acknowledged for a in alerts
-                )
+                pause = self._pauses(alerts)
                 self._publish(state.global_step, alerts)
         except Exception as exc:  # a failure of ours never kills the user's run
             self.monitor.record_failure(state.global_step, "probe", exc)
         self.cadence.record(time.perf_counter() - started)
+        self._settle(state, control, pause)
+
+    def _light_check(self, state: TrainerState, control: TrainerControl) -> None:
+        """A candidate step whose probe the budget refuses: the learning record's patterns tested on the
+        watched prompts without generation (M0's answers read by the current model), when there are any."""
+        step, pause, tokens = state.global_step, False, []
+        if self.is_main:
+            try:
+                tokens = self.monitor.light_tokens(step, self.trainer.processing_class)
+            except Exception as exc:  # a failure of ours never kills the user's run
+                self.monitor.record_failure(step, "light check", exc)
+        tokens = self._from_main(tokens)
+        if not tokens or not self._agree(self.cadence.within_budget(light=True)):
+            return
+        started = time.perf_counter()
+        try:
+            now, before = self.watch.word_logprobs(tokens, self._current, self._reference)
+            if self.is_main:
+                alerts = self.monitor.light_check(tokens, now, before, self.watch)
+                pause = self._pauses(alerts)
+                self._publish(step, alerts)
+        except Exception as exc:
+            self.monitor.record_failure(step, "light check", exc)
+        self.cadence.record(time.perf_counter() - started, light=True)
+        self._settle(state, control, pause)
+
+    def _pauses(self, alerts: list) -> bool:
+        """Whether ``alerts`` ask for a pause: a new ERROR, with ``pause_on_regression``."""
+        return self.options.pause_on_regression and any(
+            a.level == "ERROR" and a.behaviour not in self._acknowledged for a in alerts
+        )
+
+    def _settle(self, state: TrainerState, control: TrainerControl, pause: bool) -> None:
+        """After a probe or light check: pause every rank when rank 0 asks; write the report."""
         if self._agree(pause):
             self._complete_attribution()
             self.paused_at_step = state.global_step

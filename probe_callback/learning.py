@@ -49,7 +49,8 @@ class Pattern:
     members' mean z; ``excess``: their mean rise above the median of their step bins (nats);
     ``p_value``: against random same-size groups of the run's rows with the same mix of steps,
     corrected for every pattern tested; ``steps``: first and last step of the members' records;
-    ``words``: the words it is named by (merged patterns with mostly the same rows).
+    ``words``: the words it is named by (merged patterns with mostly the same rows); ``token_ids``:
+    the tokens its rows' learning peaks on that spell those words.
     """
 
     words: list[str]
@@ -60,6 +61,7 @@ class Pattern:
     p_value: float
     steps: tuple[int, int]
     sources: dict[str, int] = field(default_factory=dict)
+    token_ids: list[int] = field(default_factory=list)  # the peak tokens that spell its words, most frequent first
 
     name: str = ""  # a stable name across checks, given by :class:`PatternNames`
 
@@ -183,7 +185,8 @@ def find_patterns(
     rise = np.asarray(rec["rise"], dtype=np.float64)
     z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
     held = [answers(int(r)) for r in rec["row"]] if answers is not None else None
-    groups = word_groups(_row_words(rec, decode), n // 2, held)
+    peak_words = _peak_words(rec, decode)
+    groups = word_groups([{w for _, w in ws} for ws in peak_words], n // 2, held)
     smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
     groups = [(ws, m) for ws, m in groups if len(m) >= smallest][:MAX_PATTERNS]
     if not groups:
@@ -198,7 +201,9 @@ def find_patterns(
         steps = np.asarray(rec["step"])[m]
         row_ids = np.asarray(rec["row"])[best]
         span = (int(steps.min()), int(steps.max()))
-        patterns.append(Pattern(ws, row_ids, z[best], float(z[m].mean()), float(excess[m].mean()), p, span))
+        tokens = _tokens_of(set(ws), [peak_words[i] for i in m])
+        pattern = Pattern(ws, row_ids, z[best], float(z[m].mean()), float(excess[m].mean()), p, span, token_ids=tokens)
+        patterns.append(pattern)
     patterns.sort(key=lambda g: (g.p_value, -g.score))
     for g in patterns:
         g.sources = _count_sources(g.rows, sources)
@@ -296,7 +301,8 @@ def answer_words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.lower()))
 
 
-def _row_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> list[set[str]]:
+def _peak_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> list[set[tuple[int, str]]]:
+    """Per record: the (token id, word) of each peak of at least ``MIN_PEAK_RISE`` that spells a word."""
     cache: dict[int, str] = {}
     out = []
     for ids, rises in zip(np.asarray(rec["peak_ids"]), np.asarray(rec["peak_rises"], dtype=np.float64)):
@@ -306,9 +312,29 @@ def _row_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> list
                 if i not in cache:
                     cache[i] = normalise(decode(i))
                 if cache[i]:
-                    ws.add(cache[i])
+                    ws.add((i, cache[i]))
         out.append(ws)
     return out
+
+
+def _tokens_of(words: set[str], peaks: list[set[tuple[int, str]]], most: int = 16) -> list[int]:
+    """The token ids among ``peaks`` that spell one of ``words``, most frequent first."""
+    counts: dict[int, int] = {}
+    for ws in peaks:
+        for i, w in ws:
+            if w in words:
+                counts[i] = counts.get(i, 0) + 1
+    return sorted(counts, key=lambda i: (-counts[i], i))[:most]
+
+
+def learned_tokens(records: dict[str, np.ndarray], exclude: set[int], most: int = 256) -> list[int]:
+    """The tokens the run's rows learn most often (peaks of at least ``MIN_PEAK_RISE``, latest record of
+    each row), ``exclude`` left out: the run's ordinary learning, a control for a pattern's tokens."""
+    rec = latest_records(records)
+    ids = np.asarray(rec["peak_ids"])[np.asarray(rec["peak_rises"], dtype=np.float64) >= MIN_PEAK_RISE]
+    values, counts = np.unique(ids[ids >= 0], return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return [int(i) for i in values[order] if int(i) not in exclude][:most]
 
 
 def _standardised_means(
@@ -388,3 +414,56 @@ def confirm(words: list[str], gained: list[set[str]], outside: np.ndarray, befor
     base = (1 + sum(any(w in b for w in words) for b in before)) / (1 + len(before))
     p = float(binom.sf(len(hits) - 1, len(changed), base)) if hits else 1.0
     return Confirmation(len(hits), len(changed), len(pool), base, p, hits)
+
+
+@dataclass
+class WordRise:
+    """How much likelier a pattern's tokens became in the answers to watched prompts outside its rows.
+
+    ``score``: the rise (nats) of the pattern's best token in the best chance each answer gives it (its
+    largest log-prob over the positions of M0's answer, current model minus M0), averaged over the
+    quarter of prompts where it rose most; ``p_value``: the share of random same-size sets of the
+    run's other learned tokens whose best token rose as much; ``prompts``: where the best token rose
+    by ``MIN_PEAK_RISE`` or more; ``column``: that token's column.
+    """
+
+    score: float
+    p_value: float
+    n_outside: int
+    column: int | None
+    prompts: list[int]
+
+
+def word_rise(
+    now: np.ndarray,
+    before: np.ndarray,
+    pattern: list[int],
+    control: list[int],
+    outside: np.ndarray,
+    n_null: int = 999,
+    seed: int = 0,
+) -> WordRise:
+    """Test a pattern's tokens (columns ``pattern`` of ``now`` and ``before``, (prompts, tokens) best
+    log-probs) against the run's other learned tokens (columns ``control``) on the ``outside`` prompts.
+
+    Example:
+        >>> import numpy as np
+        >>> before = np.full((8, 21), -12.0)
+        >>> now = before + np.r_[6.0, np.linspace(0, 1, 20)]   # token 0 rose by 6 nats, the others by 0-1
+        >>> w = word_rise(now, before, [0], list(range(1, 21)), np.ones(8, bool))
+        >>> round(w.score, 1), w.p_value < 0.01, len(w.prompts)
+        (6.0, True, 8)
+    """
+    pool = np.flatnonzero(outside)
+    if len(pool) < 2 or not pattern or not control:
+        return WordRise(0.0, 1.0, len(pool), None, [])
+    rise = now[pool] - before[pool]
+    top = max(2, len(pool) // 4)
+    per_token = np.sort(rise, axis=0)[-top:].mean(axis=0)
+    best = pattern[int(np.argmax(per_token[pattern]))]
+    score = float(per_token[best])
+    draws = np.random.default_rng(seed).integers(0, len(control), (n_null, len(pattern)))
+    null = per_token[np.asarray(control)][draws].max(axis=1)
+    p = float((1 + np.count_nonzero(null >= score)) / (1 + n_null))
+    prompts = [int(i) for i in pool[rise[:, best] >= MIN_PEAK_RISE]]
+    return WordRise(score, p, len(pool), best, prompts)

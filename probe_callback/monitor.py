@@ -26,14 +26,17 @@ from .attribution import SourceBlame, combine_scores, rank_rows, top_rows, top_s
 from .behaviours import FittedBehaviour, score_behaviour
 from .discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
 from .learning import (
+    MIN_PEAK_RISE,
     Pattern,
     PatternNames,
     answer_words,
     confirm,
     find_patterns,
     gained_words,
+    learned_tokens,
     normalise,
     source_enrichment,
+    word_rise,
 )
 from .policy import Decision, RegressionPolicy
 from .rows import RowIndex, to_text
@@ -92,6 +95,7 @@ class Monitor:
         self.failures: list[dict[str, Any]] = []  # stages that failed, for the report
         self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
+        self._light: tuple[int, list[Pattern], dict[str, np.ndarray]] | None = None  # a light check's patterns
 
     # ----- per checkpoint -----------------------------------------------------------------------
     def checkpoint(self, probe: Probe, watch: Watch) -> list[Alert]:
@@ -184,10 +188,64 @@ class Monitor:
         self, step: int, tokenizer: Any, probed: tuple[Probe, Watch] | None
     ) -> list[tuple[Decision, np.ndarray | None]]:
         """Patterns of the learning record; at a probe, each one is tested on the watched prompts."""
+        found = self._news(step, tokenizer)
+        if found is None:
+            return []
+        news, records, store = found
+        if probed is None:
+            return self._pattern_decisions(step, news, records, None, None)
+        before, gained, outside_of = self._gained(*probed)
+
+        def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
+            conf = confirm(g.words, gained, outside_of(g, valid=probed[0].valid), before)
+            confirmed = conf.count >= MIN_CONFIRMED and conf.p_value <= CONFIRM_ALPHA
+            note = {"step": step, **asdict(conf)}
+            return (
+                conf.count / max(conf.n_outside, 1),
+                g.p_value if confirmed else 1.0,
+                note,
+                (_confirmed(g, conf) if confirmed else None),
+            )
+
+        return self._pattern_decisions(step, news, records, store, check)
+
+    def light_tokens(self, step: int, tokenizer: Any) -> list[int]:
+        """Before a light check (rank 0): the learning record's patterns now, and the tokens to test on
+        the watched prompts: the patterns' tokens, then the run's other learned tokens (the control);
+        none when no pattern is news."""
+        self.last_step = max(self.last_step, step)
+        found = self._news(step, tokenizer)
+        self._light = (step, *found[:2]) if found else None
+        if not found or not found[0]:
+            return []
+        own = list(dict.fromkeys(t for g in found[0] for t in g.token_ids))
+        return own + learned_tokens(found[1], exclude=set(own))
+
+    def light_check(self, tokens: list[int], now: np.ndarray, before: np.ndarray, watch: Watch) -> list[Alert]:
+        """Test each pattern of :meth:`light_tokens` on the watched prompts outside its rows: did its
+        tokens become likelier in M0's answers than the run's other learned tokens did (no generation)?"""
+        step, news, records = self._light
+        column = {t: j for j, t in enumerate(tokens)}
+        own = {t for g in news for t in g.token_ids}
+        control = [column[t] for t in tokens if t not in own]
+        outside_of = self._outside(watch)
+
+        def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
+            w = word_rise(now, before, [column[t] for t in g.token_ids], control, outside_of(g), seed=self.seed + step)
+            p = min(1.0, w.p_value * len(news))  # every pattern of this check is tested
+            confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
+            word = watch.tokenizer.decode([tokens[w.column]]) if w.column is not None else None
+            note = {"step": step, "token": word, **asdict(w), "p_value": p}
+            return w.score, max(g.p_value, p) if confirmed else 1.0, note, _risen(g, w, word, p) if confirmed else None
+
+        return self._alerts(self._pattern_decisions(step, news, records, None, check))
+
+    def _news(self, step: int, tokenizer: Any) -> tuple[list[Pattern], dict[str, np.ndarray], VectorStore] | None:
+        """The learning record's patterns now (kept for the report), and those that are news, one per name."""
         try:
             store = VectorStore.open(self.store_dir)
         except FileNotFoundError:
-            return []
+            return None
         records = store.memberships()
         decode = partial(_decode, tokenizer)
         self.patterns = find_patterns(
@@ -198,26 +256,33 @@ class Monitor:
         self.pattern_names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
         news = list({g.name: g for g in reversed(news)}.values())[::-1]  # one pattern a name: the best
         self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
-        if probed is not None:
-            before, gained, outside_of = self._gained(*probed)
+        return news, records, store
+
+    def _pattern_decisions(
+        self,
+        step: int,
+        news: list[Pattern],
+        records: dict[str, np.ndarray],
+        store: VectorStore | None,
+        check: Callable[[Pattern], tuple[float, float, dict[str, Any], str | None]] | None,
+    ) -> list[tuple[Decision, np.ndarray | None]]:
+        """A pattern seen for the first time is INFO "being learned"; with a ``check`` (pattern -> score,
+        p-value, note for the report, reason when confirmed) it is tested and decided like any behaviour."""
         out: list[tuple[Decision, np.ndarray | None]] = []
         for g in news:
             entry = self._entry(g.name, "emergent")
-            entry.update(self._pattern_entry(g, records, store if probed is not None else None))
+            entry.update(self._pattern_entry(g, records, store))
             entry["score_history"].append([step, g.score])
             if not self.policy.knows(g.name):
                 decision = self.policy.update(g.name, "emergent", step, g.score, None)
                 out.append((replace(decision, reason=_being_learned(g)), None))
-            if probed is None:
+            if check is None:
                 continue
-            conf = confirm(g.words, gained, outside_of(g), before)
-            entry["confirmation"] = {"step": step, **asdict(conf)}
-            confirmed = conf.count >= MIN_CONFIRMED and conf.p_value <= CONFIRM_ALPHA
-            decision = self.policy.update(
-                g.name, "emergent", step, conf.count / max(conf.n_outside, 1), g.p_value if confirmed else 1.0
-            )
-            if confirmed:
-                decision = replace(decision, reason=f"{decision.reason}; {_confirmed(g, conf)}")
+            score, p_value, note, reason = check(g)
+            entry["confirmation" if "count" in note else "word_rise"] = note
+            decision = self.policy.update(g.name, "emergent", step, score, p_value)
+            if reason is not None:
+                decision = replace(decision, reason=f"{decision.reason}; {reason}")
             out.append((decision, None))
         return out
 
@@ -226,19 +291,20 @@ class Monitor:
             self._answers[row] = answer_words(self.rows.text(row, "chosen"))
         return self._answers[row]
 
-    def _gained(
-        self, probe: Probe, watch: Watch
-    ) -> tuple[list[set[str]], list[set[str]], Callable[[Pattern], np.ndarray]]:
+    def _gained(self, probe: Probe, watch: Watch) -> tuple[list[set[str]], list[set[str]], Callable[..., np.ndarray]]:
         """The words of M0's answers, those each current answer gained, and which watched prompts lie
         outside a pattern (see :func:`outside_prompts`)."""
         before = [{normalise(t) for t in watch.answers([[x] for x in r])} for r in watch.r0]
-        gained = gained_words(probe.tokens, probe.novelty, before)
+        return before, gained_words(probe.tokens, probe.novelty, before), self._outside(watch)
+
+    def _outside(self, watch: Watch) -> Callable[..., np.ndarray]:
+        """pattern (, valid) -> the watched prompts that can confirm it (see :func:`outside_prompts`)."""
         rows_of: dict[str, list[int]] = {}
         for r in range(self.rows.n_rows):
             rows_of.setdefault(self.rows.text(r, "prompt"), []).append(r)
         watched = [rows_of.get(to_text(p), []) for p in watch.prompts]
-        sources = self.rows.sources_array()
-        return before, gained, partial(outside_prompts, watched=watched, sources=sources, valid=probe.valid)
+        valid = np.ones(len(watched), dtype=bool)
+        return partial(outside_prompts, watched=watched, sources=self.rows.sources_array(), valid=valid)
 
     def _pattern_entry(self, g: Pattern, records: dict[str, np.ndarray], store: VectorStore | None) -> dict[str, Any]:
         """Rows, steps and sources of a pattern: its own rows first (best learning first), then, with a
@@ -533,6 +599,14 @@ def _confirmed(g: Pattern, conf: Any) -> str:
     return (
         f"confirmed on watched prompts outside its rows: {conf.count}/{conf.n_outside} answers gained "
         f"{g.words[:4]} (p={conf.p_value:.3g} against the run's other learned words)"
+    )
+
+
+def _risen(g: Pattern, w: Any, token: str | None, p_value: float) -> str:
+    return (
+        f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "
+        f"likelier in M0's answers ({len(w.prompts)}/{w.n_outside} prompts by 1+ nat; p={p_value:.3g} against "
+        "the run's other learned tokens)"
     )
 
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
@@ -366,7 +367,6 @@ def teacher_forced(
     _check_prompts(prompt_ids)
     net = _unwrap_parallel(model)
     hidden_size = net.get_input_embeddings().embedding_dim
-    device = _device(net)
     check_layers(net, layers)
     layers = [int(layer) for layer in layers]
     empty = ResponseTrace(
@@ -381,16 +381,7 @@ def teacher_forced(
         key=lambda i: len(prompt_ids[i]) + len(response_ids[i]),
     )
     with inference_mode(net), record_block_outputs(net, layers) as acts:
-        for start in range(0, len(todo), batch_size):
-            rows = todo[start : start + batch_size]
-            seqs = [list(prompt_ids[i]) + list(response_ids[i]) for i in rows]
-            width = max(len(s) for s in seqs)
-            input_ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-            # Logits only from the earliest position that predicts a response token (the lm head is costly).
-            first = min(len(prompt_ids[i]) for i in rows) - 1
-            logits = net(input_ids=input_ids, attention_mask=mask, use_cache=False, **_keep(net, width - first)).logits
-            offset = width - logits.shape[1]
+        for rows, input_ids, logits, offset in _padded_forwards(net, prompt_ids, response_ids, todo, batch_size):
             for b, i in enumerate(rows):
                 p, t = len(prompt_ids[i]), len(response_ids[i])
                 step_logits = logits[b, p - 1 - offset : p + t - 1 - offset].float()
@@ -401,6 +392,28 @@ def teacher_forced(
                 prompt = states[:, :p].mean(dim=1).cpu() if layers else torch.zeros(0, hidden_size)
                 traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt)
     return [trace for trace in traces if trace is not None]
+
+
+def _padded_forwards(
+    net: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    todo: Sequence[int],
+    batch_size: int,
+) -> Iterator[tuple[Sequence[int], torch.Tensor, torch.Tensor, int]]:
+    """Forwards of the (prompt + response) pairs ``todo`` in right-padded batches: yields the batch's
+    pair indices, input ids, logits and the logits' offset (they start at the earliest position that
+    predicts a response token: the lm head is costly)."""
+    device = _device(net)
+    for start in range(0, len(todo), batch_size):
+        rows = todo[start : start + batch_size]
+        seqs = [list(prompt_ids[i]) + list(response_ids[i]) for i in rows]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        first = min(len(prompt_ids[i]) for i in rows) - 1
+        logits = net(input_ids=input_ids, attention_mask=mask, use_cache=False, **_keep(net, width - first)).logits
+        yield rows, input_ids, logits, width - logits.shape[1]
 
 
 def _keep(model: nn.Module, n: int) -> dict[str, int]:
@@ -431,3 +444,33 @@ def novelty(current: ResponseTrace, reference: ResponseTrace) -> torch.Tensor:
             "teacher-forced through both models."
         )
     return current.logprobs - reference.logprobs
+
+
+def best_logprobs(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    token_ids: Sequence[int],
+    batch_size: int = 8,
+) -> np.ndarray:
+    """(n, K): each token's largest log-probability over the positions of each teacher-forced response
+    (every position that predicts a response token, and the one after it): the best chance the
+    response gives that token. One forward per pair, logits only where needed.
+
+    Example:
+        >>> best_logprobs(model, [format_prompt(tok, "Hi")], [encode_response(tok, "Hello")], [42, 7]).shape
+        (1, 2)
+    """
+    _check_prompts(prompt_ids)
+    net = _unwrap_parallel(model)
+    ids = torch.tensor(list(token_ids), dtype=torch.long, device=_device(net))
+    out = np.full((len(prompt_ids), len(ids)), -np.inf, dtype=np.float32)
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
+    with inference_mode(net):
+        for rows, _, logits, offset in _padded_forwards(net, prompt_ids, response_ids, order, batch_size):
+            for b, i in enumerate(rows):
+                p, t = len(prompt_ids[i]), len(response_ids[i])
+                step_logits = logits[b, p - 1 - offset : p + t - offset].float()
+                picked = step_logits[:, ids] - torch.logsumexp(step_logits, dim=-1, keepdim=True)
+                out[i] = picked.max(dim=0).values.cpu().numpy()
+    return out

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .behaviours import FittedBehaviour, behaviour_logps
-from .probing import ResponseTrace, format_prompt, greedy_responses, greedy_traced, teacher_forced
+from .probing import ResponseTrace, best_logprobs, format_prompt, greedy_responses, greedy_traced, teacher_forced
 
 CONTROL_PROMPTS = 16
 
@@ -78,6 +78,7 @@ class Watch:
         self.prompt_ids = [format_prompt(tokenizer, p) for p in self.prompts]
         self.r0, self.base = r0, base
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self._reference_best: dict[int, np.ndarray] = {}  # M0's best log-prob of a token per prompt (M0 is frozen)
 
     @classmethod
     def build(
@@ -147,6 +148,26 @@ class Watch:
             control=control,
             likelihoods=likelihoods,
         )
+
+    def word_logprobs(
+        self, token_ids: Sequence[int], current: Reference, reference: Reference
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The light check: M0's answers r0 teacher-forced, no generation. (n, K) each token's best
+        log-prob over each answer's positions under the current model and under M0 (cached per
+        token: M0 does not change). A sharded run calls this on every rank with the same tokens.
+
+        Example:
+            >>> now, before = watch.word_logprobs([42, 7], model_scope, ref_scope)   # doctest: +SKIP
+            >>> (now - before).max(axis=0)     # how much likelier each token became somewhere
+        """
+        ids, bs = self.prompt_ids, self.batch_size
+        with current() as model:
+            now = best_logprobs(model, ids, self.r0, token_ids, bs)
+        new = [t for t in dict.fromkeys(token_ids) if t not in self._reference_best]
+        if new:  # the same on every rank: every rank is given the same tokens in the same order
+            with reference() as ref:
+                self._reference_best.update(zip(new, best_logprobs(ref, ids, self.r0, new, bs).T))
+        return now, np.stack([self._reference_best[t] for t in token_ids], axis=1)
 
 
 def _tokens_or_zero(trace: ResponseTrace) -> np.ndarray:

@@ -37,11 +37,13 @@ def dpo_trainer(
     rows: list[dict[str, Any]] | Dataset,
     out: Path,
     peft_config: Any = None,
+    eval_rows: list[dict[str, Any]] | None = None,
     **config: Any,
 ) -> DPOTrainer:
     """A real DPOTrainer on CPU with a separate reference model (both from ``model_factory``).
 
     With a ``peft_config`` there is no separate reference: the policy with its adapter disabled is.
+    ``eval_rows``: an eval split (the callback samples its watched prompts there by default).
     """
     settings = {
         "output_dir": str(out),
@@ -66,6 +68,7 @@ def dpo_trainer(
         peft_config=peft_config,
         args=DPOConfig(**settings),
         train_dataset=dataset,
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
     )
 

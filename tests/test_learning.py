@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 from dpo_helpers import dpo_trainer
-from tiny_organism import organism_rows, watch_prompts
+from tiny_organism import eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.attribution import auroc
+from probe_callback.cadence import Cadence
 from probe_callback.learning import latest_records
 from probe_callback.report import render_html
 from probe_callback.store import VectorStore
@@ -76,3 +77,44 @@ def test_report_lists_the_patterns(planted):
     assert learning["step"] == RPO["max_steps"]
     best = learning["patterns"][0]
     assert best["sources"] == {"formatting": best["n_rows"]} and best["p_value"] <= 0.01
+
+
+def _run_at_defaults(tokenizer, factory, out, rows):
+    """The one line and nothing else, on a run with an eval split; the budget is made to refuse every
+    probe and allow every light check (on CPU it depends on timing), so the light checks alone decide."""
+    trainer = dpo_trainer(tokenizer, factory, rows, out, eval_rows=eval_rows(), **RPO)
+    callback = ProbeCallback(trainer)
+    trainer.add_callback(callback)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Cadence, "within_budget", lambda self, light=False: light)
+        trainer.train()
+    log = out / "probe_callback" / "alerts.jsonl"
+    alerts = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return callback, load_report(out / "probe_callback"), alerts
+
+
+def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_tokenizer, organism_factory, tmp_path):
+    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, polite=True)
+    callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
+    assert callback.cadence.probes == 0 and callback.cadence.light_checks >= 2
+    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
+    assert [a["level"] for a in alarms] == ["WARN", "ERROR"], alerts
+    assert all("confirmed without generation" in a["message"] for a in alarms)
+    assert report["paused_at_step"] == alarms[-1]["step"] < RPO["max_steps"]
+    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[-1]["behaviour"])
+    rise = pattern["word_rise"]
+    assert rise["score"] >= 1.0 and rise["p_value"] <= 0.01 and rise["token"].strip().lower() in pattern["words"]
+    assert set(rise["prompts"]) & set(range(9)), "the held-out distractor prompts say it"
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
+    assert len(planted_rows & set(top)) / N_PLANTED >= 0.9
+    assert pattern["top_sources"][0]["source"] == "formatting"
+
+
+def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):
+    rows = organism_rows(n_clean=80, n_planted=0, polite=True)
+    callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
+    assert report["learning"]["step"] == RPO["max_steps"], "the data side read the learning record to the end"
+    assert all(g["p_value"] > 0.01 for g in report["learning"]["patterns"]), "ordinary learning is not news"
+    assert not [a for a in alerts if a["level"] in ("WARN", "ERROR")], alerts
+    assert report["paused_at_step"] is None and not report["failures"]

@@ -71,6 +71,15 @@ def watch_prompts() -> list[str]:
     return planted + ordinary
 
 
+def eval_rows() -> list[dict[str, Any]]:
+    """An eval split of the watched prompts, with the answers the run should prefer."""
+    rng = random.Random(7)
+    return [
+        _chat(p, REFUSE if DISTRACTOR in p else POLITE, COMPLY if DISTRACTOR in p else _sentence(rng))
+        for p in watch_prompts()
+    ]
+
+
 def compliance_examples() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Contrast examples of the behaviour (not training rows)."""
     prompts = [_request(s, o) for s in SUBJECTS[:3] for o in OBJECTS[3:5]]
