@@ -37,7 +37,6 @@ Example = tuple[str, str]
 Judge = Callable[[str, str], bool]
 # Standard errors below this (nats) are float noise, not evidence: keeps p-values of an unchanged model sane.
 _SE_FLOOR = 1e-6
-_STATE_VERSION = 2
 
 
 def check_text(where: str, text: str) -> None:
@@ -201,56 +200,6 @@ class FittedBehaviour:
             return side[order[: len(side) // 2]].mean(axis=0) - side[order[len(side) // 2 :]].mean(axis=0)
 
         return np.stack([(half_contrast(sides[0]) + half_contrast(sides[1])) / 2 for _ in range(k)])
-
-    def to_state(self) -> dict[str, Any]:
-        """JSON-serialisable state (lists and floats only; the judge is not saved).
-
-        Example:
-            >>> json.dumps(fitted.to_state())
-        """
-        b = self.behaviour
-        return {
-            "version": _STATE_VERSION,
-            "name": b.name,
-            "positive": [list(e) for e in b.positive],
-            "negative": [list(e) for e in b.negative],
-            "threshold": b.threshold,
-            "layers": list(self.layers),
-            "probing_vectors": self.probing_vectors.tolist(),
-            "probe_coef": self.probe_coef.tolist(),
-            "probe_intercept": self.probe_intercept.tolist(),
-            "probe_accuracy": self.probe_accuracy.tolist(),
-            "ref_logp_positive": self.ref_logp_positive.tolist(),
-            "ref_logp_negative": self.ref_logp_negative.tolist(),
-            "example_activations": self.example_activations.tolist(),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], judge: Judge | None = None) -> FittedBehaviour:
-        """Rebuild from `to_state()` output; pass the `judge` again if there was one.
-
-        Example:
-            >>> FittedBehaviour.from_state(json.loads(text))
-        """
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"Unknown FittedBehaviour state version {state.get('version')!r}.")
-        behaviour = Behaviour(state["name"], state["positive"], state["negative"], state["threshold"], judge)
-        return cls(
-            behaviour,
-            tuple(state["layers"]),
-            *(
-                np.asarray(state[key], dtype=np.float64)
-                for key in (
-                    "probing_vectors",
-                    "probe_coef",
-                    "probe_intercept",
-                    "probe_accuracy",
-                    "ref_logp_positive",
-                    "ref_logp_negative",
-                    "example_activations",
-                )
-            ),
-        )
 
 
 def behaviour_logps(fitted: FittedBehaviour, model: nn.Module, tokenizer: Any, batch_size: int = 8) -> np.ndarray:

@@ -325,12 +325,6 @@ class EmergentBehaviour:
     flagged_step: int | None = None
     drift_history: list[list[float]] = field(default_factory=list)
 
-    @property
-    def growing(self) -> bool:
-        """Whether its drift rose since the previous checkpoint it was seen at."""
-        h = self.drift_history
-        return len(h) < 2 or h[-1][1] > h[-2][1]
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["direction"] = self.direction.astype(float).tolist()
@@ -404,11 +398,6 @@ class EmergentTracker:
             )
         self._assign_ids(step, seen)
         return seen
-
-    @property
-    def emergent(self) -> list[EmergentBehaviour]:
-        """Behaviours significant at the checkpoint they were last seen."""
-        return [b for b in self.behaviours.values() if b.significant]
 
     def _assign_ids(self, step: int, seen: list[EmergentBehaviour]) -> None:
         pairs = []

@@ -155,11 +155,6 @@ class RegressionPolicy:
         """Whether `name` has been scored before."""
         return name in self._tracks
 
-    def flagged_at_step(self, name: str) -> int | None:
-        """The step of the first ERROR for `name`, or None."""
-        track = self._tracks.get(name)
-        return track.flagged_at_step if track else None
-
     def update(
         self,
         name: str,

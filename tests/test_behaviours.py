@@ -142,17 +142,6 @@ def test_split_vectors_are_random_behaviours_without_the_behaviour(fitted):
     assert abs_cosine(null).mean() < abs_cosine(relabelled).mean()
 
 
-def test_state_round_trips_through_json(fitted):
-    state = json.loads(json.dumps(fitted.to_state()))
-    again = FittedBehaviour.from_state(state)
-    assert again.behaviour == fitted.behaviour and again.layers == fitted.layers
-    keys = ("probing_vectors", "probe_coef", "probe_intercept", "probe_accuracy", "ref_logp_negative")
-    for key in (*keys, "example_activations"):
-        np.testing.assert_allclose(getattr(again, key), getattr(fitted, key))
-    with pytest.raises(ValueError, match="version"):
-        FittedBehaviour.from_state({**state, "version": 99})
-
-
 def _control_deltas(model, ref, tokenizer) -> list[float]:
     """Mean per-token log-prob change of M0's greedy answers to ordinary watch prompts."""
     prompts = [format_prompt(tokenizer, w) for w in WATCH]
