@@ -25,13 +25,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from probe_callback.probing import (
-    check_layers,
-    encode_response,
-    format_prompt,
-    response_means,
-    teacher_forced,
-)
+from probe_callback.blocks import check_layers
+from probe_callback.probing import encode_response, format_prompt, response_means, teacher_forced
 
 Example = tuple[str, str]
 Judge = Callable[[str, str], bool]
@@ -141,7 +136,7 @@ def check_unique_names(behaviours: Sequence[Behaviour]) -> None:
     names = [b.name for b in behaviours]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"Duplicate behaviour names {duplicates}: give each behaviour a unique name.")
+        raise ValueError(f"behaviours have duplicate names {duplicates}: give each Behaviour a unique name.")
 
 
 @dataclass

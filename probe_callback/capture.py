@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .blocks import block_output
+
 PEAKS = 3  # tokens kept per row where the chosen answer's rise peaks
 
 
@@ -63,10 +65,6 @@ def completion_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden`` (N, T, H) over positions where ``mask`` (N, T) is true; zeros for empty rows."""
     m = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-
-
-def _hidden(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 class DatapointCapture:
@@ -130,7 +128,7 @@ class DatapointCapture:
     def _block_hook(self, i: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if self._pending is not None:
-                h = _hidden(output).detach()
+                h = block_output(output).detach()
                 self._pending["pooled"][i] = completion_mean(h.float(), self._pending["completion_mask"]).cpu()
 
         return hook

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .behaviours import Behaviour, check_text
+from .behaviours import Behaviour, check_text, check_unique_names
+from .blocks import check_layer_indices, default_layer_index
 from .policy import RegressionPolicy, Thresholds
 
-DEFAULT_DEPTH = 0.6
 # Emergent discovery clusters the watched prompts: its smallest cluster has 4 of them.
 MIN_WATCHED_PROMPTS = 4
 EMERGENT_NAME = re.compile(r"emergent-\d+")
@@ -230,9 +230,7 @@ class ProbeOptions:
         for b in self.behaviours:
             if not isinstance(b, Behaviour):
                 raise TypeError(f"behaviours must hold probe_callback.Behaviour objects, got {type(b).__name__}.")
-        names = [b.name for b in self.behaviours]
-        if len(set(names)) != len(names):
-            raise ValueError(f"behaviours have duplicate names {names}; give each Behaviour a unique name.")
+        check_unique_names(self.behaviours)
 
     def _check_layers(self) -> None:
         if self.layers is None:
@@ -241,24 +239,18 @@ class ProbeOptions:
             raise TypeError(f"layers={self.layers!r} must be a list of integer layer indices, e.g. [12], or None.")
         if not self.layers:
             raise ValueError("layers=[] is empty: list at least one layer, or pass None for the default (60% depth).")
-        if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"layers {list(self.layers)} repeats a layer; list each layer once.")
+        check_layer_indices(self.layers)
 
     def resolve_layers(self, num_layers: int) -> list[int]:
         """The probed layers; the default is the block at about 60% of the depth (paper: 20 of 32)."""
         if self.layers is None:
-            return [max(1, min(num_layers - 1, round(DEFAULT_DEPTH * num_layers)))]
+            return [default_layer_index(num_layers)]
         return [int(x) for x in self.layers]
 
     def validate(self, num_layers: int, hidden_size: int | None = None, context: int | None = None) -> None:
         """The checks that need the model: layer range, ``projection_dim`` <= hidden size, and
         ``max_new_tokens`` below the model's context (``max_position_embeddings``)."""
-        for layer in self.resolve_layers(num_layers):
-            if not 1 <= layer < num_layers:
-                raise ValueError(
-                    f"layers contains {layer}, but the model has {num_layers} decoder layers: use HF "
-                    f"hidden_states indices between 1 and {num_layers - 1} (default: about 60% depth)."
-                )
+        check_layer_indices(self.resolve_layers(num_layers), num_layers)
         if hidden_size is not None and _is_int(self.projection_dim) and self.projection_dim > hidden_size:
             raise ValueError(
                 f"projection_dim={self.projection_dim} is larger than the model's hidden size {hidden_size}: "

@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from probe_callback.report import atomic_write_text, check_report, jsonable, load_report
+from probe_callback.files import atomic_write_text
+from probe_callback.report import check_report, jsonable, load_report
 
 Action = Literal["filter", "swap", "drop-source"]
 ACTIONS: tuple[str, ...] = ("filter", "swap", "drop-source")

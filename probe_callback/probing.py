@@ -1,10 +1,9 @@
 """What the checkpoint probe pass computes from a model: prompts, greedy responses, teacher-forced traces.
 
-Layer convention: layer `L` is HF `hidden_states[L]`, the output of decoder block `L - 1`, for
-`1 <= L < layer_count(model)`. The last entry of `hidden_states` is taken after the final norm, so it is
-not offered. Every function here is pure over the model it is given (eval mode and `torch.no_grad()`
-inside, each submodule's mode and `config.use_cache` restored after), so a PEFT model whose adapter
-the caller toggles can serve as both the current and the reference model.
+Layers are HF ``hidden_states`` indices (see :mod:`probe_callback.blocks`). Every function here is
+pure over the model it is given (eval mode and ``torch.no_grad()`` inside, each submodule's mode and
+``config.use_cache`` restored after), so a PEFT model whose adapter the caller toggles can serve as
+both the current and the reference model.
 
 Example:
     >>> prompts = [format_prompt(tok, "Say hi")]
@@ -16,129 +15,19 @@ Example:
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
-# Attribute paths to the decoder block list, covering llama/qwen/mistral/olmo/gemma ("model.layers"),
-# gpt2 ("transformer.h"), gpt-neox ("gpt_neox.layers"), multimodal wrappers and bare base models.
-_BLOCK_PATHS = (
-    "model.layers",
-    "model.language_model.layers",
-    "language_model.model.layers",
-    "model.decoder.layers",
-    "transformer.h",
-    "transformer.blocks",
-    "gpt_neox.layers",
-    "layers",
-    "h",
-    "decoder.layers",
-)
+from .blocks import check_layers, record_block_outputs, unwrap_parallel
+from .blocks import find_decoder_blocks as find_decoder_blocks  # imported from here by callback.py (issue 10)
 
-
-def _unwrap_parallel(model: nn.Module) -> nn.Module:
-    """Strip DDP/DataParallel/FSDP/DeepSpeed/compile wrappers; keep PEFT (its adapter must apply)."""
-    return extract_model_from_parallel(model)
-
-
-def find_decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a causal LM (also through DDP-style and PEFT wrappers).
-
-    Example:
-        >>> len(find_decoder_blocks(model)) == model.config.num_hidden_layers
-        True
-    """
-    inner = _unwrap_parallel(model)
-    get_base = getattr(inner, "get_base_model", None)
-    if callable(get_base):
-        inner = get_base()
-    for path in _BLOCK_PATHS:
-        node: Any = inner
-        for part in path.split("."):
-            node = getattr(node, part, None)
-        if isinstance(node, nn.ModuleList) and len(node) > 0:
-            return node
-    raise ValueError(
-        f"Cannot find the decoder blocks of {type(inner).__name__}: looked for "
-        f"{', '.join(_BLOCK_PATHS)}. Use a llama/qwen/mistral/olmo/gpt2/gpt-neox-style causal LM."
-    )
-
-
-def layer_count(model: nn.Module) -> int:
-    """Number of decoder blocks; valid probe layers are `1 .. layer_count(model) - 1`.
-
-    Example:
-        >>> layer_count(tiny_llama_with_4_blocks)
-        4
-    """
-    return len(find_decoder_blocks(model))
-
-
-def default_layer(model: nn.Module) -> int:
-    """The paper's choice, about 60% of the depth (OLMo 2 7B: 20 of 32), clamped to the valid range.
-
-    Example:
-        >>> default_layer(olmo2_7b)
-        19
-    """
-    n = layer_count(model)
-    return min(max(1, round(0.6 * n)), n - 1)
-
-
-def check_layers(model: nn.Module, layers: Sequence[int]) -> None:
-    """Raise a `ValueError` naming the model unless every layer is distinct and in `1 .. layer_count - 1`.
-
-    Example:
-        >>> check_layers(model, [2, 3])
-    """
-    n = layer_count(model)
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"Duplicate layers in {list(layers)}: list each layer once.")
-    bad = [layer for layer in layers if not (isinstance(layer, numbers.Integral) and 1 <= layer < n)]
-    if bad:
-        raise ValueError(
-            f"Layers {bad} are out of range for {type(_unwrap_parallel(model)).__name__} with {n} decoder "
-            f"blocks: use 1..{n - 1} (layer L = hidden_states[L]; the final, post-norm state is not offered)."
-        )
-
-
-@contextmanager
-def record_block_outputs(
-    model: nn.Module, layers: Sequence[int], first_only: bool = False
-) -> Iterator[dict[int, torch.Tensor]]:
-    """Forward hooks filling `{layer: hidden states (B, S, H)}` on each forward; always removed on exit.
-
-    `first_only`: keep the first forward's states (e.g. a generation's prompt pass) until cleared.
-
-    Example:
-        >>> with record_block_outputs(model, [2]) as acts:
-        ...     model(input_ids)
-        >>> acts[2].shape                              # (B, S, H), detached
-    """
-    check_layers(model, layers)
-    blocks = find_decoder_blocks(model)
-    store: dict[int, torch.Tensor] = {}
-
-    def hook_for(layer: int):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if not (first_only and layer in store):
-                store[layer] = (output[0] if isinstance(output, tuple) else output).detach()
-
-        return hook
-
-    handles = [blocks[layer - 1].register_forward_hook(hook_for(layer)) for layer in layers]
-    try:
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
+_unwrap_parallel = unwrap_parallel  # the old private name, still imported by callback.py (issue 10)
 
 
 @contextmanager
@@ -269,7 +158,7 @@ def greedy_traced(
         True
     """
     _check_prompts(prompt_ids)
-    net = _unwrap_parallel(model)
+    net = unwrap_parallel(model)
     check_layers(net, layers)
     pad, eos = _pad_id(tokenizer), _eos_ids(tokenizer, net)
     device, hidden_size = _device(net), net.get_input_embeddings().embedding_dim
@@ -364,7 +253,7 @@ def teacher_forced(
     if len(prompt_ids) != len(response_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses: pass one response each.")
     _check_prompts(prompt_ids)
-    net = _unwrap_parallel(model)
+    net = unwrap_parallel(model)
     hidden_size = net.get_input_embeddings().embedding_dim
     device = _device(net)
     check_layers(net, layers)

@@ -18,18 +18,20 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .alerts import source_text
+from .files import atomic_write_text
+from .text import to_text
 
 REPORT_NAME = "report.json"
 HTML_NAME = "report.html"
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f"]
 NOISE_COLOUR = "#b8b8b8"
+# A ranked row's fields as tables show them (HTML and W&B), each with how the HTML shows it:
+# "n" a number, "s" short text, "t" long text.
 ROW_COLUMNS = [
     ("row", "n"),
     ("id", "s"),
@@ -61,33 +63,6 @@ def jsonable(obj: Any) -> Any:
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     return str(obj)
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` via a temp file, fsync and `os.replace` (readers never see half a file).
-
-    The file gets the mode `open()` would give it (0666 less the umask), not the temp file's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
 
 
 def write_report(report: dict[str, Any], output_dir: Path) -> Path:
@@ -254,20 +229,11 @@ def _table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]], e
             if kind == "n":
                 cells.append(f'<td class="n">{_num(value)}</td>')
             elif kind == "t":
-                cells.append(f'<td><div class="txt">{_e(_text(value))}</div></td>')
+                cells.append(f'<td><div class="txt">{_e(to_text(value))}</div></td>')
             else:
                 cells.append(f'<td class="s">{_e(value)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _text(value: Any) -> str:
-    """Dataset text as a string; conversational rows (lists of messages) become 'role: content' lines."""
-    if isinstance(value, list):
-        return "\n".join(
-            f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in value
-        )
-    return "" if value is None else str(value)
 
 
 def _scale(lo: float, hi: float, a: float, b: float):

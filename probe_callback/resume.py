@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .report import atomic_write_text, jsonable
+from .files import atomic_write_text
+from .report import jsonable
 
 logger = logging.getLogger("probe_callback")
 STATE_KEY = "ProbeCallback"  # the Trainer files a callback's state under its class name

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .text import to_text
+
 logger = logging.getLogger("probe_callback")
 
 
@@ -39,13 +41,6 @@ def truncate(ids: list[int], max_length: int | None, mode: str) -> list[int]:
     if max_length is None:
         return ids
     return ids[:max_length] if mode == "keep_start" else ids[-max_length:]
-
-
-def to_text(value: Any) -> str:
-    """Render a prompt/completion (plain text or a list of chat messages) as text."""
-    if isinstance(value, list):
-        return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in value if isinstance(m, dict))
-    return "" if value is None else str(value)
 
 
 class RowIndex:

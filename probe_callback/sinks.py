@@ -28,14 +28,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from probe_callback.alerts import Alert, source_text
-from probe_callback.report import jsonable, svg_scatter
+from probe_callback.report import ROW_COLUMNS, jsonable, svg_scatter
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "probe/"
 STEP_METRIC = "train/global_step"  # transformers' WandbCallback step axis
 WANDB_TITLE_MAX = 63  # wandb.Run.alert: "title ... must be less than 64 characters long"
-ROW_COLUMNS = ["step", "row", "id", "source", "score", "prompt", "chosen", "rejected"]
 PATTERN_COLUMNS = ["step", "name", "words", "n_rows", "excess_rise", "p_value", "sources", "steps"]
 # C0/C1 controls (ESC starts ANSI sequences), line separators, bidi overrides: dataset text must not drive a terminal.
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -81,7 +80,7 @@ class Sink:
         """Publish scalar metrics (keys without the `probe/` prefix) at trainer step `step`."""
 
     def rows_table(self, step: int, rows: list[dict[str, Any]]) -> None:
-        """Publish the flagged training rows (see `ROW_COLUMNS`)."""
+        """Publish the flagged training rows (the report's `ROW_COLUMNS`)."""
 
     def patterns_table(self, step: int, patterns: list[dict[str, Any]]) -> None:
         """Publish what is being learned: the learning record's patterns (see `PATTERN_COLUMNS`)."""
@@ -169,8 +168,9 @@ class WandbSink(Sink):
         self.run.log({**{f"{PREFIX}{k}": float(v) for k, v in values.items()}, STEP_METRIC: step})
 
     def rows_table(self, step: int, rows: list[dict[str, Any]]) -> None:
-        data = [[_cell(r.get(c)) for c in ROW_COLUMNS] for r in rows]
-        table = self.wandb.Table(columns=ROW_COLUMNS, data=data)
+        columns = [name for name, _ in ROW_COLUMNS]
+        data = [[_cell(r.get(c)) for c in columns] for r in rows]
+        table = self.wandb.Table(columns=columns, data=data)
         self.run.log({f"{PREFIX}flagged_rows": table, STEP_METRIC: step})
 
     def patterns_table(self, step: int, patterns: list[dict[str, Any]]) -> None:

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write_text
+
 STEP_RECORD = np.dtype(
     [
         ("row", "<i8"),
@@ -134,7 +136,7 @@ class VectorStore:
                 )
         else:
             path.mkdir(parents=True, exist_ok=True)
-            _atomic_write(meta_path, json.dumps(asdict(meta)))
+            atomic_write_text(meta_path, json.dumps(asdict(meta)))
         return cls(path, meta, rank=rank)
 
     @classmethod
@@ -301,12 +303,3 @@ def _map(path: Path, dtype: np.dtype, n: int | None = None) -> np.ndarray:
     if n == 0:
         return np.zeros((0, *dtype.shape), dtype=dtype.base if dtype.shape else dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")  # ranks may write the same file at once
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

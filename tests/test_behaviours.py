@@ -104,7 +104,7 @@ def test_validation_errors_name_problem_and_fix(kwargs, message):
 
 def test_unique_names_and_lengths(behaviour, tiny_tokenizer):
     check_unique_names([behaviour, Behaviour("other", POSITIVE, NEGATIVE)])
-    with pytest.raises(ValueError, match="Duplicate behaviour names"):
+    with pytest.raises(ValueError, match="duplicate names"):
         check_unique_names([behaviour, copy.deepcopy(behaviour)])
     behaviour.validate_lengths(tiny_tokenizer, 256)
     long = Behaviour("long", POSITIVE, [*NEGATIVE[:2], ("hi", "the cat reads a poem. " * 60)])
