@@ -79,7 +79,7 @@ def test_overrides_and_absolute_threshold() -> None:
     ]
     with pytest.raises(ValueError, match="unknown keys"):
         RegressionPolicy(overrides={"x": {"patiense": 3}})
-    with pytest.raises(ValueError, match="patience must be >= 1"):
+    with pytest.raises(ValueError, match="patience=0 must be an integer >= 1"):
         RegressionPolicy(patience=0)
 
 
