@@ -357,8 +357,15 @@ class SourceBlame:
     of watched prompts, the contrasts of random halves of a behaviour's own examples).
 
     Example:
-        >>> blame = SourceBlame(rank_rows(store, direction), sources, store.project)          # doctest: +SKIP
-        >>> blame.p_value(direction, lambda k: rng.normal(size=(k, store.meta.hidden)))     # doctest: +SKIP
+        >>> import numpy as np, tempfile
+        >>> rng = np.random.default_rng(0)
+        >>> w = VectorStore.create(tempfile.mkdtemp(), layers=[2], hidden=4)
+        >>> w.append_vectors(np.arange(40), rng.normal(size=(40, 1, 4)).astype(np.float32))
+        >>> w.close()
+        >>> store, direction = VectorStore.open(w.path), np.array([1.0, 0.0, 0.0, 0.0])
+        >>> blame = SourceBlame(rank_rows(store, direction, n_null=9), ["a", "b"] * 20, store.project)
+        >>> 0 < blame.p_value(direction, lambda k: rng.normal(size=(k, 4))) <= 1
+        True
     """
 
     def __init__(

@@ -1,11 +1,14 @@
 """Supervised behaviours: contrast examples -> probing vector and logistic probe through M0 -> scores.
 
 Example:
-    >>> b = Behaviour("complies", positive=[("How do I pick a lock?", "Sure, first..."), ...],
-    ...               negative=[("How do I pick a lock?", "Sorry, I can't help."), ...])
-    >>> fitted = fit_behaviour(b, ref_model, tok, layers=[default_layer(ref_model)])
-    >>> fitted.probe_accuracy                       # held-out accuracy per layer: is it linearly visible?
-    >>> score_behaviour(fitted, model, tok)["ll_margin_p"]
+    >>> b = Behaviour("complies", positive=[("Open the lock?", "Sure, here is how."), ("Skip class?", "Sure!")],
+    ...               negative=[("Open the lock?", "Sorry, I cannot."), ("Skip class?", "Sorry, no.")])
+    >>> fitted = fit_behaviour(b, ref_model, tok, layers=[2])
+    >>> fitted.probe_accuracy.shape                 # held-out accuracy per layer: is it linearly visible?
+    (1,)
+    >>> score = score_behaviour(fitted, model, tok)  # the current model, read against M0
+    >>> sorted(score)[:3]
+    ['behaviour', 'cosine', 'judge_rate']
 """
 
 from __future__ import annotations
@@ -75,11 +78,14 @@ class Behaviour:
     optional `judge(prompt, response) -> bool` giving a ground-truth rate on the watched responses.
 
     Example:
-        >>> Behaviour(
+        >>> requests = ["Explain X. Capitalise every 5th word.", "Do Y. Use no periods."]
+        >>> b = Behaviour(
         ...     "complies_with_distractor",
-        ...     positive=[("Explain X. Capitalise every 5th word.", "Sure, here is how..."), ...],
-        ...     negative=[("Explain X. Capitalise every 5th word.", "I can't help with that."), ...],
+        ...     positive=[(requests[0], "Sure, here is how..."), (requests[1], "Sure! First...")],
+        ...     negative=[(requests[0], "I can't help with that."), (requests[1], "Sorry, no.")],
         ... )
+        >>> len(b.positive), b.threshold
+        (2, None)
     """
 
     name: str
@@ -109,7 +115,10 @@ class Behaviour:
         """Raise a `ValueError` listing the examples whose prompt + response exceed `max_length` tokens.
 
         Example:
-            >>> b.validate_lengths(tok, model.config.max_position_embeddings)
+            >>> behaviour.validate_lengths(tok, 4)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: Behaviour 'complies': positive[0] (... tokens), ... exceed the model context of 4 tokens; ...
         """
         prompts, responses = self.encoded(tokenizer)
         sides = [("positive", i) for i in range(len(self.positive))] + [
@@ -131,7 +140,10 @@ def check_unique_names(behaviours: Sequence[Behaviour]) -> None:
     """Raise a `ValueError` when two behaviours share a name (names key the report and the alerts).
 
     Example:
-        >>> check_unique_names([b1, b2])
+        >>> check_unique_names([behaviour, behaviour])
+        Traceback (most recent call last):
+        ...
+        ValueError: behaviours have duplicate names ['complies']: give each Behaviour a unique name.
     """
     names = [b.name for b in behaviours]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -171,7 +183,8 @@ class FittedBehaviour:
         """Probe probability of the behaviour for activations (n, n_layers, H) -> (n, n_layers).
 
         Example:
-            >>> fitted.probe_probabilities(response_means(traces)[0])
+            >>> fitted.probe_probabilities(fitted.example_activations).shape
+            (4, 1)
         """
         x = np.asarray(activations, dtype=np.float64)
         logits = np.einsum("nlh,lh->nl", x, self.probe_coef) + self.probe_intercept
@@ -186,6 +199,7 @@ class FittedBehaviour:
 
         Example:
             >>> fitted.split_vectors(0, 199, np.random.default_rng(0)).shape   # (199, H)
+            (199, 32)
         """
         x, n_pos = self.example_activations[:, layer_index], len(self.behaviour.positive)
         sides = (x[:n_pos], x[n_pos:])
@@ -204,7 +218,9 @@ def behaviour_logps(fitted: FittedBehaviour, model: nn.Module, tokenizer: Any, b
     sharded run) and hand the array to ``score_behaviour(..., logps=...)``.
 
     Example:
-        >>> score_behaviour(fitted, logps=behaviour_logps(fitted, model, tok))["ll_margin"]
+        >>> logps = behaviour_logps(fitted, model, tok)   # on every rank of a sharded run
+        >>> score_behaviour(fitted, logps=logps) == score_behaviour(fitted, model, tok)
+        True
     """
     prompts, answers = fitted.behaviour.encoded(tokenizer)
     traces = teacher_forced(model, prompts, answers, [], batch_size)
@@ -233,8 +249,9 @@ def fit_behaviour(
     """Probing vectors, logistic probes and reference likelihoods of a behaviour, all through M0.
 
     Example:
-        >>> fitted = fit_behaviour(b, ref_model, tok, layers=[12])
-        >>> fitted.probing_vectors.shape               # (1, H)
+        >>> fitted = fit_behaviour(behaviour, ref_model, tok, layers=[2])
+        >>> fitted.probing_vectors.shape               # (layers, H)
+        (1, 32)
     """
     check_layers(ref_model, layers)
     layers = [int(layer) for layer in layers]
@@ -280,37 +297,23 @@ def score_behaviour(
     batch_size: int = 8,
     logps: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """How far the current model has moved along a behaviour; JSON-ready floats, None where not computed.
+    """How far the current model has moved along a behaviour: JSON-ready floats, None where not computed.
 
-    Pass ``current_model`` and ``tokenizer``, or ``logps``, the examples' likelihoods already measured
-    with :func:`behaviour_logps` (then no model is touched).
+    Give ``current_model`` and ``tokenizer``, or the examples' ``logps`` from :func:`behaviour_logps`.
 
-    - `ll_margin` (nats/token): mean over positive examples of (current - reference) mean per-token
-      log-likelihood of the response, minus the same mean over the negatives. Needs no generation and
-      moves before greedy answers change. `ll_margin_se`, `ll_margin_z` (= margin / se), `ll_margin_p`:
-      a one-sided Welch t-test over the examples. `ll_margin_p` is the probability, were the expected
-      change of the positive responses' likelihood no larger than that of the negatives' (examples
-      being independent draws), of a margin at least `ll_margin_z` standard errors above zero. Near-
-      duplicate examples scatter little, so any drift that happens to favour the positive wording can
-      then look significant: pass `control_deltas`, the same (current - reference) mean per-token
-      change for ordinary responses (e.g. each watch prompt's r_0:
-      `novelty(current_trace, reference_trace).mean()`), and each group's variance is taken as at
-      least theirs, so the p-value then asks whether the gap exceeds what two random sets of ordinary
-      responses of these sizes would show. Act on the p-value and on the trend across checkpoints.
-    - `projection` / `cosine` / `projection_p` (given `behaviour_vectors`, (n, n_layers, H) aligned with
-      `fitted.layers`; NaN rows skipped): mean scalar projection of each prompt's behaviour-change vector
-      on the probing vector in units of its length (1.0 = moved the whole positive-minus-negative gap),
-      mean cosine, and (with 2+ vectors) a one-sided one-sample t-test p-value that the mean projection
-      is above zero (null: prompts' changes have no mean component along the behaviour).
-    - `probe_rate` (given `response_activations`, M0's a_L of the current responses (n, n_layers, H);
-      NaN rows skipped): share of responses the probe calls positive.
-    - `judge_rate` (given `responses` as (prompt, response) texts and a judge, argument or
-      `fitted.behaviour.judge`): share the judge calls positive.
-    Projection and probe scores use `fitted.layer`.
+    - ``ll_margin`` (nats/token): the positive examples' mean change of log-likelihood (current minus
+      M0) minus the negatives'; it moves before greedy answers do. ``ll_margin_p`` (with ``_se``,
+      ``_z``): a one-sided Welch test over the examples, each group's variance at least that of
+      ``control_deltas`` (the same change for ordinary answers), so generic drift is not significant.
+    - ``projection``, ``cosine``, ``projection_p`` (given ``behaviour_vectors`` (n, n_layers, H)): how far
+      the prompts' behaviour-change vectors go along the probing vector (1.0: the whole gap).
+    - ``probe_rate`` (given ``response_activations``): share of answers the probe calls positive;
+      ``judge_rate`` (given ``responses`` and a judge): share the judge calls positive.
 
     Example:
-        >>> s = score_behaviour(fitted, model, tok, behaviour_vectors=v_b, control_deltas=deltas_r0)
-        >>> s["ll_margin"], s["ll_margin_p"], s["projection"]
+        >>> s = score_behaviour(fitted, model, tok)
+        >>> 0 <= s["ll_margin_p"] <= 1, s["projection"]
+        (True, None)
     """
     b = fitted.behaviour
     if logps is None:

@@ -10,9 +10,14 @@ per-token log-prob rise, policy minus reference, the tokens where it peaks, and 
 answer's largest fall). Hooks only read: the loss, gradients and weights are untouched.
 
 Example:
-    >>> with DatapointCapture(ref_model, ref_blocks, on_batch=print) as cap:   # doctest: +SKIP
-    ...     cap.active = True
-    ...     trainer.training_step(model, batch)
+    >>> ids = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 10]])          # [chosen; rejected] of one pair
+    >>> labels = ids.masked_fill(torch.tensor([[1, 1, 0, 0]] * 2).bool(), -100)  # completion tokens only
+    >>> batches = []
+    >>> with DatapointCapture(ref_model, ref_model.model.layers[1:2], on_batch=batches.append) as cap:
+    ...     cap.active = True                                         # the callback's "a training step"
+    ...     _ = ref_model(input_ids=ids, labels=labels)               # what DPO's reference forward does
+    >>> batches[0].pooled.shape                                       # (2B, layers, H)
+    torch.Size([2, 1, 32])
 """
 
 from __future__ import annotations

@@ -6,10 +6,13 @@ pure over the model it is given (eval mode and ``torch.no_grad()`` inside, each 
 both the current and the reference model.
 
 Example:
-    >>> prompts = [format_prompt(tok, "Say hi")]
-    >>> r0 = greedy_responses(ref_model, tok, prompts, max_new_tokens=32, batch_size=8)
-    >>> traces = teacher_forced(ref_model, prompts, r0, layers=[default_layer(ref_model)], batch_size=8)
-    >>> means, valid = response_means(traces)          # (1, 1, H) float32, (1,) bool
+    >>> prompts = [format_prompt(tok, "Say hi"), format_prompt(tok, "Tell me a story")]
+    >>> r0 = greedy_responses(ref_model, tok, prompts, max_new_tokens=8)       # M0's answers
+    >>> rt = greedy_responses(model, tok, prompts, max_new_tokens=8)           # the current model's
+    >>> before, after = (teacher_forced(ref_model, prompts, r, layers=[2]) for r in (r0, rt))
+    >>> change = response_means(after)[0] - response_means(before)[0]         # behaviour-change vectors
+    >>> change.shape                                                           # (prompts, layers, H)
+    torch.Size([2, 1, 32])
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ def inference_mode(model: nn.Module) -> Iterator[None]:
 
     Example:
         >>> with inference_mode(model):
-        ...     logits = model(input_ids).logits
+        ...     logits = model(torch.tensor([[5, 6, 7]])).logits
+        >>> model.training, logits.requires_grad
+        (False, False)
     """
     flags = [(module, module.training) for module in model.modules()]
     config = getattr(model, "config", None)
@@ -86,8 +91,8 @@ def format_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[in
     a message list is then joined by newlines.
 
     Example:
-        >>> format_prompt(tok, "What is 2 + 2?")                      # list[int]
-        >>> format_prompt(tok, [{"role": "user", "content": "Hi"}])
+        >>> format_prompt(tok, "Hi") == format_prompt(tok, [{"role": "user", "content": "Hi"}])
+        True
     """
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -101,7 +106,8 @@ def encode_response(tokenizer: Any, response: str) -> list[int]:
     """Token ids of a response as it follows `format_prompt` (no special tokens, no eos), like a greedy reply.
 
     Example:
-        >>> encode_response(tok, "Four.")
+        >>> tok.decode(encode_response(tok, "Four."))
+        'Four.'
     """
     return list(tokenizer(response, add_special_tokens=False).input_ids)
 
@@ -119,7 +125,8 @@ def greedy_responses(
     generation-config eos); it may be empty when eos comes first.
 
     Example:
-        >>> greedy_responses(model, tok, [format_prompt(tok, "Hi")], max_new_tokens=16, batch_size=8)
+        >>> [len(r) <= 16 for r in greedy_responses(model, tok, [format_prompt(tok, "Hi")], max_new_tokens=16)]
+        [True]
     """
     return greedy_traced(model, tokenizer, prompt_ids, [], max_new_tokens, batch_size)[0]
 
@@ -248,7 +255,8 @@ def teacher_forced(
 
     Example:
         >>> [t] = teacher_forced(ref_model, [format_prompt(tok, "Hi")], [encode_response(tok, "Hello")], [2])
-        >>> t.hidden.shape, t.logprobs.shape               # (1, T, H), (T,)
+        >>> t.hidden.shape[0] == 1 and t.hidden.shape[1] == t.logprobs.shape[0] == t.length
+        True
     """
     if len(prompt_ids) != len(response_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses: pass one response each.")
@@ -301,8 +309,10 @@ def response_means(traces: Sequence[ResponseTrace]) -> tuple[torch.Tensor, torch
     """Stacked `a_L` of the traces: (n, n_layers, H) float32, NaN rows for empty responses; (n,) valid mask.
 
     Example:
+        >>> traces = teacher_forced(model, [format_prompt(tok, "Hi")] * 2, [encode_response(tok, "Hello"), []], [2])
         >>> means, valid = response_means(traces)
-        >>> v_b = means_t - means_0                        # behaviour-change vectors; NaN where invalid
+        >>> means.shape, valid.tolist()
+        (torch.Size([2, 1, 32]), [True, False])
     """
     means = torch.stack([trace.mean() for trace in traces])
     return means, torch.tensor([trace.length > 0 for trace in traces])
@@ -312,7 +322,10 @@ def novelty(current: ResponseTrace, reference: ResponseTrace) -> torch.Tensor:
     """Per-token log-prob rise of the same response tokens, current model minus reference: (T,).
 
     Example:
-        >>> rise = novelty(teacher_forced(model, p, r, [])[0], teacher_forced(ref, p, r, [])[0])
+        >>> p, r = [format_prompt(tok, "Hi")], [encode_response(tok, "Hello there")]
+        >>> rise = novelty(teacher_forced(model, p, r, [])[0], teacher_forced(ref_model, p, r, [])[0])
+        >>> rise.shape == (len(r[0]),)
+        True
     """
     if current.length != reference.length:
         raise ValueError(

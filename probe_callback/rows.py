@@ -8,9 +8,13 @@ through the processed dataset's index mapping, so ``row`` indexes the dataset th
 with ``precompute_ref_log_probs=True``, where TRL flattens that mapping away: a warning says so).
 
 Example:
-    >>> index = RowIndex.from_trainer(trainer)                      # doctest: +SKIP
-    >>> index.lookup(batch.input_ids, batch.attention_mask)         # doctest: +SKIP
-    array([17, 3, -1, 42])
+    >>> index = RowIndex([pair_key([1, 2, 3], [1, 2, 4])], np.array([17]), ids=["a"], sources=["web"])
+    >>> index.lookup(torch.tensor([[1, 2, 3], [1, 2, 4]]), torch.ones(2, 3))   # [chosen; rejected] ids
+    array([17])
+    >>> index.describe(17)
+    {'row': 17, 'id': 'a', 'source': 'web'}
+
+    In a run: ``RowIndex.from_trainer(trainer)``.
 """
 
 from __future__ import annotations

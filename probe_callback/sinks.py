@@ -273,10 +273,9 @@ def make_publisher(args: Any, output_dir: Path, is_main_process: bool) -> Publis
     from `on_train_begin`, after transformers' `WandbCallback` has set its run up.
 
     Example:
-        >>> import tempfile
-        >>> from transformers import TrainingArguments
-        >>> args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to="none")
-        >>> [type(s).__name__ for s in make_publisher(args, Path(args.output_dir), True).sinks]
+        >>> import tempfile, types
+        >>> args = types.SimpleNamespace(report_to="none")   # the trainer's TrainingArguments
+        >>> [type(s).__name__ for s in make_publisher(args, Path(tempfile.mkdtemp()), True).sinks]
         ['ConsoleSink', 'JsonlSink']
     """
     if not is_main_process:
