@@ -28,7 +28,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from probe_callback.alerts import Alert, source_text
-from probe_callback.report import ROW_COLUMNS, jsonable, svg_scatter
+from probe_callback.report import jsonable
+from probe_callback.report_html import ROW_COLUMNS, svg_scatter
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Sink:
         """Publish scalar metrics (keys without the `probe/` prefix) at trainer step `step`."""
 
     def rows_table(self, step: int, rows: list[dict[str, Any]]) -> None:
-        """Publish the flagged training rows (the report's `ROW_COLUMNS`)."""
+        """Publish the flagged training rows (`report_html.ROW_COLUMNS`)."""
 
     def patterns_table(self, step: int, patterns: list[dict[str, Any]]) -> None:
         """Publish what is being learned: the learning record's patterns (see `PATTERN_COLUMNS`)."""
