@@ -190,7 +190,7 @@ def _rotation_p_value(
     """
     k = max(1, round(top_frac * len(sample)))
     d = q.shape[1]
-    rotated = [q[:, rng.permutation(d)] * rng.choice(np.float32([-1.0, 1.0]), d) for _ in range(n_null)]
+    rotated = [q[:, rng.permutation(d)] * rng.choice(np.array([-1.0, 1.0], dtype=np.float32), d) for _ in range(n_null)]
     banks = np.concatenate([q, *rotated]).T  # (d, (1 + n_null) * bank size): one matrix product
     best = (sample @ banks).reshape(len(sample), 1 + n_null, len(q)).max(axis=2)
     stats = np.partition(best, len(sample) - k, axis=0)[-k:].mean(axis=0)
@@ -221,10 +221,10 @@ def combine_scores(scores: Sequence[np.ndarray], weights: Sequence[float] | None
         >>> combine_scores([np.array([0.1, 0.9, 0.5]), np.array([30.0, 10.0, 20.0])]).tolist()
         [0.6666666865348816, 0.6666666865348816, 0.6666666865348816]
     """
-    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+    weight = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
     n = max(len(s) for s in scores)
     total, mass = np.zeros(n), np.zeros(n)
-    for s, w in zip(scores, weights, strict=True):
+    for s, w in zip(scores, weight, strict=True):
         s = np.asarray(s, dtype=np.float64)
         ok = np.flatnonzero(np.isfinite(s))
         total[ok] += w * rankdata(s[ok]) / len(ok)

@@ -317,6 +317,8 @@ def score_behaviour(
     """
     b = fitted.behaviour
     if logps is None:
+        if current_model is None:
+            raise ValueError("score_behaviour needs the current_model and tokenizer, or the examples' logps.")
         logps = behaviour_logps(fitted, current_model, tokenizer, batch_size)
     n_pos = len(b.positive)
     control = np.asarray([] if control_deltas is None else control_deltas, dtype=np.float64)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .behaviours import Behaviour, check_text, check_unique_names
 from .blocks import check_layer_indices, default_layer_index
@@ -29,7 +29,7 @@ MIN_WATCHED_PROMPTS = 4
 EMERGENT_NAME = re.compile(r"emergent-\d+")
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 

@@ -64,7 +64,7 @@ def behaviour_vectors(
         if len(base) == 0 or len(cur) == 0:
             raise ValueError(f"prompt {i} has an empty answer; behaviour vectors need at least one token")
         w = np.ones(len(cur))
-        if weighting == "novelty":
+        if novelty is not None and weighting == "novelty":
             rise = np.maximum(np.asarray(novelty[i], dtype=np.float64), 0.0)
             if rise.shape != (len(cur),):
                 raise ValueError(f"prompt {i}: novelty has shape {rise.shape}, answer has {len(cur)} tokens")
@@ -224,7 +224,8 @@ def naming_tokens(
         ['x']
     """
     inside = set(int(i) for i in members)
-    rose_in, rose_out = Counter(), Counter()
+    rose_in: Counter[str] = Counter()
+    rose_out: Counter[str] = Counter()
     for i, (toks, rise) in enumerate(zip(tokens, novelty, strict=True)):
         risen = {t for t, r in zip(toks, np.asarray(rise), strict=True) if r >= min_rise}
         (rose_in if i in inside else rose_out).update(risen)

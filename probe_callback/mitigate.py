@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal
@@ -112,7 +113,7 @@ def write_manifest(manifest: dict[str, Any], out: str | Path) -> Path:
     return atomic_write_text(manifest_path(out), json.dumps(jsonable(manifest), indent=1, ensure_ascii=False) + "\n")
 
 
-def _behaviours(report: dict[str, Any], names: list[str] | None) -> list[dict[str, Any]]:
+def _behaviours(report: Mapping[str, Any], names: list[str] | None) -> list[dict[str, Any]]:
     all_b = report.get("behaviours") or []
     if names:
         unknown = sorted(set(names) - {b.get("name") for b in all_b})
@@ -153,9 +154,9 @@ def _ranked_rows(behaviours: list[dict[str, Any]]) -> list[dict[str, Any]]:
             where, row = f"behaviour {b.get('name')!r}: top_rows[{i}]", r.get("row")
             if not isinstance(row, Integral) or isinstance(row, bool) or row < 0:
                 raise ValueError(f"{where} has row {row!r}: a report row must be a row index (an integer >= 0)")
-            score = _score(r, where)
-            if score is not None and (row not in best or score > best[row]["score"]):
-                best[int(row)] = {**r, "row": int(row), "score": score}
+            index, score = int(row), _score(r, where)
+            if score is not None and (index not in best or score > best[index]["score"]):
+                best[index] = {**r, "row": index, "score": score}
     if not best:
         names = [b.get("name") for b in behaviours]
         raise ValueError(f"the report lists no top_rows for {names} (none with a finite score): nothing to rank")
@@ -187,7 +188,7 @@ def _pick_rows(ranked: list[dict[str, Any]], n_rows: int, top_k: int | None, top
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1 (got {top_k})")
         return ranked[:top_k]
-    if not 0 < top_frac <= 1:
+    if top_frac is None or not 0 < top_frac <= 1:  # (not None: exactly one of the two is given)
         raise ValueError(f"top_frac must be in (0, 1] (got {top_frac})")
     return ranked[: max(1, round(top_frac * n_rows))]
 
@@ -258,9 +259,9 @@ def mitigate(
         raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
     report_path = None if isinstance(report, dict) else str(report)
     dataset_path = None if isinstance(dataset, Dataset) else str(dataset)
-    report = check_report(report) if isinstance(report, dict) else load_report(report)
+    loaded = check_report(report) if isinstance(report, dict) else load_report(report)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset_file(dataset)
-    chosen = _behaviours(report, behaviours)
+    chosen = _behaviours(loaded, behaviours)
     manifest: dict[str, Any] = {
         "action": action,
         "report": report_path,

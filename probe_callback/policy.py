@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from numbers import Integral, Real
 from typing import Any
 
@@ -73,7 +74,8 @@ def setting_error(name: str, value: Any) -> str | None:
         ok, need = value is None or (number and math.isfinite(value)), "a finite number or None"
     elif name in ("patience", "baseline_checkpoints"):
         low = 1 if name == "patience" else 0
-        ok, need = isinstance(value, Integral) and not isinstance(value, bool) and value >= low, f"an integer >= {low}"
+        whole = isinstance(value, Integral) and not isinstance(value, bool)
+        ok, need = whole and int(value) >= low, f"an integer >= {low}"
     elif name == "max_p_value":
         ok, need = number and 0 < value < 1, "a number in (0, 1), e.g. 0.01"
     else:  # z_threshold
@@ -200,14 +202,14 @@ class RegressionPolicy:
         p_value = None if p_value is None else float(p_value)
         if noise is not None and math.isfinite(noise) and noise > 0:
             track.noise = float(noise)
-        base = dict(name=name, kind=kind, step=step, score=score, p_value=p_value)
+        decision = partial(Decision, name=name, kind=kind, step=step, score=score, p_value=p_value)
 
         if not math.isfinite(score):
-            return Decision(**base, level=None, reason="score is not finite; skipped", streak=track.streak)
+            return decision(level=None, reason="score is not finite; skipped", streak=track.streak)
         if kind == "supervised" and len(track.baseline_scores) < cfg.baseline_checkpoints:
             track.baseline_scores.append(score)
             n = len(track.baseline_scores)
-            return Decision(**base, level=None, reason=f"baseline {n}/{cfg.baseline_checkpoints}")
+            return decision(level=None, reason=f"baseline {n}/{cfg.baseline_checkpoints}")
 
         baseline, noise_used = self._baseline(track, kind)
         threshold = cfg.threshold
@@ -230,8 +232,7 @@ class RegressionPolicy:
         elif significant:
             level = "WARN"
         reason = self._reason(level, name, score, baseline, threshold, p_value, z, track.streak, cfg, first_seen)
-        return Decision(
-            **base,
+        return decision(
             level=level,
             reason=reason,
             baseline=baseline,

@@ -165,7 +165,7 @@ def greedy_traced(
         True
     """
     _check_prompts(prompt_ids)
-    net = unwrap_parallel(model)
+    net: Any = unwrap_parallel(model)  # an HF causal LM: generate(), get_input_embeddings()
     check_layers(net, layers)
     pad, eos = _pad_id(tokenizer), _eos_ids(tokenizer, net)
     device, hidden_size = _device(net), net.get_input_embeddings().embedding_dim
@@ -261,7 +261,7 @@ def teacher_forced(
     if len(prompt_ids) != len(response_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses: pass one response each.")
     _check_prompts(prompt_ids)
-    net = unwrap_parallel(model)
+    net: Any = unwrap_parallel(model)  # an HF causal LM: get_input_embeddings()
     hidden_size = net.get_input_embeddings().embedding_dim
     device = _device(net)
     check_layers(net, layers)
@@ -294,8 +294,8 @@ def teacher_forced(
                 targets = input_ids[b, p : p + t]
                 logprobs = torch.log_softmax(step_logits, dim=-1).gather(1, targets[:, None])[:, 0]
                 states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
-                hidden = states[:, p : p + t].cpu() if layers else torch.zeros(0, t, hidden_size)
-                prompt = states[:, :p].mean(dim=1).cpu() if layers else torch.zeros(0, hidden_size)
+                hidden = states[:, p : p + t].cpu() if states is not None else torch.zeros(0, t, hidden_size)
+                prompt = states[:, :p].mean(dim=1).cpu() if states is not None else torch.zeros(0, hidden_size)
                 traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt)
     return [trace for trace in traces if trace is not None]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .text import to_text
@@ -80,7 +80,7 @@ def _badge(level: str | None) -> str:
     return f'<span class="badge" style="background:{LEVEL_COLOUR.get(level, "#6e7781")}">{_e(level)}</span>'
 
 
-def _table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]], empty: str) -> str:
+def _table(columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]], empty: str) -> str:
     """Columns are (key, kind) with kind "n" (number), "t" (long text) or "s" (short text)."""
     if not rows:
         return f'<p class="empty">{_e(empty)}</p>'

@@ -140,7 +140,7 @@ class WandbSink(Sink):
     def __init__(self, run: Any, owns_run: bool = False, wait_duration: float = 60.0) -> None:
         import wandb
 
-        self.wandb = wandb
+        self.wandb: Any = wandb  # (its stubs want list[str | int] columns and hide AlertLevel)
         self.run = run
         self.owns_run = owns_run
         self.wait_duration = wait_duration

@@ -31,6 +31,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class VectorStore:
         self._proj = (
             projection_matrix(meta.hidden, meta.dim, meta.projection_seed) if meta.projection_seed is not None else None
         )
-        self._files: dict[str, object] = {}
+        self._files: dict[str, BinaryIO] = {}
         if rank is not None:
             folder = self.path / f"rank-{rank:05d}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -275,7 +276,7 @@ class VectorStore:
         ``peak_ids`` (n, 3), ``peak_rises`` (n, 3))."""
         parts = [_map(f / "steps.bin", STEP_RECORD) for f in self._rank_folders()]
         recs = np.concatenate(parts) if parts else np.zeros(0, dtype=STEP_RECORD)
-        return {name: np.asarray(recs[name]) for name in STEP_RECORD.names if name != "pad"}
+        return {name: np.asarray(recs[name]) for name in STEP_RECORD.names or () if name != "pad"}
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for f in self._rank_folders() for p in f.iterdir())
