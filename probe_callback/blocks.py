@@ -112,7 +112,7 @@ def check_layer_indices(layers: Sequence[int], num_layers: int | None = None, mo
         >>> check_layer_indices([2, 9], 4)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: Layers [9] are out of range for the model with 4 decoder blocks: use 1..3 ...
+        ValueError: layers [9] are out of range for the model with 4 decoder blocks: use ... between 1 and 3 ...
     """
     if len(set(layers)) != len(layers):
         raise ValueError(f"Duplicate layers in {list(layers)}: list each layer once.")
@@ -121,8 +121,8 @@ def check_layer_indices(layers: Sequence[int], num_layers: int | None = None, mo
     bad = [layer for layer in layers if not (isinstance(layer, numbers.Integral) and 1 <= layer < num_layers)]
     if bad:
         raise ValueError(
-            f"Layers {bad} are out of range for {model_name} with {num_layers} decoder blocks: use 1..{num_layers - 1} "
-            "(layer L = hidden_states[L]; the final, post-norm state is not offered)."
+            f"layers {bad} are out of range for {model_name} with {num_layers} decoder blocks: use HF hidden_states "
+            f"indices between 1 and {num_layers - 1} (the final, post-norm state is not offered)."
         )
 
 
