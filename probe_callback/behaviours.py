@@ -285,6 +285,35 @@ def _welch(a: np.ndarray, b: np.ndarray, min_var: float = 0.0) -> tuple[float, f
     return diff, se, t, float(stats.t.sf(t, df))
 
 
+def _ll_margin(
+    fitted: FittedBehaviour, logps: np.ndarray, control_deltas: Sequence[float] | np.ndarray | None
+) -> dict[str, float]:
+    """The log-likelihood margin of positive over negative examples against M0, with its Welch test."""
+    n_pos = len(fitted.behaviour.positive)
+    control = np.asarray([] if control_deltas is None else control_deltas, dtype=np.float64)
+    control = control[~np.isnan(control)]
+    min_var = float(control.var(ddof=1)) if len(control) > 1 else 0.0
+    margin, se, z, p = _welch(
+        logps[:n_pos] - fitted.ref_logp_positive, logps[n_pos:] - fitted.ref_logp_negative, min_var
+    )
+    return {"ll_margin": margin, "ll_margin_se": se, "ll_margin_z": z, "ll_margin_p": p}
+
+
+def _projection(v: np.ndarray, u: np.ndarray) -> dict[str, float]:
+    """Mean projection (in units of ``u``'s length), mean cosine and one-sided t-test p-value of the rows
+    of ``v`` (NaN rows skipped) along ``u``; empty when no row is left."""
+    v = v[~np.isnan(v).any(axis=1)]
+    if not len(v):
+        return {}
+    proj = v @ u / (u @ u)
+    cos = v @ u / np.maximum(np.linalg.norm(v, axis=1) * np.linalg.norm(u), 1e-12)
+    out = {"projection": float(proj.mean()), "cosine": float(cos.mean())}
+    if len(proj) > 1:
+        se = max(float(proj.std(ddof=1)) / math.sqrt(len(proj)), _SE_FLOOR)
+        out["projection_p"] = float(stats.t.sf(proj.mean() / se, len(proj) - 1))
+    return out
+
+
 def score_behaviour(
     fitted: FittedBehaviour,
     current_model: nn.Module | None = None,
@@ -320,22 +349,12 @@ def score_behaviour(
         if current_model is None:
             raise ValueError("score_behaviour needs the current_model and tokenizer, or the examples' logps.")
         logps = behaviour_logps(fitted, current_model, tokenizer, batch_size)
-    n_pos = len(b.positive)
-    control = np.asarray([] if control_deltas is None else control_deltas, dtype=np.float64)
-    control = control[~np.isnan(control)]
-    min_var = float(control.var(ddof=1)) if len(control) > 1 else 0.0
-    margin, se, z, p = _welch(
-        logps[:n_pos] - fitted.ref_logp_positive, logps[n_pos:] - fitted.ref_logp_negative, min_var
-    )
     k = fitted.layers.index(fitted.layer)
     scores: dict[str, Any] = {
         "behaviour": b.name,
         "layer": fitted.layer,
         "probe_accuracy": float(fitted.probe_accuracy[k]),
-        "ll_margin": margin,
-        "ll_margin_se": se,
-        "ll_margin_z": z,
-        "ll_margin_p": p,
+        **_ll_margin(fitted, logps, control_deltas),
         "projection": None,
         "cosine": None,
         "projection_p": None,
@@ -343,16 +362,7 @@ def score_behaviour(
         "judge_rate": None,
     }
     if behaviour_vectors is not None:
-        v = np.asarray(behaviour_vectors, dtype=np.float64)[:, k]
-        v = v[~np.isnan(v).any(axis=1)]
-        u = fitted.probing_vectors[k]
-        if len(v):
-            proj = v @ u / (u @ u)
-            cos = v @ u / np.maximum(np.linalg.norm(v, axis=1) * np.linalg.norm(u), 1e-12)
-            scores.update(projection=float(proj.mean()), cosine=float(cos.mean()))
-            if len(proj) > 1:
-                se_proj = max(float(proj.std(ddof=1)) / math.sqrt(len(proj)), _SE_FLOOR)
-                scores["projection_p"] = float(stats.t.sf(proj.mean() / se_proj, len(proj) - 1))
+        scores.update(_projection(np.asarray(behaviour_vectors, dtype=np.float64)[:, k], fitted.probing_vectors[k]))
     if response_activations is not None:
         acts = np.asarray(response_activations, dtype=np.float64)
         acts = acts[~np.isnan(acts).any(axis=(1, 2))]

@@ -273,44 +273,56 @@ def mitigate(
     }
 
     if action == "drop-source":
-        if source_column not in ds.column_names:
-            raise ValueError(
-                f"the dataset has no {source_column!r} column (columns: {ds.column_names}): "
-                "pass source_column / --source-column, or use --action filter"
-            )
-        values = [str(s) for s in ds[source_column]]
-        if sources:
-            sources = [str(s) for s in sources]
-            if top_k is not None or top_frac is not None:
-                raise ValueError("give either sources (--source) or top_k / top_frac, not both")
-            unknown = sorted(set(sources) - set(values))
-            if unknown:
-                raise ValueError(
-                    f"no such source {unknown} in {source_column!r}; the dataset has {sorted(set(values))}"
-                )
-        else:
-            sources = _pick_sources(_ranked_sources(chosen), top_k, top_frac)
-        blamed = set(sources)
-        changed = [i for i, s in enumerate(values) if s in blamed]
-        manifest["sources"] = sources
+        changed, manifest["sources"] = _blamed_source_rows(ds, chosen, source_column, sources, top_k, top_frac)
     else:
         rows = _pick_rows(_ranked_rows(chosen), len(ds), top_k, top_frac)
         _check_rows(ds, rows)
         changed = sorted(int(r["row"]) for r in rows)
-
     manifest["rows"] = [_row_record(ds, i, source_column) for i in changed]
+    ds = _apply(ds, action, changed)
+    manifest["rows_changed"] = len(changed)
+    manifest["rows_after"] = len(ds)
+    return ds, manifest
+
+
+def _blamed_source_rows(
+    ds: Dataset,
+    chosen: list[dict[str, Any]],
+    source_column: str,
+    sources: list[str] | None,
+    top_k: int | None,
+    top_frac: float | None,
+) -> tuple[list[int], list[str]]:
+    """The rows of the sources to drop (the named ``sources``, else the report's top ones) and those sources."""
+    if source_column not in ds.column_names:
+        raise ValueError(
+            f"the dataset has no {source_column!r} column (columns: {ds.column_names}): "
+            "pass source_column / --source-column, or use --action filter"
+        )
+    values = [str(s) for s in ds[source_column]]
+    if sources:
+        sources = [str(s) for s in sources]
+        if top_k is not None or top_frac is not None:
+            raise ValueError("give either sources (--source) or top_k / top_frac, not both")
+        unknown = sorted(set(sources) - set(values))
+        if unknown:
+            raise ValueError(f"no such source {unknown} in {source_column!r}; the dataset has {sorted(set(values))}")
+    else:
+        sources = _pick_sources(_ranked_sources(chosen), top_k, top_frac)
+    blamed = set(sources)
+    return [i for i, s in enumerate(values) if s in blamed], sources
+
+
+def _apply(ds: Dataset, action: Action, changed: list[int]) -> Dataset:
+    """``ds`` with the ``changed`` rows swapped (``swap``) or removed (``filter``, ``drop-source``)."""
     if action == "swap":
         missing = {"chosen", "rejected"} - set(ds.column_names)
         if missing:
             raise ValueError(f"cannot swap: the dataset lacks {sorted(missing)} (columns: {ds.column_names})")
         targets = set(changed)
-        ds = ds.map(
+        return ds.map(
             lambda row, i: {"chosen": row["rejected"], "rejected": row["chosen"]} if i in targets else row,
             with_indices=True,
         )
-    else:
-        drop = set(changed)
-        ds = ds.select([i for i in range(len(ds)) if i not in drop])
-    manifest["rows_changed"] = len(changed)
-    manifest["rows_after"] = len(ds)
-    return ds, manifest
+    drop = set(changed)
+    return ds.select([i for i in range(len(ds)) if i not in drop])

@@ -180,23 +180,7 @@ def greedy_traced(
             input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
             mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
             prefill.clear()  # the prompt pass of this batch's generation fills it
-            chosen = _ChosenLogProbs()
-            out = net.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=pad,
-                eos_token_id=eos,
-                use_cache=True,
-                logits_processor=LogitsProcessorList([chosen]),
-            )
-            new = out[:, width:]
-            logprobs = torch.stack(chosen.steps, dim=1)
+            new, logprobs = _generate(net, input_ids, mask, max_new_tokens, pad, eos)
             for b, (i, row) in enumerate(zip(rows, new.tolist(), strict=True)):
                 cut = next((j for j, token in enumerate(row) if token in eos), len(row))
                 responses[i] = row[:cut]
@@ -213,6 +197,28 @@ def greedy_traced(
                     prompt,
                 )
     return responses, [trace for trace in traces if trace is not None]
+
+
+def _generate(
+    net: Any, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, pad: int, eos: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy new tokens (B, T) of a left-padded batch and the log-probability of each (B, T)."""
+    chosen = _ChosenLogProbs()
+    out = net.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        use_cache=True,
+        logits_processor=LogitsProcessorList([chosen]),
+    )
+    return out[:, input_ids.shape[1] :], torch.stack(chosen.steps, dim=1)
 
 
 @dataclass(frozen=True)
