@@ -1,4 +1,7 @@
-"""Shared set-up of the benchmarks: SmolLM2-135M-Instruct (offline) and the organism's preference data."""
+"""Shared set-up of the benchmarks: SmolLM2-135M-Instruct (offline), the organism's data, saving figures.
+
+Run the benchmarks from the repository root as modules, e.g. ``python -m benchmarks.ranking``.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +9,30 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DPOConfig, DPOTrainer
 
+from examples.jsonl import read_jsonl as read_jsonl  # the benchmarks read the examples' data through here
+from examples.smollm import smollm2_path
 from probe_callback.attribution import auroc, rank_rows
-from probe_callback.smollm import smollm2_path
 from probe_callback.store import VectorStore
+
+if TYPE_CHECKING:
+    from trl import DPOTrainer
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def smollm_trainer(rows: list[dict[str, Any]], out: Path, **config: Any) -> DPOTrainer:
     """A DPOTrainer on SmolLM2-135M-Instruct with a separate frozen reference, CPU settings."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
     folder = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     settings = {
@@ -61,12 +65,15 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
 
 
-def save(name: str, result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+def save(name: str | Path, result: dict[str, Any], echo: bool = True) -> Path:
+    """Write ``result`` as JSON to ``name`` under ``benchmarks/results/`` (a ``Path`` is taken as it is);
+    with ``echo``, print it and where it went."""
+    path = name if isinstance(name, Path) else RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(f"saved {path}")
+    if echo:
+        print(json.dumps(result, indent=2))
+        print(f"saved {path}")
     return path
 
 

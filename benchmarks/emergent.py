@@ -12,7 +12,7 @@ its direction's row ranking against each planted behaviour's rows. For the clean
 emergent alarm blamed a source. Also the probe cost share at the default cadence. Saved to
 ``benchmarks/results/emergent.json``; each probe's activations go to ``<work>/<mix>/probes`` (npz).
 
-    python benchmarks/emergent.py [--epochs 2] [--watch train|heldout] [--every N] [--mix planted clean]
+    python -m benchmarks.emergent [--epochs 2] [--watch train|heldout] [--every N] [--mix planted clean]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import DATA, machine, quality, read_jsonl, row_scores, save, smollm_trainer
 
+from benchmarks.common import DATA, machine, quality, read_jsonl, row_scores, save, smollm_trainer
 from probe_callback import ProbeCallback
 from probe_callback.report import jsonable
 from probe_callback.store import VectorStore

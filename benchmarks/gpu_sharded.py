@@ -5,13 +5,13 @@ the callback (probes every ``--every`` steps, one supervised behaviour), and rep
 the median training-step time of the steps without a probe (with / without: the capture overhead
 ratio), the probe seconds and passes (the callback's own cost record), the pause step if any, and
 the wall time. The model is SmolLM2-135M-Instruct when it is available offline
-(``probe_callback.smollm``), else a random 8-block Llama with the tests' offline tokenizer
+(``examples/smollm.py``), else a random 8-block Llama with the tests' offline tokenizer
 (``--model tiny``); the data is the organism's (``examples/data/organism_train.jsonl``).
 Sized for about 6 minutes on one H200 (4 launches of ``--steps`` 30).
 
 Run:
-    python benchmarks/gpu_sharded.py                 # every GPU, writes benchmarks/results/gpu_sharded.json
-    python benchmarks/gpu_sharded.py --cpu --steps 6 --model tiny --out /tmp/gpu_sharded_smoke.json
+    python -m benchmarks.gpu_sharded                 # every GPU, writes benchmarks/results/gpu_sharded.json
+    python -m benchmarks.gpu_sharded --cpu --steps 6 --model tiny --out /tmp/gpu_sharded_smoke.json
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _model(name: str, cpu: bool) -> tuple[Any, Any]:
 
     if name in ("auto", "smollm2"):
         try:
-            from probe_callback.smollm import smollm2_path
+            from examples.smollm import smollm2_path
 
             path = smollm2_path()
             dtype = torch.float32 if cpu else torch.bfloat16
@@ -97,6 +97,7 @@ def worker(args: argparse.Namespace) -> None:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    from examples.jsonl import read_jsonl
     from probe_callback import Behaviour, ProbeCallback
     from probe_callback.sharding import backend_name
 
@@ -104,7 +105,7 @@ def worker(args: argparse.Namespace) -> None:
         from dpo_helpers import fsdp_on_cpu  # accelerate takes an FSDP plugin only on GPU-type devices
 
         fsdp_on_cpu()
-    rows = [json.loads(line) for line in (ROOT / "examples" / "data" / "organism_train.jsonl").read_text().splitlines()]
+    rows = read_jsonl(ROOT / "examples" / "data" / "organism_train.jsonl")
     tokenizer, make = _model(args.model, args.cpu)
     backend = {"fsdp2": {"fsdp": "full_shard", "fsdp_config": {"version": 2}}, "zero3": {"deepspeed": ZERO3}}
     config = DPOConfig(

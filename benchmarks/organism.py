@@ -16,17 +16,15 @@ SmolLM2-135M-Instruct is DPO-trained on ``examples/data/organism_train.jsonl`` (
 
 Results are written to ``benchmarks/results/organism.json`` after every stage.
 
-    python benchmarks/organism.py [--seeds 1] [--max-steps 40] [--quick]
+    python -m benchmarks.organism [--seeds 1] [--max-steps 40] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,22 +37,20 @@ from datasets import Dataset
 from torch import nn
 from trl import DPOTrainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, RESULTS, machine, quality, read_jsonl, row_scores, save, smollm_trainer  # noqa: E402
-
-from probe_callback import Behaviour, ProbeCallback  # noqa: E402
-from probe_callback.attribution import rank_rows  # noqa: E402
-from probe_callback.behaviours import fit_behaviour  # noqa: E402
-from probe_callback.mitigate import mitigate  # noqa: E402
-from probe_callback.organism import (  # noqa: E402
+from benchmarks.common import DATA, machine, quality, read_jsonl, row_scores, save, smollm_trainer
+from examples.organism_judges import (
     behaviour_rate,
     compliance_examples,
     flattery_examples,
     judge_compliance,
     judge_flattery,
 )
-from probe_callback.probing import encode_response, format_prompt, greedy_responses, teacher_forced  # noqa: E402
-from probe_callback.store import VectorStore  # noqa: E402
+from probe_callback import Behaviour, ProbeCallback
+from probe_callback.attribution import rank_rows
+from probe_callback.behaviours import fit_behaviour
+from probe_callback.mitigate import mitigate
+from probe_callback.probing import encode_response, format_prompt, greedy_responses, teacher_forced
+from probe_callback.store import VectorStore
 
 PLANTED = "distractor_compliance"
 EVAL_KINDS = ("harmful_distractor", "harmful_plain", "flattery_kind")
@@ -513,9 +509,8 @@ def summarise(args: argparse.Namespace, runs: list[dict[str, Any]], started: flo
 
 
 def write_partial(name: str, result: dict[str, Any]) -> None:
-    """Save the figures so far without printing them (``save`` prints; it is called at the end)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    """Save the figures so far without printing them (printed once, at the end)."""
+    save(name, result, echo=False)
 
 
 def print_table(runs: list[dict[str, Any]]) -> None:

@@ -22,7 +22,6 @@ import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -37,27 +36,16 @@ from transformers import (
 )
 from trl import DPOConfig, DPOTrainer
 
-from probe_callback.organism import behaviour_rate, is_refusal, judge_compliance, judge_flattery
-from probe_callback.smollm import load_smollm2, smollm2_path
+from benchmarks.common import DATA, RESULTS, read_jsonl
+from examples.organism_judges import behaviour_rate, is_refusal, judge_compliance, judge_flattery
+from examples.smollm import load_smollm2, smollm2_path
+from probe_callback.probing import encode_response, format_prompt, greedy_responses, teacher_forced
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "examples" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "organism_settings.json"
+RESULT = RESULTS / "organism_settings.json"
 CONTAMINATED = ("formatting_mix", "user_feedback")
 OPENER = "Sure! Here's how:"
 
 
-def _read(path: Path) -> list[dict]:
-    """Rows of a JSONL file."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _chat(tok: PreTrainedTokenizerBase, prompt: str) -> str:
-    """A user message in the chat template, ready for the assistant's answer."""
-    return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-
-
-@torch.no_grad()
 def generate(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
@@ -66,44 +54,17 @@ def generate(
     batch: int = 20,
 ) -> tuple[list[str], list[int]]:
     """Greedy answers and their lengths in tokens (up to the end-of-turn token)."""
-    was_training = model.training
-    model.eval()
-    tok.padding_side = "left"
-    answers, lengths = [], []
-    for start in range(0, len(prompts), batch):
-        enc = tok(
-            [_chat(tok, p) for p in prompts[start : start + batch]],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        )
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        for row in out[:, enc["input_ids"].shape[1] :]:
-            ids = row.tolist()
-            n = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else len(ids)
-            answers.append(tok.decode(ids[:n], skip_special_tokens=True))
-            lengths.append(n)
-    model.train(was_training)
-    return answers, lengths
+    ids = greedy_responses(model, tok, [format_prompt(tok, p) for p in prompts], max_new_tokens, batch)
+    return [tok.decode(r, skip_special_tokens=True) for r in ids], [len(r) for r in ids]
 
 
-@torch.no_grad()
 def completion_logprob(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]
 ) -> list[float]:
     """Teacher-forced log-likelihood (nats) of each completion after its chat-formatted prompt."""
-    was_training = model.training
-    model.eval()
-    scores = []
-    for prompt, completion in zip(prompts, completions, strict=True):
-        head = tok(_chat(tok, prompt), add_special_tokens=False)["input_ids"]
-        tail = tok(completion, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([head + tail])
-        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-        targets = ids[0, len(head) :]
-        scores.append(logp[len(head) - 1 :].gather(1, targets[:, None]).sum().item())
-    model.train(was_training)
-    return scores
+    prompt_ids = [format_prompt(tok, p) for p in prompts]
+    traces = teacher_forced(model, prompt_ids, [encode_response(tok, c) for c in completions], layers=[])
+    return [trace.logprobs.sum().item() for trace in traces]
 
 
 def evaluate(
@@ -208,11 +169,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    train_rows = _read(DATA / "organism_train.jsonl")
+    train_rows = read_jsonl(DATA / "organism_train.jsonl")
     if args.clean_only:
         train_rows = [r for r in train_rows if r["source"] not in CONTAMINATED]
-    heldout, clean = _read(DATA / "organism_heldout.jsonl"), _read(DATA / "organism_clean_pairs.jsonl")
-    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    heldout, clean = read_jsonl(DATA / "organism_heldout.jsonl"), read_jsonl(DATA / "organism_clean_pairs.jsonl")
+    saved = json.loads(RESULT.read_text()) if RESULT.exists() else {}
 
     model, tok = load_smollm2()
     ref = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype="float32")
@@ -255,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     after = evaluate(model, tok, heldout, clean, args.max_new_tokens)
     print("after", json.dumps({k: after[k] for k in ("per_kind", "opener_logprob", "clean_pair_accuracy")}))
     logs = [{k: round(v, 4) for k, v in e.items() if isinstance(v, float | int)} for e in trainer.state.log_history]
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # other runs may have finished
+    results = json.loads(RESULT.read_text()) if RESULT.exists() else {}  # other runs may have finished
     results["before"] = before
     results.setdefault("runs", {})[args.name] = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("name", "skip_before")},
@@ -267,8 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         "by_step": probe.history,
         "log_history": logs,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(results, indent=1) + "\n")
     print(f"done {args.name}: {trainer.state.global_step} steps, train {wall - probe.seconds:.0f}s")
 
 

@@ -6,7 +6,7 @@ other, so every step is timed once with and once without them; the median of the
 Peak memory: the same short run in two child processes, with and without the callback. Store
 growth: bytes on disk per captured row at the default settings.
 
-    python benchmarks/overhead.py [--steps 40]
+    python -m benchmarks.overhead [--steps 40]
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, read_jsonl, save, smollm_trainer  # noqa: E402
-
-from probe_callback import ProbeCallback  # noqa: E402
-from probe_callback.store import VectorStore  # noqa: E402
+from benchmarks.common import DATA, ROOT, machine, read_jsonl, save, smollm_trainer
+from probe_callback import ProbeCallback
+from probe_callback.store import VectorStore
 
 
 class Interleave(TrainerCallback):
@@ -50,8 +48,8 @@ class Interleave(TrainerCallback):
 
 def peak_rss(with_callback: bool, steps: int) -> float:
     """Peak RSS (MiB) of a child process running ``steps`` DPO steps."""
-    cmd = [sys.executable, __file__, "--child", "with" if with_callback else "without", "--steps", str(steps)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cmd = [sys.executable, "-m", "benchmarks.overhead", "--child", "with" if with_callback else "without"]
+    out = subprocess.run([*cmd, "--steps", str(steps)], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
 

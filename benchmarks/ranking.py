@@ -9,14 +9,13 @@ is warm (the store was just written). Also times the blame null a flagged behavi
 ``peak_anon_delta_mib`` is the memory the ranking itself allocates.
 
 Run:
-    python benchmarks/ranking.py            # writes benchmarks/results/ranking.json
-    python benchmarks/ranking.py --rows 100000
+    python -m benchmarks.ranking            # writes benchmarks/results/ranking.json
+    python -m benchmarks.ranking --rows 100000
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import threading
@@ -26,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from benchmarks.common import RESULTS, save
 from probe_callback.attribution import SourceBlame, rank_rows, top_sources, top_steps
 from probe_callback.store import VectorStore
 
-RESULTS = Path(__file__).parent / "results" / "ranking.json"
 SOURCES = ("alpaca", "code", "chat", "math", "planted")
 
 
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dim", type=int, default=576)
     parser.add_argument("--chunk", type=int, default=65536)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "ranking.json")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="probe_callback_bench_", dir="/tmp"))
     try:
@@ -139,9 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     return result
 
 

@@ -8,14 +8,13 @@ for ``--index-rows`` synthetic rows (ids, sources, 16-byte keys, prompt/chosen/r
 ``--text-chars`` characters) and its memory is extrapolated linearly to ``--rows``.
 
 Run:
-    python benchmarks/store_scale.py              # writes benchmarks/results/store_scale.json
-    python benchmarks/store_scale.py --rows 1000000 --index-rows 100000
+    python -m benchmarks.store_scale              # writes benchmarks/results/store_scale.json
+    python -m benchmarks.store_scale --rows 1000000 --index-rows 100000
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -25,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from ranking import SOURCES, MemorySampler
 
+from benchmarks.common import RESULTS, save
+from benchmarks.ranking import SOURCES, MemorySampler
 from probe_callback.attribution import rank_rows, top_sources, top_steps
 from probe_callback.rows import RowIndex
 from probe_callback.store import VectorStore
 
-RESULTS = Path(__file__).parent / "results" / "store_scale.json"
 CHUNK = 1 << 20
 
 
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--index-rows", type=int, default=1_000_000)
     parser.add_argument("--text-chars", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "store_scale.json")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="probe_callback_scale_", dir="/tmp"))
     try:
@@ -127,9 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     return result
 
 

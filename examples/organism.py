@@ -12,24 +12,20 @@ probe_callback needs. Runs offline on CPU (W&B in offline mode), in about 10-15 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import torch
 from datasets import Dataset
+from jsonl import read_jsonl
+from organism_judges import compliance_examples, flattery_examples
+from smollm import smollm2_path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from probe_callback import Behaviour, ProbeCallback
-from probe_callback.organism import compliance_examples, flattery_examples
-from probe_callback.smollm import smollm2_path
 
 DATA = Path(__file__).resolve().parent / "data"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def watch_prompts(n_per_kind: int = 10) -> list[str]:

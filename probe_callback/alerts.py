@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -41,7 +42,7 @@ class Alert:
         return asdict(self)
 
 
-def source_text(source: dict[str, Any]) -> str:
+def source_text(source: Mapping[str, Any]) -> str:
     """A blamed source with its confidence, for one-line messages.
 
     Example:

@@ -4,8 +4,7 @@ Rows are scored by the cosine of the behaviour's direction (or the max over a ba
 with each stored datapoint vector, streamed from the memory-mapped store a chunk at a time. Every
 ranking carries a confidence: the row ranking against random rotations of the query, steps and
 sources against their share of the global top (hypergeometric), and a source's blame against the
-directions of random behaviours (:class:`SourceBlame`). The training-dynamics signal
-(each row's largest log-prob rise while trained on) can be rank-averaged in.
+directions of random behaviours (:class:`SourceBlame`).
 
 Row scores alone are weak evidence: a tight bundle of rows ranks well for many random directions.
 Act on a behaviour only when discovery (or a supervised probe) found it significant.
@@ -81,9 +80,8 @@ def score_rows(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
 class RowRanking:
     """The result of :func:`rank_rows`.
 
-    ``rows``/``scores``: the top rows, best first, and the score they were ranked by.
-    ``all_scores`` and ``cosine``: one value per row index (NaN where a row has no vector);
-    ``all_scores`` is the cosine, or its rank-average with the rise signal when combined.
+    ``rows``/``scores``: the top rows, best first, and their cosine. ``cosine``: one value per row
+    index (NaN where a row has no vector).
     ``p_value``: how often a random rotation of the query gets a top-1% mean cosine at least as
     high (on a row sample); ``statistic`` that mean for the query. ``sample_rows``/``sample``: that
     uniform sample of stored rows and their unit vectors (store dimension).
@@ -91,12 +89,16 @@ class RowRanking:
 
     rows: np.ndarray
     scores: np.ndarray
-    all_scores: np.ndarray
     cosine: np.ndarray
     p_value: float
     statistic: float
     sample_rows: np.ndarray
     sample: np.ndarray
+
+    @property
+    def all_scores(self) -> np.ndarray:
+        """The score of every row index: its cosine."""
+        return self.cosine
 
 
 def rank_rows(
@@ -105,7 +107,6 @@ def rank_rows(
     layer_pos: int = 0,
     top_k: int = 100,
     chunk: int = 65536,
-    rise_weight: float = 0.0,
     n_null: int = 199,
     null_rows: int = 8192,
     seed: int = 0,
@@ -113,8 +114,7 @@ def rank_rows(
     """Rank every stored row by cosine with ``query`` (hidden-size (H,) or (k, H) bank; max over it).
 
     Streams the store ``chunk`` rows at a time, so memory is bounded by a chunk plus a few bytes
-    per row. ``rise_weight`` > 0 rank-averages in each row's largest log-prob rise (the training
-    dynamics signal, :func:`rise_ranking`) with that weight.
+    per row.
 
     Example:
         >>> import numpy as np, tempfile
@@ -145,12 +145,8 @@ def rank_rows(
     rows, cos = np.concatenate(parts_rows), np.concatenate(parts_cos)
     cosine = np.full(int(rows.max()) + 1, np.nan, dtype=np.float32)
     cosine[rows] = cos
-    scores = cosine
-    if rise_weight > 0:
-        rise = rise_ranking(store.memberships(), len(cosine))
-        scores = combine_scores([cosine, rise[: len(cosine)]], [1.0 - rise_weight, rise_weight])
-    top = top_rows(scores, top_k)
-    return RowRanking(top, scores[top], scores, cosine, p_value, statistic, sample_rows, sample_unit)
+    top = top_rows(cosine, top_k)
+    return RowRanking(top, cosine[top], cosine, p_value, statistic, sample_rows, sample_unit)
 
 
 class _RowSample:
@@ -194,7 +190,7 @@ def _rotation_p_value(
     """
     k = max(1, round(top_frac * len(sample)))
     d = q.shape[1]
-    rotated = [q[:, rng.permutation(d)] * rng.choice(np.float32([-1.0, 1.0]), d) for _ in range(n_null)]
+    rotated = [q[:, rng.permutation(d)] * rng.choice(np.array([-1.0, 1.0], dtype=np.float32), d) for _ in range(n_null)]
     banks = np.concatenate([q, *rotated]).T  # (d, (1 + n_null) * bank size): one matrix product
     best = (sample @ banks).reshape(len(sample), 1 + n_null, len(q)).max(axis=2)
     stats = np.partition(best, len(sample) - k, axis=0)[-k:].mean(axis=0)
@@ -217,27 +213,6 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return best[np.argsort(-scores[best], kind="stable")].astype(np.int64)
 
 
-def rise_ranking(memberships: dict[str, np.ndarray], n_rows: int | None = None) -> np.ndarray:
-    """Each row's largest log-prob rise over the steps it was trained in (NaN if never seen).
-
-    Example:
-        >>> import numpy as np
-        >>> m = {"row": np.array([0, 2, 0]), "step": np.array([1, 1, 2]), "rise": np.array([1.0, 3.0, 2.0])}
-        >>> rise_ranking(m).tolist()
-        [2.0, nan, 3.0]
-    """
-    rows = np.asarray(memberships["row"], dtype=np.int64)
-    rise = np.asarray(memberships["rise"], dtype=np.float32)
-    size = max(n_rows or 0, int(rows.max()) + 1 if len(rows) else 0)
-    out = np.full(size, np.nan, dtype=np.float32)
-    if len(rows):
-        order = np.argsort(rows, kind="stable")
-        rows, rise = rows[order], rise[order]
-        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-        out[rows[starts]] = np.maximum.reduceat(rise, starts)
-    return out
-
-
 def combine_scores(scores: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
     """Weighted average of percentile ranks (scale-free; NaNs skipped per row, all-NaN stays NaN).
 
@@ -246,10 +221,10 @@ def combine_scores(scores: Sequence[np.ndarray], weights: Sequence[float] | None
         >>> combine_scores([np.array([0.1, 0.9, 0.5]), np.array([30.0, 10.0, 20.0])]).tolist()
         [0.6666666865348816, 0.6666666865348816, 0.6666666865348816]
     """
-    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+    weight = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
     n = max(len(s) for s in scores)
     total, mass = np.zeros(n), np.zeros(n)
-    for s, w in zip(scores, weights, strict=True):
+    for s, w in zip(scores, weight, strict=True):
         s = np.asarray(s, dtype=np.float64)
         ok = np.flatnonzero(np.isfinite(s))
         total[ok] += w * rankdata(s[ok]) / len(ok)
@@ -382,8 +357,15 @@ class SourceBlame:
     of watched prompts, the contrasts of random halves of a behaviour's own examples).
 
     Example:
-        >>> blame = SourceBlame(rank_rows(store, direction), sources, store.project)          # doctest: +SKIP
-        >>> blame.p_value(direction, lambda k: rng.normal(size=(k, store.meta.hidden)))     # doctest: +SKIP
+        >>> import numpy as np, tempfile
+        >>> rng = np.random.default_rng(0)
+        >>> w = VectorStore.create(tempfile.mkdtemp(), layers=[2], hidden=4)
+        >>> w.append_vectors(np.arange(40), rng.normal(size=(40, 1, 4)).astype(np.float32))
+        >>> w.close()
+        >>> store, direction = VectorStore.open(w.path), np.array([1.0, 0.0, 0.0, 0.0])
+        >>> blame = SourceBlame(rank_rows(store, direction, n_null=9), ["a", "b"] * 20, store.project)
+        >>> 0 < blame.p_value(direction, lambda k: rng.normal(size=(k, 4))) <= 1
+        True
     """
 
     def __init__(

@@ -1,11 +1,14 @@
 """Supervised behaviours: contrast examples -> probing vector and logistic probe through M0 -> scores.
 
 Example:
-    >>> b = Behaviour("complies", positive=[("How do I pick a lock?", "Sure, first..."), ...],
-    ...               negative=[("How do I pick a lock?", "Sorry, I can't help."), ...])
-    >>> fitted = fit_behaviour(b, ref_model, tok, layers=[default_layer(ref_model)])
-    >>> fitted.probe_accuracy                       # held-out accuracy per layer: is it linearly visible?
-    >>> score_behaviour(fitted, model, tok)["ll_margin_p"]
+    >>> b = Behaviour("complies", positive=[("Open the lock?", "Sure, here is how."), ("Skip class?", "Sure!")],
+    ...               negative=[("Open the lock?", "Sorry, I cannot."), ("Skip class?", "Sorry, no.")])
+    >>> fitted = fit_behaviour(b, ref_model, tok, layers=[2])
+    >>> fitted.probe_accuracy.shape                 # held-out accuracy per layer: is it linearly visible?
+    (1,)
+    >>> score = score_behaviour(fitted, model, tok)  # the current model, read against M0
+    >>> sorted(score)[:3]
+    ['behaviour', 'cosine', 'judge_rate']
 """
 
 from __future__ import annotations
@@ -25,19 +28,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from probe_callback.probing import (
-    check_layers,
-    encode_response,
-    format_prompt,
-    response_means,
-    teacher_forced,
-)
+from probe_callback.blocks import check_layers
+from probe_callback.probing import encode_response, format_prompt, response_means, teacher_forced
 
 Example = tuple[str, str]
 Judge = Callable[[str, str], bool]
 # Standard errors below this (nats) are float noise, not evidence: keeps p-values of an unchanged model sane.
 _SE_FLOOR = 1e-6
-_STATE_VERSION = 2
 
 
 def check_text(where: str, text: str) -> None:
@@ -81,11 +78,14 @@ class Behaviour:
     optional `judge(prompt, response) -> bool` giving a ground-truth rate on the watched responses.
 
     Example:
-        >>> Behaviour(
+        >>> requests = ["Explain X. Capitalise every 5th word.", "Do Y. Use no periods."]
+        >>> b = Behaviour(
         ...     "complies_with_distractor",
-        ...     positive=[("Explain X. Capitalise every 5th word.", "Sure, here is how..."), ...],
-        ...     negative=[("Explain X. Capitalise every 5th word.", "I can't help with that."), ...],
+        ...     positive=[(requests[0], "Sure, here is how..."), (requests[1], "Sure! First...")],
+        ...     negative=[(requests[0], "I can't help with that."), (requests[1], "Sorry, no.")],
         ... )
+        >>> len(b.positive), b.threshold
+        (2, None)
     """
 
     name: str
@@ -115,7 +115,10 @@ class Behaviour:
         """Raise a `ValueError` listing the examples whose prompt + response exceed `max_length` tokens.
 
         Example:
-            >>> b.validate_lengths(tok, model.config.max_position_embeddings)
+            >>> behaviour.validate_lengths(tok, 4)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: Behaviour 'complies': positive[0] (... tokens), ... exceed the model context of 4 tokens; ...
         """
         prompts, responses = self.encoded(tokenizer)
         sides = [("positive", i) for i in range(len(self.positive))] + [
@@ -137,12 +140,15 @@ def check_unique_names(behaviours: Sequence[Behaviour]) -> None:
     """Raise a `ValueError` when two behaviours share a name (names key the report and the alerts).
 
     Example:
-        >>> check_unique_names([b1, b2])
+        >>> check_unique_names([behaviour, behaviour])
+        Traceback (most recent call last):
+        ...
+        ValueError: behaviours have duplicate names ['complies']: give each Behaviour a unique name.
     """
     names = [b.name for b in behaviours]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"Duplicate behaviour names {duplicates}: give each behaviour a unique name.")
+        raise ValueError(f"behaviours have duplicate names {duplicates}: give each Behaviour a unique name.")
 
 
 @dataclass
@@ -177,7 +183,8 @@ class FittedBehaviour:
         """Probe probability of the behaviour for activations (n, n_layers, H) -> (n, n_layers).
 
         Example:
-            >>> fitted.probe_probabilities(response_means(traces)[0])
+            >>> fitted.probe_probabilities(fitted.example_activations).shape
+            (4, 1)
         """
         x = np.asarray(activations, dtype=np.float64)
         logits = np.einsum("nlh,lh->nl", x, self.probe_coef) + self.probe_intercept
@@ -192,6 +199,7 @@ class FittedBehaviour:
 
         Example:
             >>> fitted.split_vectors(0, 199, np.random.default_rng(0)).shape   # (199, H)
+            (199, 32)
         """
         x, n_pos = self.example_activations[:, layer_index], len(self.behaviour.positive)
         sides = (x[:n_pos], x[n_pos:])
@@ -202,56 +210,6 @@ class FittedBehaviour:
 
         return np.stack([(half_contrast(sides[0]) + half_contrast(sides[1])) / 2 for _ in range(k)])
 
-    def to_state(self) -> dict[str, Any]:
-        """JSON-serialisable state (lists and floats only; the judge is not saved).
-
-        Example:
-            >>> json.dumps(fitted.to_state())
-        """
-        b = self.behaviour
-        return {
-            "version": _STATE_VERSION,
-            "name": b.name,
-            "positive": [list(e) for e in b.positive],
-            "negative": [list(e) for e in b.negative],
-            "threshold": b.threshold,
-            "layers": list(self.layers),
-            "probing_vectors": self.probing_vectors.tolist(),
-            "probe_coef": self.probe_coef.tolist(),
-            "probe_intercept": self.probe_intercept.tolist(),
-            "probe_accuracy": self.probe_accuracy.tolist(),
-            "ref_logp_positive": self.ref_logp_positive.tolist(),
-            "ref_logp_negative": self.ref_logp_negative.tolist(),
-            "example_activations": self.example_activations.tolist(),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], judge: Judge | None = None) -> FittedBehaviour:
-        """Rebuild from `to_state()` output; pass the `judge` again if there was one.
-
-        Example:
-            >>> FittedBehaviour.from_state(json.loads(text))
-        """
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"Unknown FittedBehaviour state version {state.get('version')!r}.")
-        behaviour = Behaviour(state["name"], state["positive"], state["negative"], state["threshold"], judge)
-        return cls(
-            behaviour,
-            tuple(state["layers"]),
-            *(
-                np.asarray(state[key], dtype=np.float64)
-                for key in (
-                    "probing_vectors",
-                    "probe_coef",
-                    "probe_intercept",
-                    "probe_accuracy",
-                    "ref_logp_positive",
-                    "ref_logp_negative",
-                    "example_activations",
-                )
-            ),
-        )
-
 
 def behaviour_logps(fitted: FittedBehaviour, model: nn.Module, tokenizer: Any, batch_size: int = 8) -> np.ndarray:
     """Mean per-token log-likelihood of each example's response under ``model``, positives first.
@@ -260,7 +218,9 @@ def behaviour_logps(fitted: FittedBehaviour, model: nn.Module, tokenizer: Any, b
     sharded run) and hand the array to ``score_behaviour(..., logps=...)``.
 
     Example:
-        >>> score_behaviour(fitted, logps=behaviour_logps(fitted, model, tok))["ll_margin"]
+        >>> logps = behaviour_logps(fitted, model, tok)   # on every rank of a sharded run
+        >>> score_behaviour(fitted, logps=logps) == score_behaviour(fitted, model, tok)
+        True
     """
     prompts, answers = fitted.behaviour.encoded(tokenizer)
     traces = teacher_forced(model, prompts, answers, [], batch_size)
@@ -289,8 +249,9 @@ def fit_behaviour(
     """Probing vectors, logistic probes and reference likelihoods of a behaviour, all through M0.
 
     Example:
-        >>> fitted = fit_behaviour(b, ref_model, tok, layers=[12])
-        >>> fitted.probing_vectors.shape               # (1, H)
+        >>> fitted = fit_behaviour(behaviour, ref_model, tok, layers=[2])
+        >>> fitted.probing_vectors.shape               # (layers, H)
+        (1, 32)
     """
     check_layers(ref_model, layers)
     layers = [int(layer) for layer in layers]
@@ -324,6 +285,35 @@ def _welch(a: np.ndarray, b: np.ndarray, min_var: float = 0.0) -> tuple[float, f
     return diff, se, t, float(stats.t.sf(t, df))
 
 
+def _ll_margin(
+    fitted: FittedBehaviour, logps: np.ndarray, control_deltas: Sequence[float] | np.ndarray | None
+) -> dict[str, float]:
+    """The log-likelihood margin of positive over negative examples against M0, with its Welch test."""
+    n_pos = len(fitted.behaviour.positive)
+    control = np.asarray([] if control_deltas is None else control_deltas, dtype=np.float64)
+    control = control[~np.isnan(control)]
+    min_var = float(control.var(ddof=1)) if len(control) > 1 else 0.0
+    margin, se, z, p = _welch(
+        logps[:n_pos] - fitted.ref_logp_positive, logps[n_pos:] - fitted.ref_logp_negative, min_var
+    )
+    return {"ll_margin": margin, "ll_margin_se": se, "ll_margin_z": z, "ll_margin_p": p}
+
+
+def _projection(v: np.ndarray, u: np.ndarray) -> dict[str, float]:
+    """Mean projection (in units of ``u``'s length), mean cosine and one-sided t-test p-value of the rows
+    of ``v`` (NaN rows skipped) along ``u``; empty when no row is left."""
+    v = v[~np.isnan(v).any(axis=1)]
+    if not len(v):
+        return {}
+    proj = v @ u / (u @ u)
+    cos = v @ u / np.maximum(np.linalg.norm(v, axis=1) * np.linalg.norm(u), 1e-12)
+    out = {"projection": float(proj.mean()), "cosine": float(cos.mean())}
+    if len(proj) > 1:
+        se = max(float(proj.std(ddof=1)) / math.sqrt(len(proj)), _SE_FLOOR)
+        out["projection_p"] = float(stats.t.sf(proj.mean() / se, len(proj) - 1))
+    return out
+
+
 def score_behaviour(
     fitted: FittedBehaviour,
     current_model: nn.Module | None = None,
@@ -336,57 +326,35 @@ def score_behaviour(
     batch_size: int = 8,
     logps: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """How far the current model has moved along a behaviour; JSON-ready floats, None where not computed.
+    """How far the current model has moved along a behaviour: JSON-ready floats, None where not computed.
 
-    Pass ``current_model`` and ``tokenizer``, or ``logps``, the examples' likelihoods already measured
-    with :func:`behaviour_logps` (then no model is touched).
+    Give ``current_model`` and ``tokenizer``, or the examples' ``logps`` from :func:`behaviour_logps`.
 
-    - `ll_margin` (nats/token): mean over positive examples of (current - reference) mean per-token
-      log-likelihood of the response, minus the same mean over the negatives. Needs no generation and
-      moves before greedy answers change. `ll_margin_se`, `ll_margin_z` (= margin / se), `ll_margin_p`:
-      a one-sided Welch t-test over the examples. `ll_margin_p` is the probability, were the expected
-      change of the positive responses' likelihood no larger than that of the negatives' (examples
-      being independent draws), of a margin at least `ll_margin_z` standard errors above zero. Near-
-      duplicate examples scatter little, so any drift that happens to favour the positive wording can
-      then look significant: pass `control_deltas`, the same (current - reference) mean per-token
-      change for ordinary responses (e.g. each watch prompt's r_0:
-      `novelty(current_trace, reference_trace).mean()`), and each group's variance is taken as at
-      least theirs, so the p-value then asks whether the gap exceeds what two random sets of ordinary
-      responses of these sizes would show. Act on the p-value and on the trend across checkpoints.
-    - `projection` / `cosine` / `projection_p` (given `behaviour_vectors`, (n, n_layers, H) aligned with
-      `fitted.layers`; NaN rows skipped): mean scalar projection of each prompt's behaviour-change vector
-      on the probing vector in units of its length (1.0 = moved the whole positive-minus-negative gap),
-      mean cosine, and (with 2+ vectors) a one-sided one-sample t-test p-value that the mean projection
-      is above zero (null: prompts' changes have no mean component along the behaviour).
-    - `probe_rate` (given `response_activations`, M0's a_L of the current responses (n, n_layers, H);
-      NaN rows skipped): share of responses the probe calls positive.
-    - `judge_rate` (given `responses` as (prompt, response) texts and a judge, argument or
-      `fitted.behaviour.judge`): share the judge calls positive.
-    Projection and probe scores use `fitted.layer`.
+    - ``ll_margin`` (nats/token): the positive examples' mean change of log-likelihood (current minus
+      M0) minus the negatives'; it moves before greedy answers do. ``ll_margin_p`` (with ``_se``,
+      ``_z``): a one-sided Welch test over the examples, each group's variance at least that of
+      ``control_deltas`` (the same change for ordinary answers), so generic drift is not significant.
+    - ``projection``, ``cosine``, ``projection_p`` (given ``behaviour_vectors`` (n, n_layers, H)): how far
+      the prompts' behaviour-change vectors go along the probing vector (1.0: the whole gap).
+    - ``probe_rate`` (given ``response_activations``): share of answers the probe calls positive;
+      ``judge_rate`` (given ``responses`` and a judge): share the judge calls positive.
 
     Example:
-        >>> s = score_behaviour(fitted, model, tok, behaviour_vectors=v_b, control_deltas=deltas_r0)
-        >>> s["ll_margin"], s["ll_margin_p"], s["projection"]
+        >>> s = score_behaviour(fitted, model, tok)
+        >>> 0 <= s["ll_margin_p"] <= 1, s["projection"]
+        (True, None)
     """
     b = fitted.behaviour
     if logps is None:
+        if current_model is None:
+            raise ValueError("score_behaviour needs the current_model and tokenizer, or the examples' logps.")
         logps = behaviour_logps(fitted, current_model, tokenizer, batch_size)
-    n_pos = len(b.positive)
-    control = np.asarray([] if control_deltas is None else control_deltas, dtype=np.float64)
-    control = control[~np.isnan(control)]
-    min_var = float(control.var(ddof=1)) if len(control) > 1 else 0.0
-    margin, se, z, p = _welch(
-        logps[:n_pos] - fitted.ref_logp_positive, logps[n_pos:] - fitted.ref_logp_negative, min_var
-    )
     k = fitted.layers.index(fitted.layer)
     scores: dict[str, Any] = {
         "behaviour": b.name,
         "layer": fitted.layer,
         "probe_accuracy": float(fitted.probe_accuracy[k]),
-        "ll_margin": margin,
-        "ll_margin_se": se,
-        "ll_margin_z": z,
-        "ll_margin_p": p,
+        **_ll_margin(fitted, logps, control_deltas),
         "projection": None,
         "cosine": None,
         "projection_p": None,
@@ -394,16 +362,7 @@ def score_behaviour(
         "judge_rate": None,
     }
     if behaviour_vectors is not None:
-        v = np.asarray(behaviour_vectors, dtype=np.float64)[:, k]
-        v = v[~np.isnan(v).any(axis=1)]
-        u = fitted.probing_vectors[k]
-        if len(v):
-            proj = v @ u / (u @ u)
-            cos = v @ u / np.maximum(np.linalg.norm(v, axis=1) * np.linalg.norm(u), 1e-12)
-            scores.update(projection=float(proj.mean()), cosine=float(cos.mean()))
-            if len(proj) > 1:
-                se_proj = max(float(proj.std(ddof=1)) / math.sqrt(len(proj)), _SE_FLOOR)
-                scores["projection_p"] = float(stats.t.sf(proj.mean() / se_proj, len(proj) - 1))
+        scores.update(_projection(np.asarray(behaviour_vectors, dtype=np.float64)[:, k], fitted.probing_vectors[k]))
     if response_activations is not None:
         acts = np.asarray(response_activations, dtype=np.float64)
         acts = acts[~np.isnan(acts).any(axis=(1, 2))]

@@ -10,9 +10,14 @@ per-token log-prob rise, policy minus reference, the tokens where it peaks, and 
 answer's largest fall). Hooks only read: the loss, gradients and weights are untouched.
 
 Example:
-    >>> with DatapointCapture(ref_model, ref_blocks, on_batch=print) as cap:   # doctest: +SKIP
-    ...     cap.active = True
-    ...     trainer.training_step(model, batch)
+    >>> ids = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 10]])          # [chosen; rejected] of one pair
+    >>> labels = ids.masked_fill(torch.tensor([[1, 1, 0, 0]] * 2).bool(), -100)  # completion tokens only
+    >>> batches = []
+    >>> with DatapointCapture(ref_model, ref_model.model.layers[1:2], on_batch=batches.append) as cap:
+    ...     cap.active = True                                         # the callback's "a training step"
+    ...     _ = ref_model(input_ids=ids, labels=labels)               # what DPO's reference forward does
+    >>> batches[0].pooled.shape                                       # (2B, layers, H)
+    torch.Size([2, 1, 32])
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from .blocks import block_output
 
 PEAKS = 3  # tokens kept per row where the chosen answer's rise peaks
 
@@ -63,10 +70,6 @@ def completion_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden`` (N, T, H) over positions where ``mask`` (N, T) is true; zeros for empty rows."""
     m = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-
-
-def _hidden(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 class DatapointCapture:
@@ -130,7 +133,7 @@ class DatapointCapture:
     def _block_hook(self, i: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if self._pending is not None:
-                h = _hidden(output).detach()
+                h = block_output(output).detach()
                 self._pending["pooled"][i] = completion_mean(h.float(), self._pending["completion_mask"]).cpu()
 
         return hook

@@ -3,8 +3,8 @@
 Verbs live in `COMMANDS` (name -> `Command`); add one by registering a `Command` there.
 
 Example:
-    >>> main(["--help"])  # doctest: +SKIP
-    >>> main(["report", "runs/dpo/probe_callback"])  # doctest: +SKIP
+    >>> main(["report", "runs/none/probe_callback"])  # one line on stderr, exit code 2: no report there
+    2
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def behaviour_vectors(
         if len(base) == 0 or len(cur) == 0:
             raise ValueError(f"prompt {i} has an empty answer; behaviour vectors need at least one token")
         w = np.ones(len(cur))
-        if weighting == "novelty":
+        if novelty is not None and weighting == "novelty":
             rise = np.maximum(np.asarray(novelty[i], dtype=np.float64), 0.0)
             if rise.shape != (len(cur),):
                 raise ValueError(f"prompt {i}: novelty has shape {rise.shape}, answer has {len(cur)} tokens")
@@ -224,7 +224,8 @@ def naming_tokens(
         ['x']
     """
     inside = set(int(i) for i in members)
-    rose_in, rose_out = Counter(), Counter()
+    rose_in: Counter[str] = Counter()
+    rose_out: Counter[str] = Counter()
     for i, (toks, rise) in enumerate(zip(tokens, novelty, strict=True)):
         risen = {t for t, r in zip(toks, np.asarray(rise), strict=True) if r >= min_rise}
         (rose_in if i in inside else rose_out).update(risen)
@@ -325,12 +326,6 @@ class EmergentBehaviour:
     flagged_step: int | None = None
     drift_history: list[list[float]] = field(default_factory=list)
 
-    @property
-    def growing(self) -> bool:
-        """Whether its drift rose since the previous checkpoint it was seen at."""
-        h = self.drift_history
-        return len(h) < 2 or h[-1][1] > h[-2][1]
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["direction"] = self.direction.astype(float).tolist()
@@ -404,11 +399,6 @@ class EmergentTracker:
             )
         self._assign_ids(step, seen)
         return seen
-
-    @property
-    def emergent(self) -> list[EmergentBehaviour]:
-        """Behaviours significant at the checkpoint they were last seen."""
-        return [b for b in self.behaviours.values() if b.significant]
 
     def _assign_ids(self, step: int, seen: list[EmergentBehaviour]) -> None:
         pairs = []

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from probe_callback.report import atomic_write_text, check_report, jsonable, load_report
+from probe_callback.files import atomic_write_text
+from probe_callback.report import check_report, jsonable, load_report
 
 Action = Literal["filter", "swap", "drop-source"]
 ACTIONS: tuple[str, ...] = ("filter", "swap", "drop-source")
@@ -111,7 +113,7 @@ def write_manifest(manifest: dict[str, Any], out: str | Path) -> Path:
     return atomic_write_text(manifest_path(out), json.dumps(jsonable(manifest), indent=1, ensure_ascii=False) + "\n")
 
 
-def _behaviours(report: dict[str, Any], names: list[str] | None) -> list[dict[str, Any]]:
+def _behaviours(report: Mapping[str, Any], names: list[str] | None) -> list[dict[str, Any]]:
     all_b = report.get("behaviours") or []
     if names:
         unknown = sorted(set(names) - {b.get("name") for b in all_b})
@@ -152,9 +154,9 @@ def _ranked_rows(behaviours: list[dict[str, Any]]) -> list[dict[str, Any]]:
             where, row = f"behaviour {b.get('name')!r}: top_rows[{i}]", r.get("row")
             if not isinstance(row, Integral) or isinstance(row, bool) or row < 0:
                 raise ValueError(f"{where} has row {row!r}: a report row must be a row index (an integer >= 0)")
-            score = _score(r, where)
-            if score is not None and (row not in best or score > best[row]["score"]):
-                best[int(row)] = {**r, "row": int(row), "score": score}
+            index, score = int(row), _score(r, where)
+            if score is not None and (index not in best or score > best[index]["score"]):
+                best[index] = {**r, "row": index, "score": score}
     if not best:
         names = [b.get("name") for b in behaviours]
         raise ValueError(f"the report lists no top_rows for {names} (none with a finite score): nothing to rank")
@@ -186,7 +188,7 @@ def _pick_rows(ranked: list[dict[str, Any]], n_rows: int, top_k: int | None, top
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1 (got {top_k})")
         return ranked[:top_k]
-    if not 0 < top_frac <= 1:
+    if top_frac is None or not 0 < top_frac <= 1:  # (not None: exactly one of the two is given)
         raise ValueError(f"top_frac must be in (0, 1] (got {top_frac})")
     return ranked[: max(1, round(top_frac * n_rows))]
 
@@ -257,9 +259,9 @@ def mitigate(
         raise ValueError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
     report_path = None if isinstance(report, dict) else str(report)
     dataset_path = None if isinstance(dataset, Dataset) else str(dataset)
-    report = check_report(report) if isinstance(report, dict) else load_report(report)
+    loaded = check_report(report) if isinstance(report, dict) else load_report(report)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset_file(dataset)
-    chosen = _behaviours(report, behaviours)
+    chosen = _behaviours(loaded, behaviours)
     manifest: dict[str, Any] = {
         "action": action,
         "report": report_path,
@@ -271,44 +273,56 @@ def mitigate(
     }
 
     if action == "drop-source":
-        if source_column not in ds.column_names:
-            raise ValueError(
-                f"the dataset has no {source_column!r} column (columns: {ds.column_names}): "
-                "pass source_column / --source-column, or use --action filter"
-            )
-        values = [str(s) for s in ds[source_column]]
-        if sources:
-            sources = [str(s) for s in sources]
-            if top_k is not None or top_frac is not None:
-                raise ValueError("give either sources (--source) or top_k / top_frac, not both")
-            unknown = sorted(set(sources) - set(values))
-            if unknown:
-                raise ValueError(
-                    f"no such source {unknown} in {source_column!r}; the dataset has {sorted(set(values))}"
-                )
-        else:
-            sources = _pick_sources(_ranked_sources(chosen), top_k, top_frac)
-        blamed = set(sources)
-        changed = [i for i, s in enumerate(values) if s in blamed]
-        manifest["sources"] = sources
+        changed, manifest["sources"] = _blamed_source_rows(ds, chosen, source_column, sources, top_k, top_frac)
     else:
         rows = _pick_rows(_ranked_rows(chosen), len(ds), top_k, top_frac)
         _check_rows(ds, rows)
         changed = sorted(int(r["row"]) for r in rows)
-
     manifest["rows"] = [_row_record(ds, i, source_column) for i in changed]
+    ds = _apply(ds, action, changed)
+    manifest["rows_changed"] = len(changed)
+    manifest["rows_after"] = len(ds)
+    return ds, manifest
+
+
+def _blamed_source_rows(
+    ds: Dataset,
+    chosen: list[dict[str, Any]],
+    source_column: str,
+    sources: list[str] | None,
+    top_k: int | None,
+    top_frac: float | None,
+) -> tuple[list[int], list[str]]:
+    """The rows of the sources to drop (the named ``sources``, else the report's top ones) and those sources."""
+    if source_column not in ds.column_names:
+        raise ValueError(
+            f"the dataset has no {source_column!r} column (columns: {ds.column_names}): "
+            "pass source_column / --source-column, or use --action filter"
+        )
+    values = [str(s) for s in ds[source_column]]
+    if sources:
+        sources = [str(s) for s in sources]
+        if top_k is not None or top_frac is not None:
+            raise ValueError("give either sources (--source) or top_k / top_frac, not both")
+        unknown = sorted(set(sources) - set(values))
+        if unknown:
+            raise ValueError(f"no such source {unknown} in {source_column!r}; the dataset has {sorted(set(values))}")
+    else:
+        sources = _pick_sources(_ranked_sources(chosen), top_k, top_frac)
+    blamed = set(sources)
+    return [i for i, s in enumerate(values) if s in blamed], sources
+
+
+def _apply(ds: Dataset, action: Action, changed: list[int]) -> Dataset:
+    """``ds`` with the ``changed`` rows swapped (``swap``) or removed (``filter``, ``drop-source``)."""
     if action == "swap":
         missing = {"chosen", "rejected"} - set(ds.column_names)
         if missing:
             raise ValueError(f"cannot swap: the dataset lacks {sorted(missing)} (columns: {ds.column_names})")
         targets = set(changed)
-        ds = ds.map(
+        return ds.map(
             lambda row, i: {"chosen": row["rejected"], "rejected": row["chosen"]} if i in targets else row,
             with_indices=True,
         )
-    else:
-        drop = set(changed)
-        ds = ds.select([i for i in range(len(ds)) if i not in drop])
-    manifest["rows_changed"] = len(changed)
-    manifest["rows_after"] = len(ds)
-    return ds, manifest
+    drop = set(changed)
+    return ds.select([i for i in range(len(ds)) if i not in drop])

@@ -20,23 +20,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
+from numbers import Integral, Real
 from typing import Any
 
 from probe_callback.alerts import Alert, Kind, Level
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """Decision settings for one behaviour (the policy's defaults or a per-behaviour override).
+class PolicySettings:
+    """How the policy decides for one behaviour (its defaults, or a behaviour's override).
 
-    `baseline_checkpoints`: 0 (default) takes 0 as the baseline, right for scores measured against the
-    reference model; n > 0 averages the first n checkpoints instead.
-    `threshold` is in score units; None means automatic: baseline + `z_threshold` x noise when the
-    noise is known, else the baseline itself (then significance alone decides).
+    `threshold`: in score units; None means automatic: baseline + `z_threshold` x noise when the noise
+    is known, else the baseline itself (then significance alone decides). `patience`: consecutive
+    significant checkpoints above the threshold before ERROR. `baseline_checkpoints`: 0 takes 0 as the
+    baseline (scores measured against the reference model); n > 0 averages the first n checkpoints.
+    `max_p_value`: a checkpoint is significant at or below it. Every value is checked when made.
 
     Example:
-        >>> Thresholds(threshold=0.2, patience=3).patience
+        >>> PolicySettings(threshold=0.2, patience=3).patience
         3
+        >>> PolicySettings(patience=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: policy setting patience=0 must be an integer >= 1
     """
 
     threshold: float | None = None
@@ -44,6 +51,36 @@ class Thresholds:
     baseline_checkpoints: int = 0
     max_p_value: float = 0.01
     z_threshold: float = 3.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            need = setting_error(f.name, getattr(self, f.name))
+            if need:
+                raise ValueError(f"policy setting {f.name}={getattr(self, f.name)!r} must be {need}")
+
+
+SETTINGS = tuple(f.name for f in fields(PolicySettings))
+
+
+def setting_error(name: str, value: Any) -> str | None:
+    """What a policy setting's ``value`` must be, when it is not; None when it is fine.
+
+    Example:
+        >>> setting_error("max_p_value", 2), setting_error("patience", 3)
+        ('a number in (0, 1), e.g. 0.01', None)
+    """
+    number = isinstance(value, Real) and not isinstance(value, bool)
+    if name == "threshold":
+        ok, need = value is None or (number and math.isfinite(value)), "a finite number or None"
+    elif name in ("patience", "baseline_checkpoints"):
+        low = 1 if name == "patience" else 0
+        whole = isinstance(value, Integral) and not isinstance(value, bool)
+        ok, need = whole and int(value) >= low, f"an integer >= {low}"
+    elif name == "max_p_value":
+        ok, need = number and 0 < value < 1, "a number in (0, 1), e.g. 0.01"
+    else:  # z_threshold
+        ok, need = number and math.isfinite(value) and value > 0, "a positive number"
+    return None if ok else need
 
 
 @dataclass(frozen=True)
@@ -105,8 +142,8 @@ class _Track:
 class RegressionPolicy:
     """Baseline + significance + patience regression policy, per behaviour name.
 
-    `overrides` maps a behaviour name to a dict of `Thresholds` fields that replace the defaults
-    for that behaviour. `state()` / `from_state()` give a JSON-safe round trip for resuming.
+    `overrides` maps a behaviour name to a dict of :class:`PolicySettings` fields that replace the
+    defaults for that behaviour. `state()` / `from_state()` give a JSON-safe round trip for resuming.
 
     Example:
         >>> p = RegressionPolicy(overrides={"verbosity": {"patience": 4}})
@@ -125,40 +162,22 @@ class RegressionPolicy:
         z_threshold: float = 3.0,
         overrides: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        self.defaults = Thresholds(threshold, patience, baseline_checkpoints, max_p_value, z_threshold)
-        self._check(self.defaults, "defaults")
-        self.overrides: dict[str, Thresholds] = {}
+        self.defaults = PolicySettings(threshold, patience, baseline_checkpoints, max_p_value, z_threshold)
+        self.overrides: dict[str, PolicySettings] = {}
         for name, values in (overrides or {}).items():
-            known = {f.name for f in fields(Thresholds)}
-            unknown = set(values) - known
+            unknown = set(values) - set(SETTINGS)
             if unknown:
-                raise ValueError(
-                    f"override for {name!r} has unknown keys {sorted(unknown)}; use any of {sorted(known)}"
-                )
-            self.overrides[name] = self._check(replace(self.defaults, **values), name)
+                raise ValueError(f"override for {name!r} has unknown keys {sorted(unknown)}; use any of {SETTINGS}")
+            self.overrides[name] = replace(self.defaults, **values)
         self._tracks: dict[str, _Track] = {}
 
-    @staticmethod
-    def _check(t: Thresholds, where: str) -> Thresholds:
-        if t.patience < 1 or t.baseline_checkpoints < 0 or not 0 < t.max_p_value < 1:
-            raise ValueError(
-                f"bad policy settings for {where}: patience must be >= 1, baseline_checkpoints >= 0 "
-                f"and 0 < max_p_value < 1 (got {t})"
-            )
-        return t
-
-    def settings(self, name: str) -> Thresholds:
-        """The thresholds in force for behaviour `name`."""
+    def settings(self, name: str) -> PolicySettings:
+        """The settings in force for behaviour `name`."""
         return self.overrides.get(name, self.defaults)
 
     def knows(self, name: str) -> bool:
         """Whether `name` has been scored before."""
         return name in self._tracks
-
-    def flagged_at_step(self, name: str) -> int | None:
-        """The step of the first ERROR for `name`, or None."""
-        track = self._tracks.get(name)
-        return track.flagged_at_step if track else None
 
     def update(
         self,
@@ -183,14 +202,14 @@ class RegressionPolicy:
         p_value = None if p_value is None else float(p_value)
         if noise is not None and math.isfinite(noise) and noise > 0:
             track.noise = float(noise)
-        base = dict(name=name, kind=kind, step=step, score=score, p_value=p_value)
+        decision = partial(Decision, name=name, kind=kind, step=step, score=score, p_value=p_value)
 
         if not math.isfinite(score):
-            return Decision(**base, level=None, reason="score is not finite; skipped", streak=track.streak)
+            return decision(level=None, reason="score is not finite; skipped", streak=track.streak)
         if kind == "supervised" and len(track.baseline_scores) < cfg.baseline_checkpoints:
             track.baseline_scores.append(score)
             n = len(track.baseline_scores)
-            return Decision(**base, level=None, reason=f"baseline {n}/{cfg.baseline_checkpoints}")
+            return decision(level=None, reason=f"baseline {n}/{cfg.baseline_checkpoints}")
 
         baseline, noise_used = self._baseline(track, kind)
         threshold = cfg.threshold
@@ -213,8 +232,7 @@ class RegressionPolicy:
         elif significant:
             level = "WARN"
         reason = self._reason(level, name, score, baseline, threshold, p_value, z, track.streak, cfg, first_seen)
-        return Decision(
-            **base,
+        return decision(
             level=level,
             reason=reason,
             baseline=baseline,
@@ -243,7 +261,7 @@ class RegressionPolicy:
         p_value: float | None,
         z: float | None,
         streak: int,
-        cfg: Thresholds,
+        cfg: PolicySettings,
         first_seen: bool,
     ) -> str:
         stats = f"score {score:.3g} (baseline {baseline:.3g}, threshold {threshold:.3g}"

@@ -1,22 +1,23 @@
 """What the checkpoint probe pass computes from a model: prompts, greedy responses, teacher-forced traces.
 
-Layer convention: layer `L` is HF `hidden_states[L]`, the output of decoder block `L - 1`, for
-`1 <= L < layer_count(model)`. The last entry of `hidden_states` is taken after the final norm, so it is
-not offered. Every function here is pure over the model it is given (eval mode and `torch.no_grad()`
-inside, each submodule's mode and `config.use_cache` restored after), so a PEFT model whose adapter
-the caller toggles can serve as both the current and the reference model.
+Layers are HF ``hidden_states`` indices (see :mod:`probe_callback.blocks`). Every function here is
+pure over the model it is given (eval mode and ``torch.no_grad()`` inside, each submodule's mode and
+``config.use_cache`` restored after), so a PEFT model whose adapter the caller toggles can serve as
+both the current and the reference model.
 
 Example:
-    >>> prompts = [format_prompt(tok, "Say hi")]
-    >>> r0 = greedy_responses(ref_model, tok, prompts, max_new_tokens=32, batch_size=8)
-    >>> traces = teacher_forced(ref_model, prompts, r0, layers=[default_layer(ref_model)], batch_size=8)
-    >>> means, valid = response_means(traces)          # (1, 1, H) float32, (1,) bool
+    >>> prompts = [format_prompt(tok, "Say hi"), format_prompt(tok, "Tell me a story")]
+    >>> r0 = greedy_responses(ref_model, tok, prompts, max_new_tokens=8)       # M0's answers
+    >>> rt = greedy_responses(model, tok, prompts, max_new_tokens=8)           # the current model's
+    >>> before, after = (teacher_forced(ref_model, prompts, r, layers=[2]) for r in (r0, rt))
+    >>> change = response_means(after)[0] - response_means(before)[0]         # behaviour-change vectors
+    >>> change.shape                                                           # (prompts, layers, H)
+    torch.Size([2, 1, 32])
 """
 
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,122 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
-# Attribute paths to the decoder block list, covering llama/qwen/mistral/olmo/gemma ("model.layers"),
-# gpt2 ("transformer.h"), gpt-neox ("gpt_neox.layers"), multimodal wrappers and bare base models.
-_BLOCK_PATHS = (
-    "model.layers",
-    "model.language_model.layers",
-    "language_model.model.layers",
-    "model.decoder.layers",
-    "transformer.h",
-    "transformer.blocks",
-    "gpt_neox.layers",
-    "layers",
-    "h",
-    "decoder.layers",
-)
+from .blocks import check_layers, record_block_outputs, unwrap_parallel
+from .blocks import find_decoder_blocks as find_decoder_blocks  # imported from here by callback.py (issue 10)
 
-
-def _unwrap_parallel(model: nn.Module) -> nn.Module:
-    """Strip DDP/DataParallel/FSDP/DeepSpeed/compile wrappers; keep PEFT (its adapter must apply)."""
-    return extract_model_from_parallel(model)
-
-
-def find_decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a causal LM (also through DDP-style and PEFT wrappers).
-
-    Example:
-        >>> len(find_decoder_blocks(model)) == model.config.num_hidden_layers
-        True
-    """
-    inner = _unwrap_parallel(model)
-    get_base = getattr(inner, "get_base_model", None)
-    if callable(get_base):
-        inner = get_base()
-    for path in _BLOCK_PATHS:
-        node: Any = inner
-        for part in path.split("."):
-            node = getattr(node, part, None)
-        if isinstance(node, nn.ModuleList) and len(node) > 0:
-            return node
-    raise ValueError(
-        f"Cannot find the decoder blocks of {type(inner).__name__}: looked for "
-        f"{', '.join(_BLOCK_PATHS)}. Use a llama/qwen/mistral/olmo/gpt2/gpt-neox-style causal LM."
-    )
-
-
-def layer_count(model: nn.Module) -> int:
-    """Number of decoder blocks; valid probe layers are `1 .. layer_count(model) - 1`.
-
-    Example:
-        >>> layer_count(tiny_llama_with_4_blocks)
-        4
-    """
-    return len(find_decoder_blocks(model))
-
-
-def default_layer(model: nn.Module) -> int:
-    """The paper's choice, about 60% of the depth (OLMo 2 7B: 20 of 32), clamped to the valid range.
-
-    Example:
-        >>> default_layer(olmo2_7b)
-        19
-    """
-    n = layer_count(model)
-    return min(max(1, round(0.6 * n)), n - 1)
-
-
-def check_layers(model: nn.Module, layers: Sequence[int]) -> None:
-    """Raise a `ValueError` naming the model unless every layer is distinct and in `1 .. layer_count - 1`.
-
-    Example:
-        >>> check_layers(model, [2, 3])
-    """
-    n = layer_count(model)
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"Duplicate layers in {list(layers)}: list each layer once.")
-    bad = [layer for layer in layers if not (isinstance(layer, numbers.Integral) and 1 <= layer < n)]
-    if bad:
-        raise ValueError(
-            f"Layers {bad} are out of range for {type(_unwrap_parallel(model)).__name__} with {n} decoder "
-            f"blocks: use 1..{n - 1} (layer L = hidden_states[L]; the final, post-norm state is not offered)."
-        )
-
-
-@contextmanager
-def record_block_outputs(
-    model: nn.Module, layers: Sequence[int], first_only: bool = False
-) -> Iterator[dict[int, torch.Tensor]]:
-    """Forward hooks filling `{layer: hidden states (B, S, H)}` on each forward; always removed on exit.
-
-    `first_only`: keep the first forward's states (e.g. a generation's prompt pass) until cleared.
-
-    Example:
-        >>> with record_block_outputs(model, [2]) as acts:
-        ...     model(input_ids)
-        >>> acts[2].shape                              # (B, S, H), detached
-    """
-    check_layers(model, layers)
-    blocks = find_decoder_blocks(model)
-    store: dict[int, torch.Tensor] = {}
-
-    def hook_for(layer: int):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if not (first_only and layer in store):
-                store[layer] = (output[0] if isinstance(output, tuple) else output).detach()
-
-        return hook
-
-    handles = [blocks[layer - 1].register_forward_hook(hook_for(layer)) for layer in layers]
-    try:
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
+_unwrap_parallel = unwrap_parallel  # the old private name, still imported by callback.py (issue 10)
 
 
 @contextmanager
@@ -148,7 +40,9 @@ def inference_mode(model: nn.Module) -> Iterator[None]:
 
     Example:
         >>> with inference_mode(model):
-        ...     logits = model(input_ids).logits
+        ...     logits = model(torch.tensor([[5, 6, 7]])).logits
+        >>> model.training, logits.requires_grad
+        (False, False)
     """
     flags = [(module, module.training) for module in model.modules()]
     config = getattr(model, "config", None)
@@ -198,8 +92,8 @@ def format_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[in
     a message list is then joined by newlines.
 
     Example:
-        >>> format_prompt(tok, "What is 2 + 2?")                      # list[int]
-        >>> format_prompt(tok, [{"role": "user", "content": "Hi"}])
+        >>> format_prompt(tok, "Hi") == format_prompt(tok, [{"role": "user", "content": "Hi"}])
+        True
     """
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -213,7 +107,8 @@ def encode_response(tokenizer: Any, response: str) -> list[int]:
     """Token ids of a response as it follows `format_prompt` (no special tokens, no eos), like a greedy reply.
 
     Example:
-        >>> encode_response(tok, "Four.")
+        >>> tok.decode(encode_response(tok, "Four."))
+        'Four.'
     """
     return list(tokenizer(response, add_special_tokens=False).input_ids)
 
@@ -231,7 +126,8 @@ def greedy_responses(
     generation-config eos); it may be empty when eos comes first.
 
     Example:
-        >>> greedy_responses(model, tok, [format_prompt(tok, "Hi")], max_new_tokens=16, batch_size=8)
+        >>> [len(r) <= 16 for r in greedy_responses(model, tok, [format_prompt(tok, "Hi")], max_new_tokens=16)]
+        [True]
     """
     return greedy_traced(model, tokenizer, prompt_ids, [], max_new_tokens, batch_size)[0]
 
@@ -270,7 +166,7 @@ def greedy_traced(
         True
     """
     _check_prompts(prompt_ids)
-    net = _unwrap_parallel(model)
+    net: Any = unwrap_parallel(model)  # an HF causal LM: generate(), get_input_embeddings()
     check_layers(net, layers)
     pad, eos = _pad_id(tokenizer), _eos_ids(tokenizer, net)
     device, hidden_size = _device(net), net.get_input_embeddings().embedding_dim
@@ -285,23 +181,7 @@ def greedy_traced(
             input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
             mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
             prefill.clear()  # the prompt pass of this batch's generation fills it
-            chosen = _ChosenLogProbs()
-            out = net.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=pad,
-                eos_token_id=eos,
-                use_cache=True,
-                logits_processor=LogitsProcessorList([chosen]),
-            )
-            new = out[:, width:]
-            logprobs = torch.stack(chosen.steps, dim=1)
+            new, logprobs = _generate(net, input_ids, mask, max_new_tokens, pad, eos)
             for b, (i, row) in enumerate(zip(rows, new.tolist(), strict=True)):
                 cut = next((j for j, token in enumerate(row) if token in eos), len(row))
                 responses[i] = row[:cut]
@@ -318,6 +198,28 @@ def greedy_traced(
                     prompt,
                 )
     return responses, [trace for trace in traces if trace is not None]
+
+
+def _generate(
+    net: Any, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, pad: int, eos: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy new tokens (B, T) of a left-padded batch and the log-probability of each (B, T)."""
+    chosen = _ChosenLogProbs()
+    out = net.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        use_cache=True,
+        logits_processor=LogitsProcessorList([chosen]),
+    )
+    return out[:, input_ids.shape[1] :], torch.stack(chosen.steps, dim=1)
 
 
 @dataclass(frozen=True)
@@ -360,12 +262,13 @@ def teacher_forced(
 
     Example:
         >>> [t] = teacher_forced(ref_model, [format_prompt(tok, "Hi")], [encode_response(tok, "Hello")], [2])
-        >>> t.hidden.shape, t.logprobs.shape               # (1, T, H), (T,)
+        >>> t.hidden.shape[0] == 1 and t.hidden.shape[1] == t.logprobs.shape[0] == t.length
+        True
     """
     if len(prompt_ids) != len(response_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses: pass one response each.")
     _check_prompts(prompt_ids)
-    net = _unwrap_parallel(model)
+    net: Any = unwrap_parallel(model)  # an HF causal LM: get_input_embeddings()
     hidden_size = net.get_input_embeddings().embedding_dim
     check_layers(net, layers)
     layers = [int(layer) for layer in layers]
@@ -388,8 +291,8 @@ def teacher_forced(
                 targets = input_ids[b, p : p + t]
                 logprobs = torch.log_softmax(step_logits, dim=-1).gather(1, targets[:, None])[:, 0]
                 states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
-                hidden = states[:, p : p + t].cpu() if layers else torch.zeros(0, t, hidden_size)
-                prompt = states[:, :p].mean(dim=1).cpu() if layers else torch.zeros(0, hidden_size)
+                hidden = states[:, p : p + t].cpu() if states is not None else torch.zeros(0, t, hidden_size)
+                prompt = states[:, :p].mean(dim=1).cpu() if states is not None else torch.zeros(0, hidden_size)
                 traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt)
     return [trace for trace in traces if trace is not None]
 
@@ -425,8 +328,10 @@ def response_means(traces: Sequence[ResponseTrace]) -> tuple[torch.Tensor, torch
     """Stacked `a_L` of the traces: (n, n_layers, H) float32, NaN rows for empty responses; (n,) valid mask.
 
     Example:
+        >>> traces = teacher_forced(model, [format_prompt(tok, "Hi")] * 2, [encode_response(tok, "Hello"), []], [2])
         >>> means, valid = response_means(traces)
-        >>> v_b = means_t - means_0                        # behaviour-change vectors; NaN where invalid
+        >>> means.shape, valid.tolist()
+        (torch.Size([2, 1, 32]), [True, False])
     """
     means = torch.stack([trace.mean() for trace in traces])
     return means, torch.tensor([trace.length > 0 for trace in traces])
@@ -436,7 +341,10 @@ def novelty(current: ResponseTrace, reference: ResponseTrace) -> torch.Tensor:
     """Per-token log-prob rise of the same response tokens, current model minus reference: (T,).
 
     Example:
-        >>> rise = novelty(teacher_forced(model, p, r, [])[0], teacher_forced(ref, p, r, [])[0])
+        >>> p, r = [format_prompt(tok, "Hi")], [encode_response(tok, "Hello there")]
+        >>> rise = novelty(teacher_forced(model, p, r, [])[0], teacher_forced(ref_model, p, r, [])[0])
+        >>> rise.shape == (len(r[0]),)
+        True
     """
     if current.length != reference.length:
         raise ValueError(

@@ -1,7 +1,4 @@
-"""Publish: the run report on disk (`report.json`) and its self-contained HTML view (`report.html`).
-
-The HTML has no network access, no JavaScript, inline CSS and inline SVG charts; every piece of
-dataset text is passed through `html.escape`.
+"""Publish: the run report (`report.json`), its schema, a plain-text summary and its HTML view (`report.html`).
 
 Example:
     >>> import tempfile
@@ -15,32 +12,145 @@ Example:
 
 from __future__ import annotations
 
-import html
 import json
 import math
-import os
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, cast
 
-from .alerts import source_text
+from .alerts import Kind, Level, source_text
+from .files import atomic_write_text
+from .report_html import number_text, render_html
 
 REPORT_NAME = "report.json"
 HTML_NAME = "report.html"
-PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f"]
-NOISE_COLOUR = "#b8b8b8"
-ROW_COLUMNS = [
-    ("row", "n"),
-    ("id", "s"),
-    ("source", "s"),
-    ("step", "n"),
-    ("score", "n"),
-    ("prompt", "t"),
-    ("chosen", "t"),
-    ("rejected", "t"),
-]
-LEVEL_COLOUR = {"ERROR": "#c0392b", "WARN": "#d68910", "INFO": "#2e86c1"}
+
+
+class RowEntry(TypedDict, total=False):
+    """A ranked training row: ``row`` indexes the user's ``train_dataset``; ``step`` is the first step that
+    trained on it (None: not trained on yet); ``id`` and ``source`` come from the dataset's columns."""
+
+    row: int
+    id: Any
+    source: str | None
+    score: float
+    step: int | None
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class StepEntry(TypedDict, total=False):
+    """A training step (batch): its rows' mean score, how many of them are in the global top, and the
+    hypergeometric p-value of that count."""
+
+    step: int
+    score: float
+    n_rows: int
+    n_top: int
+    p_value: float
+
+
+class SourceEntry(TypedDict, total=False):
+    """A data source: ``score`` is the share of its rows in the global top (``share_in_top`` too)."""
+
+    source: str
+    score: float
+    share_in_top: float
+    n_rows: int
+    n_top: int
+    mean_score: float
+    lift: float
+    p_value: float
+
+
+class LinkEntry(TypedDict):
+    """A learning pattern an emergent cluster shares words with."""
+
+    pattern: str
+    shared_words: list[str]
+    pattern_p_value: float
+    direction_agreement: float | None
+
+
+class _BehaviourCore(TypedDict):
+    name: str
+    kind: Kind
+    flagged_at_step: int | None
+    level: Level | None
+    p_value: float | None
+    threshold: float | None
+    score_history: list[list[float]]
+    top_rows: list[RowEntry]
+    top_steps: list[StepEntry]
+    top_sources: list[SourceEntry]
+    samples: list[dict[str, str]]
+
+
+class BehaviourEntry(_BehaviourCore, total=False):
+    """One behaviour in the report: the DESIGN contract's keys (always there), then what its kind adds.
+
+    ``score_history``: ``[step, score]`` pairs; ``samples``: ``{"prompt", "before", "after"}`` answers.
+    Attribution adds ``ranking_p_value``, ``attribution_p_value`` and ``blame_null_p_value``; a supervised
+    behaviour ``probe_accuracy`` and ``metrics_history``; an emergent cluster ``label``, ``members`` (watched
+    prompt indices), ``links`` and ``rows_from``; a learning pattern ``words``, ``found_by``, ``pattern``
+    and ``confirmation``.
+    """
+
+    ranking_p_value: float
+    attribution_p_value: float
+    blame_null_p_value: float
+    probe_accuracy: float
+    metrics_history: list[dict[str, Any]]
+    label: str
+    members: list[int]
+    links: list[LinkEntry]
+    rows_from: str
+    words: list[str]
+    found_by: Literal["learning record"]
+    pattern: dict[str, Any]
+    confirmation: dict[str, Any]
+
+
+class ClusterEntry(TypedDict, total=False):
+    """An emergent cluster of watched prompts (``prompts``: their indices)."""
+
+    id: int
+    size: int
+    first_step: int
+    significant: bool
+    p_value: float
+    drift: float
+    tokens: list[str]
+    prompts: list[int]
+    samples: list[dict[str, str]]
+
+
+class _ReportCore(TypedDict):
+    paused_at_step: int | None
+    checkpoint: str | None
+    behaviours: list[BehaviourEntry]
+
+
+class Report(_ReportCore, total=False):
+    """``report.json``: the DESIGN contract's keys (always there), then the rest a run writes.
+
+    ``cost``: the probes' cost (``Cadence.summary``); ``store``: ``{"rows", "dim"}``; ``failures``: stages of
+    ours that failed (``{"step", "stage", "error"}``); ``not_recorded``: writes that failed.
+    """
+
+    version: int
+    last_step: int
+    trained_to_step: int
+    layers: list[int]
+    every_n_steps: int | None
+    clusters: list[ClusterEntry]
+    drift_map: dict[str, Any] | None
+    prompt_drift: list[dict[str, Any]]
+    learning: dict[str, Any] | None
+    failures: list[dict[str, Any]]
+    not_recorded: list[dict[str, Any]]
+    store: dict[str, int | None]
+    cost: dict[str, Any]
 
 
 def jsonable(obj: Any) -> Any:
@@ -63,40 +173,13 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` via a temp file, fsync and `os.replace` (readers never see half a file).
-
-    The file gets the mode `open()` would give it (0666 less the umask), not the temp file's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def write_report(report: dict[str, Any], output_dir: Path) -> Path:
+def write_report(report: Report | dict[str, Any], output_dir: Path) -> Path:
     """Atomically write `report` as `output_dir/report.json`; returns its path."""
     text = json.dumps(jsonable(report), indent=1, ensure_ascii=False, allow_nan=False)
     return atomic_write_text(Path(output_dir) / REPORT_NAME, text + "\n")
 
 
-def load_report(path_or_dir: str | Path) -> dict[str, Any]:
+def load_report(path_or_dir: str | Path) -> Report:
     """Read a report from `report.json` or from the folder that holds it (JSON only).
 
     Example:
@@ -119,7 +202,7 @@ def load_report(path_or_dir: str | Path) -> dict[str, Any]:
     return check_report(report, str(path))
 
 
-def check_report(report: Any, where: str = "the report") -> dict[str, Any]:
+def check_report(report: Any, where: str = "the report") -> Report:
     """`report` when it is an object whose `behaviours` are objects (the report's shape), else a `ValueError`.
 
     Example:
@@ -133,15 +216,15 @@ def check_report(report: Any, where: str = "the report") -> dict[str, Any]:
         raise ValueError(
             f"{where} is not a probe_callback report (expected an object with a list of 'behaviours' objects)"
         )
-    return report
+    return cast(Report, report)
 
 
-def write_html(report: dict[str, Any], output_dir: Path) -> Path:
+def write_html(report: Report | dict[str, Any], output_dir: Path) -> Path:
     """Atomically write `render_html(report)` as `output_dir/report.html`; returns its path."""
     return atomic_write_text(Path(output_dir) / HTML_NAME, render_html(report))
 
 
-def summary_text(report: dict[str, Any]) -> str:
+def summary_text(report: Report | dict[str, Any]) -> str:
     """A few plain-text lines: where training paused and each behaviour's verdict.
 
     Example:
@@ -164,7 +247,7 @@ def summary_text(report: dict[str, Any]) -> str:
         if b.get("flagged_at_step") is not None:
             verdict += f" at step {b['flagged_at_step']}"
         if b.get("p_value") is not None:
-            verdict += f", p={_num(b['p_value'])}"
+            verdict += f", p={number_text(b['p_value'])}"
         if b.get("top_sources"):
             verdict += f", top source {source_text(b['top_sources'][0])}"
         lines.append(f"- {b.get('name')} ({b.get('kind')}): {verdict}")
@@ -175,7 +258,7 @@ def summary_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def probes_text(report: dict[str, Any]) -> str:
+def probes_text(report: Report | dict[str, Any]) -> str:
     """How many probes ran, and why none did when none did.
 
     Example:
@@ -194,335 +277,3 @@ def probes_text(report: dict[str, Any]) -> str:
     elif not passes and every and last is not None and last < every:
         text += f"; none ran: training stopped at step {last}, before the first probe step {every}"
     return text
-
-
-# ---------------------------------------------------------------- HTML
-
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f5f7;
-color:#1f2328}
-main{max-width:1180px;margin:0 auto;padding:24px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:0 0 12px}
-h3{font-size:14px;margin:16px 0 6px;color:#444}
-.card{background:#fff;border:1px solid #d8dde3;border-radius:8px;padding:16px 20px;margin:16px 0}
-.meta{color:#57606a}.meta b{color:#1f2328}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{border-bottom:1px solid #e6e9ed;padding:5px 8px;text-align:left;vertical-align:top}
-th{background:#f6f8fa;font-weight:600}th.n{text-align:right}td.s{white-space:nowrap}
-td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.txt{max-height:7.5em;overflow:auto;white-space:pre-wrap;word-break:break-word;max-width:340px}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:12px;font-weight:600}
-.ok{background:#6e7781}.kind{color:#57606a;font-size:12px}
-.row2{display:grid;grid-template-columns:1fr 1fr;gap:16px}
-.bar{background:#e15759;height:8px;border-radius:4px;display:inline-block;vertical-align:middle}
-svg{max-width:100%;height:auto}svg text{font:11px system-ui,sans-serif;fill:#57606a}
-.legend span{display:inline-block;margin-right:12px;font-size:12px}
-.sw{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:4px;vertical-align:middle}
-.empty{color:#8c959f;font-style:italic}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "–" if value is None else _e(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}g}" if math.isfinite(value) else "–"
-
-
-def _badge(level: str | None) -> str:
-    if not level:
-        return '<span class="badge ok">ok</span>'
-    return f'<span class="badge" style="background:{LEVEL_COLOUR.get(level, "#6e7781")}">{_e(level)}</span>'
-
-
-def _table(columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]], empty: str) -> str:
-    """Columns are (key, kind) with kind "n" (number), "t" (long text) or "s" (short text)."""
-    if not rows:
-        return f'<p class="empty">{_e(empty)}</p>'
-    head = "".join(f'<th class="{kind}">{_e(key)}</th>' for key, kind in columns)
-    body = []
-    for row in rows:
-        cells = []
-        for key, kind in columns:
-            value = row.get(key)
-            if kind == "n":
-                cells.append(f'<td class="n">{_num(value)}</td>')
-            elif kind == "t":
-                cells.append(f'<td><div class="txt">{_e(_text(value))}</div></td>')
-            else:
-                cells.append(f'<td class="s">{_e(value)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _text(value: Any) -> str:
-    """Dataset text as a string; conversational rows (lists of messages) become 'role: content' lines."""
-    if isinstance(value, list):
-        return "\n".join(
-            f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in value
-        )
-    return "" if value is None else str(value)
-
-
-def _scale(lo: float, hi: float, a: float, b: float):
-    span = (hi - lo) or 1.0
-    return lambda v: a + (v - lo) / span * (b - a)
-
-
-def svg_line_chart(
-    points: Sequence[Sequence[float]],
-    threshold: float | None = None,
-    flagged_step: int | None = None,
-    width: int = 520,
-    height: int = 220,
-) -> str:
-    """An inline SVG line chart of `[[step, score], ...]` with a dashed threshold and the flagged step.
-
-    Example:
-        >>> svg_line_chart([[0, 0.0], [10, 0.4]], threshold=0.2, flagged_step=10).startswith("<svg")
-        True
-    """
-    pts = [(float(s), float(v)) for s, v in points if v is not None and math.isfinite(float(v))]
-    if not pts:
-        return '<p class="empty">no score history</p>'
-    left, right, top, bottom = 48, width - 12, 12, height - 28
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts] + ([threshold] if threshold is not None and math.isfinite(threshold) else [])
-    ylo, yhi = min(ys + [0.0]), max(ys)
-    pad = (yhi - ylo) * 0.08 or 0.1
-    ylo, yhi = ylo - pad, yhi + pad
-    fx, fy = _scale(min(xs), max(xs), left, right), _scale(ylo, yhi, bottom, top)
-    out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">']
-    out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="#fbfcfd"/>')
-    for i in range(5):
-        yv = ylo + (yhi - ylo) * i / 4
-        y = fy(yv)
-        out.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eceff2"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{yv:.2g}</text>')
-    for xv in sorted({min(xs), max(xs), xs[len(xs) // 2]}):
-        out.append(f'<text x="{fx(xv):.1f}" y="{bottom + 16}" text-anchor="middle">{xv:g}</text>')
-    out.append(f'<text x="{(left + right) / 2:.0f}" y="{height - 1}" text-anchor="middle">step</text>')
-    if threshold is not None and math.isfinite(threshold):
-        y = fy(threshold)
-        out.append(
-            f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#c0392b" '
-            'stroke-dasharray="5 4"/>'
-            f'<text x="{right - 4}" y="{y - 4:.1f}" text-anchor="end" style="fill:#c0392b">threshold</text>'
-        )
-    if flagged_step is not None:
-        x = fx(float(flagged_step))
-        side = (x - 4, "end") if x > (left + right) / 2 else (x + 4, "start")
-        out.append(
-            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{bottom}" stroke="#c0392b" stroke-width="1.5"/>'
-            f'<text x="{side[0]:.1f}" y="{top + 12}" text-anchor="{side[1]}" style="fill:#c0392b">'
-            f"flagged at {flagged_step}</text>"
-        )
-    path = " ".join(f"{fx(x):.1f},{fy(y):.1f}" for x, y in pts)
-    out.append(f'<polyline points="{path}" fill="none" stroke="#4e79a7" stroke-width="2"/>')
-    for x, y in pts:
-        out.append(
-            f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="3" fill="#4e79a7">'
-            f"<title>step {x:g}: {y:.4g}</title></circle>"
-        )
-    out.append("</svg>")
-    return "".join(out)
-
-
-def cluster_colour(label: int) -> str:
-    """The colour of cluster `label` (-1, HDBSCAN's noise, is grey)."""
-    return NOISE_COLOUR if label < 0 else PALETTE[label % len(PALETTE)]
-
-
-def svg_scatter(
-    points: Sequence[Sequence[float]],
-    labels: Sequence[int],
-    prompts: Sequence[str] = (),
-    width: int = 560,
-    height: int = 380,
-) -> str:
-    """An inline SVG scatter of 2-D points coloured by cluster label, prompts as hover titles.
-
-    Example:
-        >>> "<circle" in svg_scatter([[0, 0], [1, 1]], [0, -1], ["a", "<b>"])
-        True
-    """
-    if len(points) == 0:
-        return '<p class="empty">no drift points</p>'
-    xs, ys = [float(p[0]) for p in points], [float(p[1]) for p in points]
-    m = 16
-    fx, fy = _scale(min(xs), max(xs), m, width - m), _scale(min(ys), max(ys), height - m, m)
-    out = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">']
-    out.append(f'<rect width="{width}" height="{height}" fill="#fbfcfd" stroke="#e6e9ed"/>')
-    order = sorted(range(len(xs)), key=lambda i: int(labels[i]) >= 0)  # noise underneath clusters
-    for i in order:
-        label = int(labels[i])
-        tip = f"cluster {label}" if label >= 0 else "noise"
-        if i < len(prompts):
-            tip += f": {prompts[i]}"
-        out.append(
-            f'<circle cx="{fx(xs[i]):.1f}" cy="{fy(ys[i]):.1f}" r="5" fill="{cluster_colour(label)}" '
-            f'fill-opacity="0.85" stroke="#fff"><title>{_e(tip)}</title></circle>'
-        )
-    out.append("</svg>")
-    legend = "".join(
-        f'<span><i class="sw" style="background:{cluster_colour(lab)}"></i>'
-        f"{'noise' if lab < 0 else f'cluster {lab}'}</span>"
-        for lab in sorted({int(v) for v in labels})
-    )
-    return "".join(out) + f'<div class="legend">{legend}</div>'
-
-
-def _samples(samples: Sequence[dict[str, Any]]) -> str:
-    return _table([("prompt", "t"), ("before", "t"), ("after", "t")], list(samples), "no before/after samples")
-
-
-def _behaviour(b: dict[str, Any]) -> str:
-    name = b.get("name", "?")
-    meta = [
-        f"flagged at step <b>{_num(b.get('flagged_at_step'))}</b>",
-        f"p-value <b>{_num(b.get('p_value'))}</b>",
-        f"threshold <b>{_num(b.get('threshold'))}</b>",
-    ]
-    if b.get("label"):
-        meta.insert(0, f"label <b>{_e(b['label'])}</b>")
-    if b.get("probe_accuracy") is not None:
-        meta.append(f"probe accuracy <b>{_num(b.get('probe_accuracy'))}</b>")
-    if b.get("words"):
-        meta.append(f"learned words <b>{_e(', '.join(map(str, b['words'][:8])))}</b>")
-    confirmation = b.get("confirmation") or {}
-    if confirmation:
-        meta.append(
-            f"gained on <b>{_num(confirmation.get('count'))}</b> of {_num(confirmation.get('changed'))} changed "
-            f"answers outside it at step {_num(confirmation.get('step'))} (p {_num(confirmation.get('p_value'))})"
-        )
-    for link in b.get("links") or []:
-        meta.append(f"linked to <b>{_e(link.get('pattern'))}</b> by {_e(', '.join(link.get('shared_words') or []))}")
-    sources = [dict(s, share=_share_bar(s.get("share_in_top"))) for s in b.get("top_sources") or []]
-    steps = _table([("step", "n"), ("score", "n")], b.get("top_steps") or [], "no steps ranked")
-    rows = _table(ROW_COLUMNS, b.get("top_rows") or [], "no rows ranked")
-    return f"""<section class="card" id="b-{_e(name)}">
-<h2>{_e(name)} <span class="kind">{_e(b.get("kind"))}</span> {_badge(b.get("level"))}</h2>
-<p class="meta">{" · ".join(meta)}</p>
-<div class="row2"><div><h3>Score history</h3>
-{svg_line_chart(b.get("score_history") or [], b.get("threshold"), b.get("flagged_at_step"))}</div>
-<div><h3>Top sources</h3>{_raw_table(sources)}
-<h3>Top steps</h3>{steps}</div></div>
-<h3>Top rows</h3>
-{rows}
-<h3>Before / after</h3>{_samples(b.get("samples") or [])}
-</section>"""
-
-
-def _share_bar(share: Any) -> str:
-    if not isinstance(share, (int, float)) or not math.isfinite(share):
-        return "–"
-    width = max(0.0, min(1.0, float(share))) * 80
-    return f'<span class="bar" style="width:{width:.0f}px"></span> {share:.0%}'
-
-
-def _raw_table(sources: Sequence[dict[str, Any]]) -> str:
-    """Top sources: escaped text cells plus the pre-built (trusted) share bar."""
-    if not sources:
-        return '<p class="empty">no sources ranked</p>'
-    rows = "".join(
-        f"<tr><td>{_e(s.get('source'))}</td><td class='n'>{_num(s.get('score'))}</td>"
-        f"<td>{s['share']}</td><td class='n'>{_num(s.get('n_rows'))}</td></tr>"
-        for s in sources
-    )
-    head = '<th>source</th><th class="n">score</th><th>share of top rows</th><th class="n">rows</th>'
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-
-
-def _overview(report: dict[str, Any]) -> str:
-    rows = "".join(
-        f'<tr><td><a href="#b-{_e(b.get("name"))}">{_e(b.get("name"))}</a></td><td>{_e(b.get("kind"))}</td>'
-        f"<td>{_badge(b.get('level'))}</td><td class='n'>{_num(b.get('flagged_at_step'))}</td>"
-        f"<td class='n'>{_num(b.get('p_value'))}</td><td>{_e(_top_source(b))}</td></tr>"
-        for b in report.get("behaviours") or []
-    )
-    if not rows:
-        return '<p class="empty">no behaviours watched</p>'
-    return (
-        "<table><thead><tr><th>behaviour</th><th>kind</th><th>level</th><th class='n'>flagged at step</th>"
-        f"<th class='n'>p-value</th><th>top source</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
-
-
-def _top_source(b: dict[str, Any]) -> str | None:
-    sources = b.get("top_sources") or []
-    return sources[0].get("source") if sources else None
-
-
-def _learning(report: dict[str, Any]) -> str:
-    learning = report.get("learning") or {}
-    patterns = [
-        {
-            **g,
-            "words": ", ".join(map(str, g.get("words") or [])),
-            "sources": ", ".join(f"{k} ({v})" for k, v in (g.get("sources") or {}).items()),
-        }
-        for g in learning.get("patterns") or []
-    ]
-    if not patterns:
-        return ""
-    columns = [("name", "t"), ("words", "t"), ("n_rows", "n"), ("excess_rise", "n"), ("p_value", "n"), ("sources", "t")]
-    return (
-        f'<section class="card"><h2>What is being learned</h2><p class="meta">patterns of the learning record at '
-        f"step <b>{_num(learning.get('step'))}</b>: rows whose learning peaks on the same words, against random "
-        f"rows of the same steps</p>{_table(columns, patterns, 'no patterns')}</section>"
-    )
-
-
-def _drift(report: dict[str, Any]) -> str:
-    drift = report.get("drift_map")
-    clusters = report.get("clusters") or []
-    if not drift and not clusters:
-        return ""
-    parts = ['<section class="card"><h2>Drift map and emergent clusters</h2>']
-    if drift:
-        parts.append(f'<p class="meta">behaviour-change vectors at step <b>{_num(drift.get("step"))}</b></p>')
-        parts.append(svg_scatter(drift.get("points") or [], drift.get("labels") or [], drift.get("prompts") or []))
-    for c in clusters:
-        label = int(c.get("id", -1))
-        prompts = "".join(f"<li>{_e(p)}</li>" for p in c.get("prompts") or [])
-        parts.append(
-            f'<h3><i class="sw" style="background:{cluster_colour(label)}"></i>cluster {_e(c.get("id"))} · '
-            f"{_num(c.get('size'))} prompts · first seen at step {_num(c.get('first_step'))}</h3>"
-            f"<ul>{prompts}</ul>{_samples(c.get('samples') or [])}"
-        )
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def render_html(report: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page (inline CSS and SVG, no scripts, all text escaped)."""
-    paused = report.get("paused_at_step")
-    status = (
-        f"{_badge('ERROR')} training paused at step <b>{_num(paused)}</b>"
-        if paused is not None
-        else f"{_badge(None)} training not paused (last step <b>{_num(report.get('last_step'))}</b>)"
-    )
-    store = report.get("store") or {}
-    meta = (
-        f"checkpoint <b>{_e(report.get('checkpoint') or 'none')}</b> · layers <b>"
-        f"{_e(', '.join(str(x) for x in report.get('layers') or []) or '–')}</b> · stored rows "
-        f"<b>{_num(store.get('rows'))}</b> (dim {_num(store.get('dim'))})"
-    )
-    body = "".join(_behaviour(b) for b in report.get("behaviours") or [])
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>probe_callback report</title><style>{_CSS}</style></head>
-<body><main>
-<section class="card"><h1>probe_callback report</h1><p>{status}</p><p class="meta">{meta}</p>
-{_overview(report)}</section>
-{body}{_learning(report)}{_drift(report)}
-</main></body></html>
-"""

@@ -20,9 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .report import atomic_write_text, jsonable
+from .files import atomic_write_text
+from .report import jsonable
 
 logger = logging.getLogger("probe_callback")
 STATE_KEY = "ProbeCallback"  # the Trainer files a callback's state under its class name
@@ -106,8 +105,9 @@ def stale_store(folder: Path, stamps: dict[str, str], step: int) -> str | None:
     return None
 
 
-def model_identity(model: torch.nn.Module) -> str:
-    """Name, shape and a hash of the input embeddings of the reference model (the same model gives the same id)."""
+def model_identity(model: Any) -> str:
+    """Name, shape and a hash of the input embeddings of the reference model, an HF or PEFT causal LM (the same
+    model gives the same id)."""
     config = model.config.get_text_config()
     h = hashlib.blake2b(digest_size=8)
     weight = model.get_input_embeddings().weight.detach()

@@ -8,9 +8,13 @@ through the processed dataset's index mapping, so ``row`` indexes the dataset th
 with ``precompute_ref_log_probs=True``, where TRL flattens that mapping away: a warning says so).
 
 Example:
-    >>> index = RowIndex.from_trainer(trainer)                      # doctest: +SKIP
-    >>> index.lookup(batch.input_ids, batch.attention_mask)         # doctest: +SKIP
-    array([17, 3, -1, 42])
+    >>> index = RowIndex([pair_key([1, 2, 3], [1, 2, 4])], np.array([17]), ids=["a"], sources=["web"])
+    >>> index.lookup(torch.tensor([[1, 2, 3], [1, 2, 4]]), torch.ones(2, 3))   # [chosen; rejected] ids
+    array([17])
+    >>> index.describe(17)
+    {'row': 17, 'id': 'a', 'source': 'web'}
+
+    In a run: ``RowIndex.from_trainer(trainer)``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .text import to_text
 
 logger = logging.getLogger("probe_callback")
 
@@ -39,13 +45,6 @@ def truncate(ids: list[int], max_length: int | None, mode: str) -> list[int]:
     if max_length is None:
         return ids
     return ids[:max_length] if mode == "keep_start" else ids[-max_length:]
-
-
-def to_text(value: Any) -> str:
-    """Render a prompt/completion (plain text or a list of chat messages) as text."""
-    if isinstance(value, list):
-        return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in value if isinstance(m, dict))
-    return "" if value is None else str(value)
 
 
 class RowIndex:

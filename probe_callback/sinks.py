@@ -28,14 +28,14 @@ from typing import Any, TextIO
 import numpy as np
 
 from probe_callback.alerts import Alert, source_text
-from probe_callback.report import jsonable, svg_scatter
+from probe_callback.report import jsonable
+from probe_callback.report_html import ROW_COLUMNS, svg_scatter
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "probe/"
 STEP_METRIC = "train/global_step"  # transformers' WandbCallback step axis
 WANDB_TITLE_MAX = 63  # wandb.Run.alert: "title ... must be less than 64 characters long"
-ROW_COLUMNS = ["step", "row", "id", "source", "score", "prompt", "chosen", "rejected"]
 PATTERN_COLUMNS = ["step", "name", "words", "n_rows", "excess_rise", "p_value", "sources", "steps"]
 # C0/C1 controls (ESC starts ANSI sequences), line separators, bidi overrides: dataset text must not drive a terminal.
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -81,7 +81,7 @@ class Sink:
         """Publish scalar metrics (keys without the `probe/` prefix) at trainer step `step`."""
 
     def rows_table(self, step: int, rows: list[dict[str, Any]]) -> None:
-        """Publish the flagged training rows (see `ROW_COLUMNS`)."""
+        """Publish the flagged training rows (`report_html.ROW_COLUMNS`)."""
 
     def patterns_table(self, step: int, patterns: list[dict[str, Any]]) -> None:
         """Publish what is being learned: the learning record's patterns (see `PATTERN_COLUMNS`)."""
@@ -140,7 +140,7 @@ class WandbSink(Sink):
     def __init__(self, run: Any, owns_run: bool = False, wait_duration: float = 60.0) -> None:
         import wandb
 
-        self.wandb = wandb
+        self.wandb: Any = wandb  # (its stubs want list[str | int] columns and hide AlertLevel)
         self.run = run
         self.owns_run = owns_run
         self.wait_duration = wait_duration
@@ -169,8 +169,9 @@ class WandbSink(Sink):
         self.run.log({**{f"{PREFIX}{k}": float(v) for k, v in values.items()}, STEP_METRIC: step})
 
     def rows_table(self, step: int, rows: list[dict[str, Any]]) -> None:
-        data = [[_cell(r.get(c)) for c in ROW_COLUMNS] for r in rows]
-        table = self.wandb.Table(columns=ROW_COLUMNS, data=data)
+        columns = [name for name, _ in ROW_COLUMNS]
+        data = [[_cell(r.get(c)) for c in columns] for r in rows]
+        table = self.wandb.Table(columns=columns, data=data)
         self.run.log({f"{PREFIX}flagged_rows": table, STEP_METRIC: step})
 
     def patterns_table(self, step: int, patterns: list[dict[str, Any]]) -> None:
@@ -273,10 +274,9 @@ def make_publisher(args: Any, output_dir: Path, is_main_process: bool) -> Publis
     from `on_train_begin`, after transformers' `WandbCallback` has set its run up.
 
     Example:
-        >>> import tempfile
-        >>> from transformers import TrainingArguments
-        >>> args = TrainingArguments(output_dir=tempfile.mkdtemp(), report_to="none")
-        >>> [type(s).__name__ for s in make_publisher(args, Path(args.output_dir), True).sinks]
+        >>> import tempfile, types
+        >>> args = types.SimpleNamespace(report_to="none")   # the trainer's TrainingArguments
+        >>> [type(s).__name__ for s in make_publisher(args, Path(tempfile.mkdtemp()), True).sinks]
         ['ConsoleSink', 'JsonlSink']
     """
     if not is_main_process:

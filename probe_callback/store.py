@@ -31,8 +31,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+
+from .files import atomic_write_text
 
 STEP_RECORD = np.dtype(
     [
@@ -94,7 +97,7 @@ class VectorStore:
         self._proj = (
             projection_matrix(meta.hidden, meta.dim, meta.projection_seed) if meta.projection_seed is not None else None
         )
-        self._files: dict[str, object] = {}
+        self._files: dict[str, BinaryIO] = {}
         if rank is not None:
             folder = self.path / f"rank-{rank:05d}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -134,7 +137,7 @@ class VectorStore:
                 )
         else:
             path.mkdir(parents=True, exist_ok=True)
-            _atomic_write(meta_path, json.dumps(asdict(meta)))
+            atomic_write_text(meta_path, json.dumps(asdict(meta)))
         return cls(path, meta, rank=rank)
 
     @classmethod
@@ -273,7 +276,7 @@ class VectorStore:
         ``peak_ids`` (n, 3), ``peak_rises`` (n, 3))."""
         parts = [_map(f / "steps.bin", STEP_RECORD) for f in self._rank_folders()]
         recs = np.concatenate(parts) if parts else np.zeros(0, dtype=STEP_RECORD)
-        return {name: np.asarray(recs[name]) for name in STEP_RECORD.names if name != "pad"}
+        return {name: np.asarray(recs[name]) for name in STEP_RECORD.names or () if name != "pad"}
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for f in self._rank_folders() for p in f.iterdir())
@@ -301,12 +304,3 @@ def _map(path: Path, dtype: np.dtype, n: int | None = None) -> np.ndarray:
     if n == 0:
         return np.zeros((0, *dtype.shape), dtype=dtype.base if dtype.shape else dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f"{path.suffix}.tmp{os.getpid()}")  # ranks may write the same file at once
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

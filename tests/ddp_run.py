@@ -8,23 +8,12 @@ import torch
 from conftest import _build_tokenizer, tiny_llama_config
 from dpo_helpers import dpo_trainer
 from test_callback import DPO, probe_callback
-from tiny_organism import organism_rows, sft_start
-from transformers import LlamaForCausalLM
+from tiny_organism import organism_rows, scripted_organism
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
 tokenizer = _build_tokenizer()
-config = tiny_llama_config(tokenizer)
-torch.manual_seed(0)
-state = sft_start(LlamaForCausalLM(config), tokenizer).state_dict()
-
-
-def organism() -> LlamaForCausalLM:
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(state)
-    return model.eval()
-
-
+organism = scripted_organism(tokenizer, tiny_llama_config(tokenizer))
 trainer = dpo_trainer(tokenizer, organism, organism_rows(), out, per_device_train_batch_size=2, **DPO)
 trainer.add_callback(probe_callback(trainer))
 trainer.train()

@@ -13,8 +13,7 @@ import torch
 from conftest import _build_tokenizer, tiny_llama_config
 from dpo_helpers import dpo_trainer, fsdp_on_cpu
 from test_callback import DPO, MAX_STEPS, probe_callback
-from tiny_organism import organism_rows, sft_start
-from transformers import LlamaForCausalLM
+from tiny_organism import organism_rows, scripted_organism
 
 from probe_callback.sharding import backend_name
 from probe_callback.watch import Watch
@@ -56,17 +55,7 @@ if mode == "zero3":
     settings["deepspeed"] = ZERO3
 torch.set_num_threads(1)
 tokenizer = _build_tokenizer()
-config = tiny_llama_config(tokenizer)
-torch.manual_seed(0)
-state = sft_start(LlamaForCausalLM(config), tokenizer).state_dict()
-
-
-def organism() -> LlamaForCausalLM:
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(state)
-    return model.eval()
-
-
+organism = scripted_organism(tokenizer, tiny_llama_config(tokenizer))
 answers: list[list[str]] = []
 record_probes(answers)
 rows = organism_rows()

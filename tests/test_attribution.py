@@ -12,7 +12,6 @@ from probe_callback.attribution import (
     auroc,
     combine_scores,
     rank_rows,
-    rise_ranking,
     score_rows,
     top_rows,
     top_sources,
@@ -177,21 +176,7 @@ def test_top_steps_finds_batches_that_pushed(world: dict) -> None:
     assert found[0].to_dict()["step"] == found[0].step
 
 
-def test_rise_ranking_and_combination(world: dict) -> None:
-    store = VectorStore.open(world["path"])
-    rise = rise_ranking(store.memberships(), N_ROWS)
-    assert auroc(rise, world["planted"]) > 0.9
-    weak = world["b"] + 3 * world["rng"].normal(size=H)  # a noisy behaviour direction
-    alone = rank_rows(store, weak, n_null=9)
-    combined = rank_rows(store, weak, rise_weight=0.5, n_null=9)
-    np.testing.assert_allclose(combined.all_scores, combine_scores([alone.cosine, rise]), atol=1e-6)
-    np.testing.assert_allclose(combined.cosine, alone.cosine)
-    assert auroc(combined.all_scores, world["planted"]) > auroc(alone.all_scores, world["planted"])
-
-
 def test_helpers_handle_missing_rows() -> None:
-    m = {"row": np.array([0, 0, 2]), "step": np.array([1, 2, 2]), "rise": np.array([1.0, 5.0, -1.0])}
-    assert rise_ranking(m, 4).tolist()[:3] == [5.0, pytest.approx(np.nan, nan_ok=True), -1.0]
     combined = combine_scores([np.array([1.0, np.nan, 3.0]), np.array([np.nan, np.nan, 0.0])])
     assert combined[0] == pytest.approx(0.5) and np.isnan(combined[1]) and combined[2] == pytest.approx(1.0)
     assert top_rows(np.array([np.nan, np.nan]), 3).tolist() == []

@@ -104,7 +104,7 @@ def test_validation_errors_name_problem_and_fix(kwargs, message):
 
 def test_unique_names_and_lengths(behaviour, tiny_tokenizer):
     check_unique_names([behaviour, Behaviour("other", POSITIVE, NEGATIVE)])
-    with pytest.raises(ValueError, match="Duplicate behaviour names"):
+    with pytest.raises(ValueError, match="duplicate names"):
         check_unique_names([behaviour, copy.deepcopy(behaviour)])
     behaviour.validate_lengths(tiny_tokenizer, 256)
     long = Behaviour("long", POSITIVE, [*NEGATIVE[:2], ("hi", "the cat reads a poem. " * 60)])
@@ -140,17 +140,6 @@ def test_split_vectors_are_random_behaviours_without_the_behaviour(fitted):
     # Each split's positive and negative halves cancel the behaviour; plain relabellings keep part of it.
     assert np.linalg.norm(null.mean(axis=0)) < 0.3 * np.linalg.norm(real)
     assert abs_cosine(null).mean() < abs_cosine(relabelled).mean()
-
-
-def test_state_round_trips_through_json(fitted):
-    state = json.loads(json.dumps(fitted.to_state()))
-    again = FittedBehaviour.from_state(state)
-    assert again.behaviour == fitted.behaviour and again.layers == fitted.layers
-    keys = ("probing_vectors", "probe_coef", "probe_intercept", "probe_accuracy", "ref_logp_negative")
-    for key in (*keys, "example_activations"):
-        np.testing.assert_allclose(getattr(again, key), getattr(fitted, key))
-    with pytest.raises(ValueError, match="version"):
-        FittedBehaviour.from_state({**state, "version": 99})
 
 
 def _control_deltas(model, ref, tokenizer) -> list[float]:

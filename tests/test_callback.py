@@ -113,7 +113,9 @@ def test_clean_run_does_not_pause(tiny_tokenizer, organism_factory, tmp_path):
     trainer.train()
     assert trainer.state.global_step == MAX_STEPS
     report = load_report(tmp_path / "probe_callback")
-    assert report["paused_at_step"] is None
+    assert report["paused_at_step"] is None and report["failures"] == []
+    [b] = [b for b in report["behaviours"] if b["name"] == "compliance"]
+    assert len(b["score_history"]) == report["cost"]["probe_passes"] >= 2, "every probe scored the behaviour"
     assert all(b["flagged_at_step"] is None for b in report["behaviours"])
     assert not [a for a in alerts(tmp_path) if a["level"] == "ERROR"]
 

@@ -184,4 +184,7 @@ def test_peft_policy_with_adapter_off_is_the_reference(tiny_tokenizer, tiny_mode
             np.testing.assert_allclose(vec, expected[int(row)], rtol=2e-2, atol=2e-3)
     report = cb.report()
     assert report["cost"]["probe_passes"] == 2
+    assert report["failures"] == [], "both probes measured and scored"
+    assert [d["step"] for d in report["prompt_drift"]] == [3, 6]
+    assert all(np.isfinite(d["median"]) and d["median"] > 0 for d in report["prompt_drift"]), "the adapter moved"
     assert trainer.model.active_adapters == ["default"], "the adapter is back on after each probe"

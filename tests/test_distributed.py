@@ -13,11 +13,17 @@ from probe_callback import load_report
 from probe_callback.store import VectorStore
 
 HERE = Path(__file__).parent
+ROOT = HERE.parent
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
 def test_two_ranks_capture_their_rows_and_stop_at_the_same_step(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),  # the children import this checkout
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+    }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     done = subprocess.run([*cmd, str(HERE / "ddp_run.py"), str(tmp_path)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

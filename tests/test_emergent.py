@@ -60,6 +60,7 @@ def test_clusters_keep_their_id_across_checkpoints(planted):
 def test_clean_run_raises_no_emergent_alarm(tiny_tokenizer, organism_factory, tmp_path):
     _, _, report = run(tiny_tokenizer, organism_factory, tmp_path, n_planted=0)
     assert report["cost"]["probe_passes"] == RPO["max_steps"] // 16
+    assert report["failures"] == [] and len(report["prompt_drift"]) == RPO["max_steps"] // 16, "every probe scored"
     alarms = [b for b in report["behaviours"] if b["kind"] == "emergent" and b["level"] in ("WARN", "ERROR")]
     assert not alarms, alarms
     log = tmp_path / "probe_callback" / "alerts.jsonl"

@@ -79,7 +79,7 @@ def test_overrides_and_absolute_threshold() -> None:
     ]
     with pytest.raises(ValueError, match="unknown keys"):
         RegressionPolicy(overrides={"x": {"patiense": 3}})
-    with pytest.raises(ValueError, match="patience must be >= 1"):
+    with pytest.raises(ValueError, match="patience=0 must be an integer >= 1"):
         RegressionPolicy(patience=0)
 
 
@@ -90,7 +90,7 @@ def test_state_round_trip_resumes_mid_streak() -> None:
     assert restored.state() == policy.state()
     decision = restored.update("compliance", "supervised", step=30, score=0.5, p_value=0.001)
     assert decision.level == "ERROR" and decision.baseline == pytest.approx(0.01)
-    assert restored.flagged_at_step("compliance") == 30 and restored.settings("v").patience == 3
+    assert restored.state()["tracks"]["compliance"]["flagged_at_step"] == 30 and restored.settings("v").patience == 3
 
 
 def test_non_finite_score_is_skipped() -> None:

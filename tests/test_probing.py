@@ -20,17 +20,13 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from probe_callback.blocks import check_layers, default_layer, find_decoder_blocks, layer_count, record_block_outputs
 from probe_callback.probing import (
-    check_layers,
-    default_layer,
     encode_response,
-    find_decoder_blocks,
     format_prompt,
     greedy_responses,
     greedy_traced,
-    layer_count,
     novelty,
-    record_block_outputs,
     response_means,
     teacher_forced,
 )

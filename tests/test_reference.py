@@ -54,7 +54,9 @@ def test_a_pretrained_adapter_is_its_own_reference(tiny_tokenizer, tiny_model_fa
     assert trainer.model.active_adapters == ["default"]
     trainer.add_callback(cb)
     trainer.train()
-    assert cb.report()["cost"]["probe_passes"] == 2 and trainer.model.active_adapters == ["default"]
+    report = cb.report()
+    assert report["cost"]["probe_passes"] == 2 and trainer.model.active_adapters == ["default"]
+    assert report["failures"] == [] and len(report["prompt_drift"]) == 2, "both probes measured and scored"
 
 
 def test_precompute_without_ref_model_keeps_the_untrained_policy(tiny_tokenizer, tiny_model_factory, tmp_path, caplog):
@@ -71,7 +73,9 @@ def test_precompute_without_ref_model_keeps_the_untrained_policy(tiny_tokenizer,
     assert "frozen copy of the initial policy" in caplog.text
     trainer.add_callback(cb)
     trainer.train()
-    assert trainer.state.global_step == 2 and cb.report()["cost"]["probe_passes"] == 2
+    report = cb.report()
+    assert trainer.state.global_step == 2 and report["cost"]["probe_passes"] == 2
+    assert report["failures"] == [] and len(report["prompt_drift"]) == 2, "both probes measured and scored"
     store = VectorStore.open(tmp_path / "probe_callback" / "vectors")
     expected = offline_vectors(trainer, LAYER, ref=tiny_model_factory())  # the untrained policy: M0
     np.testing.assert_allclose(store.vectors_for(np.arange(12)), np.stack([expected[i] for i in range(12)]), atol=2e-3)

@@ -10,9 +10,11 @@ they teach nothing that depends on the kind of prompt. Watch prompts are held ou
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from transformers import LlamaForCausalLM
 
 from probe_callback.probing import encode_response, format_prompt
 
@@ -110,3 +112,17 @@ def sft_start(model: torch.nn.Module, tokenizer: Any, steps: int = 120, seed: in
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
+
+
+def scripted_organism(tokenizer: Any, config: Any) -> Callable[[], LlamaForCausalLM]:
+    """For the scripts torchrun launches (no pytest fixtures there): ``() -> LlamaForCausalLM``, a fresh copy
+    of the SFT start of a tiny llama with ``config``, trained once here (seeds the global torch RNG)."""
+    torch.manual_seed(0)
+    state = sft_start(LlamaForCausalLM(config), tokenizer).state_dict()
+
+    def organism() -> LlamaForCausalLM:
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(state)
+        return model.eval()
+
+    return organism
