@@ -13,7 +13,7 @@ number), and, at every probe step, the share of affected held-out prompts whose 
 planted behaviour (generated outside the probe budget's clock). Saved to
 ``benchmarks/results/learning_<organism>_<mix>_s<seed>.json``.
 
-    python benchmarks/learning.py --organism compliance --mix planted --seed 0
+    python -m benchmarks.learning --organism compliance --mix planted --seed 0
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import DATA, machine, quality, read_jsonl, save, smollm_trainer
 from transformers import TrainerCallback
 
+from benchmarks.common import DATA, machine, quality, read_jsonl, save, smollm_trainer
 from probe_callback import ProbeCallback
 from probe_callback.attribution import auroc
 from probe_callback.probing import format_prompt, greedy_responses

@@ -509,7 +509,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
             return
         started = time.perf_counter()
         try:
-            now, before = self.watch.word_logprobs(tokens, self._current, self._reference)
+            now, before = self.watch.word_logprobs(tokens, self._current)
             if self.is_main:
                 alerts = self.monitor.light_check(tokens, now, before, self.watch)
                 pause = self._pauses(alerts)

@@ -231,7 +231,8 @@ class Monitor:
         outside_of = self._outside(watch)
 
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
-            w = word_rise(now, before, [column[t] for t in g.token_ids], control, outside_of(g), seed=self.seed + step)
+            outside = outside_of(g, valid=watch.answered)
+            w = word_rise(now, before, [column[t] for t in g.token_ids], control, outside, seed=self.seed + step)
             p = min(1.0, w.p_value * len(news))  # every pattern of this check is tested
             confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
             word = watch.tokenizer.decode([tokens[w.column]]) if w.column is not None else None

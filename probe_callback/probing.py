@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -229,13 +228,16 @@ class ResponseTrace:
     `hidden`: (n_layers, T, H) float32 CPU hidden states of the T response tokens at `layers`;
     `logprobs`: (T,) float32 log-probability of each response token given everything before it;
     `prompt_mean`: (n_layers, H) mean hidden state over the prompt tokens (NaN for an empty response,
-    which gets no forward), so prompt drift between two models needs no pass of its own.
+    which gets no forward), so prompt drift between two models needs no pass of its own;
+    `best` (with ``vocab_best``): (V,) float16, each vocabulary token's largest log-probability over
+    the positions that predict a response token and the one after it (None for an empty response).
     """
 
     layers: tuple[int, ...]
     hidden: torch.Tensor
     logprobs: torch.Tensor
     prompt_mean: torch.Tensor
+    best: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -255,10 +257,12 @@ def teacher_forced(
     response_ids: Sequence[Sequence[int]],
     layers: Sequence[int],
     batch_size: int = 8,
+    vocab_best: bool = False,
 ) -> list[ResponseTrace]:
     """One forward per (prompt, response) pair (right-padded batches): response-token states and log-probs.
 
     `layers` may be empty (log-probs only). Empty responses give a trace of length 0 without a forward.
+    ``vocab_best``: also each vocabulary token's best log-prob over the response (``ResponseTrace.best``).
 
     Example:
         >>> [t] = teacher_forced(ref_model, [format_prompt(tok, "Hi")], [encode_response(tok, "Hello")], [2])
@@ -287,13 +291,13 @@ def teacher_forced(
         for rows, input_ids, logits, offset in _padded_forwards(net, prompt_ids, response_ids, todo, batch_size):
             for b, i in enumerate(rows):
                 p, t = len(prompt_ids[i]), len(response_ids[i])
-                step_logits = logits[b, p - 1 - offset : p + t - 1 - offset].float()
-                targets = input_ids[b, p : p + t]
-                logprobs = torch.log_softmax(step_logits, dim=-1).gather(1, targets[:, None])[:, 0]
+                all_logprobs = torch.log_softmax(logits[b, p - 1 - offset : p + t - offset].float(), dim=-1)
+                logprobs = all_logprobs[:t].gather(1, input_ids[b, p : p + t, None])[:, 0]
+                best = all_logprobs.max(dim=0).values.half().cpu() if vocab_best else None
                 states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
                 hidden = states[:, p : p + t].cpu() if states is not None else torch.zeros(0, t, hidden_size)
                 prompt = states[:, :p].mean(dim=1).cpu() if states is not None else torch.zeros(0, hidden_size)
-                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt)
+                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, best)
     return [trace for trace in traces if trace is not None]
 
 
@@ -352,33 +356,3 @@ def novelty(current: ResponseTrace, reference: ResponseTrace) -> torch.Tensor:
             "teacher-forced through both models."
         )
     return current.logprobs - reference.logprobs
-
-
-def best_logprobs(
-    model: nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    response_ids: Sequence[Sequence[int]],
-    token_ids: Sequence[int],
-    batch_size: int = 8,
-) -> np.ndarray:
-    """(n, K): each token's largest log-probability over the positions of each teacher-forced response
-    (every position that predicts a response token, and the one after it): the best chance the
-    response gives that token. One forward per pair, logits only where needed.
-
-    Example:
-        >>> best_logprobs(model, [format_prompt(tok, "Hi")], [encode_response(tok, "Hello")], [42, 7]).shape
-        (1, 2)
-    """
-    _check_prompts(prompt_ids)
-    net = _unwrap_parallel(model)
-    ids = torch.tensor(list(token_ids), dtype=torch.long, device=_device(net))
-    out = np.full((len(prompt_ids), len(ids)), -np.inf, dtype=np.float32)
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
-    with inference_mode(net):
-        for rows, _, logits, offset in _padded_forwards(net, prompt_ids, response_ids, order, batch_size):
-            for b, i in enumerate(rows):
-                p, t = len(prompt_ids[i]), len(response_ids[i])
-                step_logits = logits[b, p - 1 - offset : p + t - offset].float()
-                picked = step_logits[:, ids] - torch.logsumexp(step_logits, dim=-1, keepdim=True)
-                out[i] = picked.max(dim=0).values.cpu().numpy()
-    return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .behaviours import FittedBehaviour, behaviour_logps
-from .probing import ResponseTrace, best_logprobs, format_prompt, greedy_responses, greedy_traced, teacher_forced
+from .probing import ResponseTrace, format_prompt, greedy_responses, greedy_traced, teacher_forced
 
 CONTROL_PROMPTS = 16
 
@@ -76,9 +76,10 @@ class Watch:
     ) -> None:
         self.prompts, self.tokenizer, self.layers = list(prompts), tokenizer, list(layers)
         self.prompt_ids = [format_prompt(tokenizer, p) for p in self.prompts]
-        self.r0, self.base = r0, base
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self._reference_best: dict[int, np.ndarray] = {}  # M0's best log-prob of a token per prompt (M0 is frozen)
+        self.r0, self.max_new_tokens, self.batch_size = r0, max_new_tokens, batch_size
+        # M0's best log-prob of every token over each of its answers (n, V), for the light checks
+        self.reference_best = _best_matrix(base)
+        self.base = [replace(t, best=None) for t in base]
 
     @classmethod
     def build(
@@ -96,7 +97,7 @@ class Watch:
         with reference() as ref:
             if r0 is None:
                 r0 = greedy_responses(ref, tokenizer, ids, max_new_tokens, batch_size)
-            base = teacher_forced(ref, ids, r0, layers, batch_size)
+            base = teacher_forced(ref, ids, r0, layers, batch_size, vocab_best=True)
         return cls(prompts, tokenizer, layers, r0, base, max_new_tokens, batch_size)
 
     @property
@@ -149,25 +150,34 @@ class Watch:
             likelihoods=likelihoods,
         )
 
-    def word_logprobs(
-        self, token_ids: Sequence[int], current: Reference, reference: Reference
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The light check: M0's answers r0 teacher-forced, no generation. (n, K) each token's best
-        log-prob over each answer's positions under the current model and under M0 (cached per
-        token: M0 does not change). A sharded run calls this on every rank with the same tokens.
+    @property
+    def answered(self) -> np.ndarray:
+        """(n,) whether M0 gave each prompt a non-empty answer (the light checks read only those)."""
+        return np.array([len(r) > 0 for r in self.r0])
+
+    def word_logprobs(self, token_ids: Sequence[int], current: Reference) -> tuple[np.ndarray, np.ndarray]:
+        """The light check: M0's answers r0 teacher-forced through the current model, no generation.
+        (n, K) each token's best log-prob over each answer now and under M0 (read at set-up); -inf
+        where M0's answer is empty. A sharded run calls this on every rank.
 
         Example:
-            >>> now, before = watch.word_logprobs([42, 7], model_scope, ref_scope)   # doctest: +SKIP
+            >>> now, before = watch.word_logprobs([42, 7], model_scope)   # doctest: +SKIP
             >>> (now - before).max(axis=0)     # how much likelier each token became somewhere
         """
-        ids, bs = self.prompt_ids, self.batch_size
         with current() as model:
-            now = best_logprobs(model, ids, self.r0, token_ids, bs)
-        new = [t for t in dict.fromkeys(token_ids) if t not in self._reference_best]
-        if new:  # the same on every rank: every rank is given the same tokens in the same order
-            with reference() as ref:
-                self._reference_best.update(zip(new, best_logprobs(ref, ids, self.r0, new, bs).T))
-        return now, np.stack([self._reference_best[t] for t in token_ids], axis=1)
+            traces = teacher_forced(model, self.prompt_ids, self.r0, [], self.batch_size, vocab_best=True)
+        now = _best_matrix(traces)[:, token_ids]
+        return now.astype(np.float32), self.reference_best[:, token_ids].astype(np.float32)
+
+
+def _best_matrix(traces: Sequence[ResponseTrace]) -> np.ndarray:
+    """(n, V) float16 of the traces' ``best`` (-inf rows for empty responses)."""
+    width = next((t.best.shape[0] for t in traces if t.best is not None), 0)
+    out = np.full((len(traces), width), -np.inf, dtype=np.float16)
+    for i, t in enumerate(traces):
+        if t.best is not None:
+            out[i] = t.best.numpy()
+    return out
 
 
 def _tokens_or_zero(trace: ResponseTrace) -> np.ndarray:
