@@ -90,6 +90,31 @@ class GreedyJudge(TrainerCallback):
             self.probe.cadence._started += time.perf_counter() - started
 
 
+class LightRecorder(TrainerCallback):
+    """Keeps what each light check of ``probe`` read (tokens, best log-probs now and under M0, each
+    pattern's tokens and outside prompts), saved as npz for offline re-scoring."""
+
+    def __init__(self, probe: ProbeCallback) -> None:
+        self.probe, self.arrays = probe, {}
+
+    def on_train_begin(self, args, state, control, **kw):
+        watch, monitor = self.probe.watch, self.probe.monitor
+        read = watch.word_logprobs
+
+        def recorded(tokens, current):
+            now, before = read(tokens, current)
+            step, news, _ = monitor._light
+            outside_of = monitor._outside(watch)
+            key = f"s{step}"
+            self.arrays.update({f"{key}_tokens": np.asarray(tokens), f"{key}_now": now, f"{key}_before": before})
+            for g in news:
+                self.arrays[f"{key}_{g.name}_tokens"] = np.asarray(g.token_ids)
+                self.arrays[f"{key}_{g.name}_outside"] = outside_of(g, valid=watch.answered)
+            return now, before
+
+        watch.word_logprobs = recorded
+
+
 def learning_auroc_by_window(records: dict[str, np.ndarray], planted: np.ndarray, width: int = 10) -> list[dict]:
     out = []
     for start in range(1, int(records["step"].max()) + 1, width):
@@ -121,6 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     judge = GreedyJudge(callback, read_jsonl(DATA / org["heldout"]), org["affected"])
     trainer.add_callback(callback)
     trainer.add_callback(judge)
+    recorder = LightRecorder(callback)
+    trainer.add_callback(recorder)
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
@@ -157,6 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if b.get("found_by") == "learning record"
         },
         "failures": report.get("failures"),
+        "light_checks": recorder.arrays,
     }
 
 
@@ -203,7 +231,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = {"settings": vars(args), "machine": machine(), **run(args)}
     budget = "" if args.budget is None else f"_budget{args.budget:g}"
-    save(f"learning_{args.organism}_{args.mix}_s{args.seed}{budget}.json", result)
+    lr = "" if args.lr == 5e-5 else f"_lr{args.lr:g}"
+    name = f"learning_{args.organism}_{args.mix}_s{args.seed}{lr}{budget}"
+    arrays = result.pop("light_checks")
+    if arrays:
+        np.savez_compressed(Path(__file__).parent / "results" / f"{name}_light.npz", **arrays)
+    save(f"{name}.json", result)
 
 
 if __name__ == "__main__":

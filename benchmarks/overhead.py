@@ -1,8 +1,9 @@
 """Capture overhead of ProbeCallback on SmolLM2-135M-Instruct DPO (CPU).
 
-Step time: two runs of the same seeded training (same batches, same model trajectory, since the
-hooks change nothing), the capture hooks installed on even steps in one and on odd steps in the
-other, so every step is timed once with and once without them; the median of the per-step ratios.
+Step time: three runs of the same seeded training (same batches, same model trajectory, since the
+hooks change nothing), each step run in a different arm in each run, so every step is timed once in
+each arm: plain DPO (no hooks), the capture hooks without the learning record (no policy hook), and
+the capture hooks with it (the default); the medians of the per-step ratios against plain DPO.
 Peak memory: the same short run in two child processes, with and without the callback. Store
 growth: bytes on disk per captured row at the default settings.
 
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -25,25 +27,35 @@ from benchmarks.common import DATA, ROOT, machine, read_jsonl, save, smollm_trai
 from probe_callback import ProbeCallback
 from probe_callback.store import VectorStore
 
+ARMS = ("plain", "hooks", "learning")  # no hooks; hooks without the learning record; the default
+
 
 class Interleave(TrainerCallback):
-    """Removes the probe's hooks on odd steps (a plain DPO step) and times every step."""
+    """Runs each step in one arm (rotating with ``shift``) and times it."""
 
-    def __init__(self, probe: ProbeCallback, parity: int) -> None:
-        self.probe, self.parity, self.times = probe, parity, {True: {}, False: {}}
+    def __init__(self, probe: ProbeCallback, shift: int) -> None:
+        self.probe, self.shift, self.times = probe, shift, {arm: {} for arm in ARMS}
 
     def on_step_begin(self, args, state, control, **kw):
-        self.capture = (state.global_step + 1) % 2 == self.parity
-        if not self.capture:
-            self.probe._capture.__exit__(None, None, None)
+        self.arm = ARMS[(state.global_step + 1 + self.shift) % len(ARMS)]
+        capture = self.probe._capture
+        if self.arm != "learning":
+            capture.__exit__(None, None, None)
+        if self.arm == "hooks":  # the same hooks, minus the policy's (the learning record's only input)
+            self.policy, capture.policy = capture.policy, None
+            capture.__enter__()
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kw):
         elapsed = time.perf_counter() - self.started  # the optimizer step is done; probe passes come after
-        if not self.capture:
-            self.probe._capture.__enter__()
+        capture = self.probe._capture
+        if self.arm != "learning":
+            capture.__exit__(None, None, None)
+            if self.arm == "hooks":
+                capture.policy = self.policy
+            capture.__enter__()
         if state.global_step > 2:  # warm-up steps excluded
-            self.times[self.capture][state.global_step] = elapsed
+            self.times[self.arm][state.global_step] = elapsed
 
 
 def peak_rss(with_callback: bool, steps: int) -> float:
@@ -76,22 +88,25 @@ def main() -> None:
     if args.child:
         return child(args.child == "with", args.steps)
 
-    with_hooks, without_hooks = {}, {}
-    for parity in (0, 1):
+    times: dict[str, dict[int, float]] = {arm: {} for arm in ARMS}
+    for shift in range(len(ARMS)):
         out = Path(tempfile.mkdtemp())
         trainer = smollm_trainer(read_jsonl(DATA / "organism_train.jsonl"), out, max_steps=args.steps)
         probe = ProbeCallback(trainer, every_n_steps=10**6)  # capture only: no checkpoint probe pass
         trainer.add_callback(probe)
-        timer = Interleave(probe, parity)
+        timer = Interleave(probe, shift)
         trainer.add_callback(timer)
         trainer.train()
-        with_hooks.update(timer.times[True])
-        without_hooks.update(timer.times[False])
-    steps = sorted(set(with_hooks) & set(without_hooks))
-    ratios = [with_hooks[s] / without_hooks[s] for s in steps]
+        for arm in ARMS:
+            times[arm].update(timer.times[arm])
+    steps = sorted(set.intersection(*(set(t) for t in times.values())))
     store = VectorStore.open(out / "probe_callback" / "vectors")
-    with_cb = statistics.median(with_hooks[s] for s in steps)
-    without = statistics.median(without_hooks[s] for s in steps)
+    medians = {arm: statistics.median(times[arm][s] for s in steps) for arm in ARMS}
+
+    def ratios(arm: str, base: str) -> dict[str, Any]:
+        r = [times[arm][s] / times[base][s] for s in steps]
+        return {"median": round(statistics.median(r), 4), "quartiles": [round(q, 4) for q in statistics.quantiles(r)]}
+
     rss_plain, rss_probe = peak_rss(False, args.memory_steps), peak_rss(True, args.memory_steps)
     save(
         "overhead.json",
@@ -100,11 +115,14 @@ def main() -> None:
             "steps": args.steps,
             "batch_size": trainer.args.per_device_train_batch_size,
             "max_length": trainer.args.max_length,
-            "median_step_s_with": round(with_cb, 4),
-            "median_step_s_without": round(without, 4),
-            "median_step_ratio": round(statistics.median(ratios), 4),
+            "median_step_s": {arm: round(m, 4) for arm, m in medians.items()},
+            "median_step_ratio": ratios("learning", "plain")["median"],
+            "ratios": {
+                "default_vs_plain": ratios("learning", "plain"),
+                "hooks_without_learning_vs_plain": ratios("hooks", "plain"),
+                "learning_record_vs_hooks_without_it": ratios("learning", "hooks"),
+            },
             "paired_steps": len(steps),
-            "ratio_quartiles": [round(q, 4) for q in statistics.quantiles(ratios, n=4)],
             "peak_rss_mib_without": round(rss_plain, 1),
             "peak_rss_mib_with": round(rss_probe, 1),
             "peak_rss_delta_mib": round(rss_probe - rss_plain, 1),
