@@ -52,7 +52,7 @@ class RowIndex:
     """Maps batch sequences back to rows of the user's dataset, with their ``id``, ``source`` and texts.
 
     ``order`` is the row of each position of the tokenized dataset; ``fingerprint`` identifies it.
-    Memory is a few compact arrays, about 45 bytes a row (measured by ``benchmarks/store_scale.py``):
+    Memory is a few compact arrays, 36 bytes a row (``benchmarks/store_scale.py``: 343 MiB at 10M rows):
     the pair keys sorted for binary search, ``order``, the sources as integer codes into a table of
     names. Texts and ids are not copied: :meth:`text` and :meth:`id` read the row from the trainer's
     dataset (Arrow, memory-mapped when it lives in the datasets cache) when a report needs them.
