@@ -8,8 +8,8 @@ FSDP1 on CPU (see `sharded_run.py` for its settings) checkpoints with SHARDED_ST
 save segfaults on CPU parameters (accelerate asks FSDP1 for `offload_to_cpu=True`; torch 2.13 then crashes
 cloning the gathered parameters, reproduced with two ranks and two `nn.Linear`). Its resume restores the
 model (the first step after it has one process's loss and grad norm, 0.6179 and 0.5984) but not the
-optimizer exactly (the second: loss 0.6019 against 0.6045), so after the resume its scores are not compared:
-trainer/accelerate checkpointing, not the callback (which never touches the optimizer).
+optimizer exactly (the second: loss 0.6019 against 0.6045; the same with no callback on the resumed trainer),
+so after the resume its scores are not compared.
 """
 
 import importlib.util
