@@ -47,7 +47,7 @@ from .resume import (
     stale_store,
     warn_changed_options,
 )
-from .rows import RowIndex
+from .rows import RowIndex, RowSet
 from .sharding import RankMirror, gathered
 from .sinks import Publisher, make_publisher
 from .store import VectorStore
@@ -140,7 +140,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         self.checkpoint_path: str | None = None
         self._acknowledged: set[str] = set()
         self._capture: DatapointCapture | None = None
-        self._stored: set[int] = set()
+        self._stored = RowSet()
         self.store_dim: int | None = None
         self._step = 0
         self.unmatched = 0
@@ -331,7 +331,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
             with self.faults.guard("alerts.jsonl", state.global_step):
                 self._roll_back_alerts(state.global_step)
         self.store.truncate_steps_after(state.global_step)
-        self._stored = set(self.store.row_ids().tolist())
+        self._stored = RowSet(self.store.row_ids())
         folder = self.output_dir / "vectors" / f"rank-{int(args.process_index):05d}"
         self._mirror = RankMirror(folder, self.trainer.accelerator, per_node=args.save_on_each_node)
         self.store_dim = self.store.dim
@@ -540,7 +540,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         try:
             self._datapoint_pass()
             self._mirror.sync()
-            self._stored = set(self.store.row_ids().tolist())
+            self._stored = RowSet(self.store.row_ids())
             if self.is_main:
                 self.monitor.reattribute()
         except Exception as exc:
@@ -700,8 +700,8 @@ class ProbeCallback(TrainerCallback, ExportableState):
         )
         self.store.flush()
         self.trainer.accelerator.wait_for_everyone()
-        stored = set(VectorStore.open(self.store.path).row_ids().tolist()) if self.is_main else set()
-        todo = self._from_main([pos for pos, row in enumerate(self.rows.order) if int(row) not in stored])
+        stored = RowSet(VectorStore.open(self.store.path).row_ids()) if self.is_main else RowSet()
+        todo = self._from_main(np.flatnonzero(~stored.contains(self.rows.order)).tolist() if self.is_main else None)
         bs, world = args.per_device_train_batch_size, args.world_size
         batches = [todo[start : start + bs] for start in range(0, len(todo), bs)]
         mine = batches[args.process_index :: world]

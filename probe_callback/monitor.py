@@ -300,10 +300,7 @@ class Monitor:
 
     def _outside(self, watch: Watch) -> Callable[..., np.ndarray]:
         """pattern (, valid) -> the watched prompts that can confirm it (see :func:`outside_prompts`)."""
-        rows_of: dict[str, list[int]] = {}
-        for r in range(self.rows.n_rows):
-            rows_of.setdefault(self.rows.text(r, "prompt"), []).append(r)
-        watched = [rows_of.get(to_text(p), []) for p in watch.prompts]
+        watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         valid = np.ones(len(watched), dtype=bool)
         return partial(outside_prompts, watched=watched, sources=self.rows.sources_array(), valid=valid)
 

@@ -47,7 +47,7 @@ def gathered(model: nn.Module, accelerator: Any) -> Iterator[nn.Module]:
     ZeRO-3: parameters gathered the way TRL gathers them for generation
     (``trl.models.utils.unwrap_model_for_generation``; an engine without an optimizer, whose hooks
     that helper lifts, gets ``deepspeed.zero.GatheredParameters``). FSDP2: the module itself, whose
-    forwards gather each shard. FSDP1 (untested): the root's own parameters summoned, its wrapped
+    forwards gather each shard. FSDP1 (tested on CPU): the root's own parameters summoned, its wrapped
     blocks gathering theirs, as TRL does for generation. Otherwise: the bare module.
     """
     if not is_sharded(accelerator):

@@ -74,7 +74,12 @@ def dpo_trainer(
 
 
 def fsdp_on_cpu() -> None:
-    """accelerate takes an FSDP plugin only on GPU-type devices: let a CPU (gloo) run use it too."""
+    """accelerate takes an FSDP plugin only on GPU-type devices: let a CPU (gloo) run use it too.
+
+    FSDP1 also needs the device as plain ``cpu``: accelerate passes ``device_id=accelerator.device`` (``cpu:0``
+    on CPU ranks) and FSDP1 refuses one that differs from its compute device (``cpu``).
+    """
+    import torch
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType
 
@@ -85,5 +90,7 @@ def fsdp_on_cpu() -> None:
         if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
             self.fsdp_plugin = fsdp_plugin
+            if fsdp_plugin.fsdp_version == 1:
+                self.device = PartialState._shared_state["device"] = torch.device("cpu")
 
     AcceleratorState.__init__ = patched

@@ -1,6 +1,6 @@
 """Run by `torchrun` from test_sharded.py: the planted organism under FSDP2 or ZeRO-3 (gloo, CPU), then a resume.
 
-`python sharded_run.py MODE OUT`, MODE one of `single` (one process, no sharding), `ddp`, `fsdp2`, `zero3`,
+`python sharded_run.py MODE OUT`, MODE one of `single` (one process, no sharding), `ddp`, `fsdp1`, `fsdp2`, `zero3`,
 `nodes` (DDP with `save_on_each_node=True`: OUT is this node's own output folder).
 Each rank writes `rank{N}.json`: the step it stopped at, the backend, M0's answers and every probe's answers.
 """
@@ -45,11 +45,17 @@ settings = {
     "ddp": {},
     "single": {},
     "nodes": {"save_on_each_node": True},
+    # FSDP1 on CPU: accelerate refuses sync_module_states=True (the default; every rank builds the same model
+    # here), and its full-state-dict save (offload_to_cpu=True) segfaults in FSDP1's clone: sharded checkpoints
+    "fsdp1": {
+        "fsdp": "full_shard",
+        "fsdp_config": {"version": 1, "sync_module_states": False, "state_dict_type": "SHARDED_STATE_DICT"},
+    },
     "fsdp2": {"fsdp": "full_shard", "fsdp_config": {"version": 2}},
     "zero3": {},
 }
 settings = {**DPO, "per_device_train_batch_size": 4 if mode == "single" else 2, **settings[mode]}
-if mode == "fsdp2":
+if mode in ("fsdp1", "fsdp2"):
     fsdp_on_cpu()
 if mode == "zero3":
     settings["deepspeed"] = ZERO3
