@@ -52,40 +52,81 @@ DATASET_SCRIPTS = {
 }
 REMOTE_CODE = "scripts/generate_tiny_models/for_causal_lm/_remote_code"
 
-SIZE = {"hidden_size": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
-        "intermediate_size": 32}  # fmt: skip
+SIZE = {
+    "hidden_size": 8,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 32,
+}
 # TRL's tiny models (scripts/generate_tiny_models/for_causal_lm): config class and the settings that shape them.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-Qwen2ForCausalLM-2.5": ("Qwen2Config", SIZE),
     "tiny-Cohere2ForCausalLM": ("Cohere2Config", {**SIZE, "logit_scale": 1.0, "rope_theta": 50000}),
     "tiny-Glm4MoeForCausalLM": (
         "Glm4MoeConfig",
-        {**SIZE, "moe_intermediate_size": 32, "head_dim": 2, "n_routed_experts": 4, "num_experts_per_tok": 2,
-         "attention_bias": True, "routed_scaling_factor": 2.5, "use_qk_norm": True, "num_nextn_predict_layers": 1},
-    ),  # fmt: skip
+        {
+            **SIZE,
+            "moe_intermediate_size": 32,
+            "head_dim": 2,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "attention_bias": True,
+            "routed_scaling_factor": 2.5,
+            "use_qk_norm": True,
+            "num_nextn_predict_layers": 1,
+        },
+    ),
     "tiny-GptOssForCausalLM": ("GptOssConfig", {**SIZE, "num_local_experts": 4, "num_experts_per_tok": 2}),
     "tiny-Qwen3MoeForCausalLM": (
-        "Qwen3MoeConfig", {**SIZE, "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True}
+        "Qwen3MoeConfig",
+        {**SIZE, "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True},
     ),
     "tiny-NemotronHForCausalLM-nano": (
         "NemotronHConfig",
-        {"hidden_size": 16, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 32,
-         "layers_block_type": ["mamba", "attention", "moe"], "mamba_num_heads": 8, "mamba_head_dim": 4,
-         "mamba_n_groups": 1, "ssm_state_size": 16, "mamba_d_conv": 4, "mamba_expand": 2, "n_routed_experts": 4,
-         "num_experts_per_tok": 2, "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 32,
-         "use_mamba_kernels": False},
-    ),  # fmt: skip
+        {
+            "hidden_size": 16,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 32,
+            "layers_block_type": ["mamba", "attention", "moe"],
+            "mamba_num_heads": 8,
+            "mamba_head_dim": 4,
+            "mamba_n_groups": 1,
+            "ssm_state_size": 16,
+            "mamba_d_conv": 4,
+            "mamba_expand": 2,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "moe_shared_expert_intermediate_size": 32,
+            "use_mamba_kernels": False,
+        },
+    ),
     "tiny-Olmo3ForCausalLM": ("Olmo3Config", {**SIZE, "use_cache": False}),
     "tiny-Lfm2ForCausalLM": (
         "Lfm2Config",
-        {**SIZE, "full_attn_idxs": [1], "block_multiple_of": 8, "conv_bias": False, "conv_L_cache": 3,
-         "block_auto_adjust_ff_dim": True, "use_cache": False},
-    ),  # fmt: skip
+        {
+            **SIZE,
+            "full_attn_idxs": [1],
+            "block_multiple_of": 8,
+            "conv_bias": False,
+            "conv_L_cache": 3,
+            "block_auto_adjust_ff_dim": True,
+            "use_cache": False,
+        },
+    ),
     "tiny-Lfm2ForCausalLM-2.5": (
         "Lfm2Config",
-        {**SIZE, "layer_types": ["conv", "full_attention"], "conv_bias": False, "conv_L_cache": 3,
-         "block_auto_adjust_ff_dim": False, "use_cache": False},
-    ),  # fmt: skip
+        {
+            **SIZE,
+            "layer_types": ["conv", "full_attention"],
+            "conv_bias": False,
+            "conv_L_cache": 3,
+            "block_auto_adjust_ff_dim": False,
+            "use_cache": False,
+        },
+    ),
     "tiny-RemoteForCausalLM": ("remote", SIZE),
 }
 
@@ -148,8 +189,10 @@ def gather_sources(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 raise SystemExit("no test_dpo_trainer.py: pass --test-file PATH or --trl-repo DIR (a TRL git dir)")
             text = ""
         (tests / name).write_text(text)
-    for path in [*DATASET_SCRIPTS.values(), *(f"{REMOTE_CODE}/{f}" for f in ("configuration_remote.py",
-                                                                            "modeling_remote.py"))]:  # fmt: skip
+    for path in [
+        *DATASET_SCRIPTS.values(),
+        *(f"{REMOTE_CODE}/{f}" for f in ("configuration_remote.py", "modeling_remote.py")),
+    ]:
         text = git_show(repo, ref, path) if repo is not None else None
         if text is not None:
             (scripts / Path(path).name).write_text(text)
@@ -323,10 +366,27 @@ def run_suite(work: Path, attach: bool, extra: list[str], timeout: int) -> dict[
     }
     (work / "pytest.ini").write_text("[pytest]\n")
     cmd = [
-        "nice", "-n", "19", sys.executable, "-m", "pytest", "tests/test_dpo_trainer.py", "-c", "pytest.ini",
-        "--rootdir", str(work), "-p", "benchmarks.trl_suite_plugin", "-p", "no:cacheprovider", "-q",
-        "-o", "junit_family=xunit1", f"--junitxml={junit}", *extra,
-    ]  # fmt: skip
+        "nice",
+        "-n",
+        "19",
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/test_dpo_trainer.py",
+        "-c",
+        "pytest.ini",
+        "--rootdir",
+        str(work),
+        "-p",
+        "benchmarks.trl_suite_plugin",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-o",
+        "junit_family=xunit1",
+        f"--junitxml={junit}",
+        *extra,
+    ]
     log(f"{label} run: {' '.join(cmd[3:])}")
     started = time.time()
     with (work / f"pytest-{label}.log").open("w") as out:
