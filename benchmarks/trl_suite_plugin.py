@@ -50,15 +50,21 @@ def _redirect_datasets(root: Path) -> None:
     datasets.load_dataset = load_dataset
 
 
+FAILURE_WORDS = ("failed", "could not", "matched no dataset row", "not recorded", "Traceback")
+
+
 class _OurErrors(logging.Handler):
-    """Collects ERROR records of the ``probe_callback`` logger (a failure of ours that training survived)."""
+    """Collects what the ``probe_callback`` logger says went wrong (a failure of ours that training survived):
+    every ERROR, and the WARNINGs that report a failed stage."""
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.WARNING)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage()[:500])
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR or any(word in message for word in FAILURE_WORDS):
+            self.messages.append(message[:500])
 
 
 class _Attach:
