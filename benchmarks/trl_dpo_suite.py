@@ -342,7 +342,7 @@ def model_names(test_file: Path) -> list[str]:
 
 
 # ----- runs --------------------------------------------------------------------------------------------------
-def run_suite(work: Path, attach: bool, extra: list[str], timeout: int) -> dict[str, Any]:
+def run_suite(work: Path, attach: bool, extra: list[str], timeout: int, options: str = "{}") -> dict[str, Any]:
     label = "callback" if attach else "plain"
     junit, events = work / f"junit-{label}.xml", work / f"events-{label}.jsonl"
     for path in (junit, events):
@@ -358,6 +358,7 @@ def run_suite(work: Path, attach: bool, extra: list[str], timeout: int) -> dict[
         "TRL_SUITE_DATASETS": str(work / "datasets"),
         "TRL_SUITE_ATTACH": "1" if attach else "0",
         "TRL_SUITE_EVENTS": str(events),
+        "TRL_SUITE_OPTIONS": options,
         "WANDB_MODE": "disabled",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
@@ -435,6 +436,14 @@ def compare(plain: dict[str, Any], callback: dict[str, Any]) -> dict[str, Any]:
     refused = {e["test"]: e["refused"] for e in callback["events"] if e.get("refused")}
     attached = sorted(e["test"] for e in callback["events"] if e.get("attached"))
     ours = {e["test"]: e["our_errors"] for e in callback["events"] if e.get("our_errors")}
+    summaries = [(e["test"], s) for e in callback["events"] for s in e.get("callbacks", [])]
+    for test, summary in summaries:
+        problems = [*summary.get("failures", []), *summary.get("not_recorded", [])]
+        if summary.get("report_error"):
+            problems.append(summary["report_error"])
+        if problems:
+            ours.setdefault(test, []).extend(str(p)[:300] for p in problems)
+    started = [s for _, s in summaries if s.get("started")]
     return {
         "plain": counts(p),
         "callback": counts(c),
@@ -444,6 +453,11 @@ def compare(plain: dict[str, Any], callback: dict[str, Any]) -> dict[str, Any]:
         "skipped_in_both": sum(1 for t in skipped if c.get(t, {}).get("outcome") == "skipped"),
         "skip_reasons": sorted({p[t]["message"] for t in skipped}),
         "tests_with_callback_attached": len(attached),
+        "callbacks_attached": len(summaries),
+        "callbacks_that_started": len(started),
+        "callbacks_that_probed": sum(1 for s in started if (s.get("probe_passes") or 0) > 0),
+        "probe_passes": sum(s.get("probe_passes") or 0 for s in started),
+        "rows_stored": sum(s.get("rows_stored") or 0 for s in started),
         "refused_at_attach": refused,
         "errors_our_code_logged_and_survived": ours,
         "seconds": {"plain": plain["seconds"], "callback": callback["seconds"]},
@@ -459,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", dest="select", help="pytest -k expression (a subset, e.g. for a quick check)")
     parser.add_argument("--only", choices=["plain", "callback"], help="one run (no comparison is saved)")
     parser.add_argument("--timeout", type=int, default=4 * 3600, help="seconds per run (default %(default)s)")
+    parser.add_argument(
+        "--options",
+        default="{}",
+        help="ProbeCallback options as JSON for the callback run, e.g. '{\"every_n_steps\": 2}' to probe in every "
+        "test (default: none, ProbeCallback(trainer) as it comes)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -480,11 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for label in ("plain", "callback"):
         if args.only in (None, label):
-            runs[label] = run_suite(work, label == "callback", extra, args.timeout)
+            runs[label] = run_suite(work, label == "callback", extra, args.timeout, args.options)
     if len(runs) < 2:
         print(json.dumps({k: counts(v["outcomes"]) for k, v in runs.items()}, indent=1))
         return 0
-    result = {**info, "pytest_args": extra, **compare(runs["plain"], runs["callback"])}
+    options = json.loads(args.options)
+    result = {**info, "pytest_args": extra, "callback_options": options, **compare(runs["plain"], runs["callback"])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

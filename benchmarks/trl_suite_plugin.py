@@ -6,8 +6,9 @@ Loaded with ``-p benchmarks.trl_suite_plugin``. Environment:
   ``datasets.load_dataset("trl-internal-testing/...")`` reads them instead of the Hub. Models resolve through a
   prepared Hub cache (``HF_HUB_CACHE`` with ``HF_HUB_OFFLINE=1``), so no patching is needed for them.
 - ``TRL_SUITE_ATTACH=1``: every ``DPOTrainer`` gets ``ProbeCallback(trainer)`` added right after it is built, as
-  a user adds the one line. A refusal at attach (the documented ``ValueError``/``TypeError`` of bad input) is
-  recorded and the test goes on without the callback, as the user would; any other exception propagates.
+  a user adds the one line (``TRL_SUITE_OPTIONS``: a JSON object of options to pass too, e.g. a cadence). A
+  refusal at attach (the documented ``ValueError``/``TypeError`` of bad input) is recorded and the test goes on
+  without the callback, as the user would; any other exception propagates.
 - ``TRL_SUITE_EVENTS``: a JSONL file; one line per test with what happened to the callback (attached, refused
   and why, errors our code logged while training).
 """
@@ -71,6 +72,8 @@ class _Attach:
     def __init__(self, events: Path | None) -> None:
         self.events = events
         self.current: dict[str, Any] = {}
+        self.callbacks: list[Any] = []
+        self.options: dict[str, Any] = json.loads(os.environ.get("TRL_SUITE_OPTIONS") or "{}")
         self.errors = _OurErrors()
         logging.getLogger("probe_callback").addHandler(self.errors)
 
@@ -85,12 +88,13 @@ class _Attach:
         def __init__(trainer: Any, *args: Any, **kwargs: Any) -> None:
             original(trainer, *args, **kwargs)
             try:
-                callback = ProbeCallback(trainer)
+                callback = ProbeCallback(trainer, **state.options)
             except (ValueError, TypeError) as exc:  # the documented attach-time refusal of bad input
                 state.current.setdefault("refused", []).append(f"{type(exc).__name__}: {exc}")
                 return
             trainer.add_callback(callback)
             state.current["attached"] = state.current.get("attached", 0) + 1
+            state.callbacks.append(callback)
 
         DPOTrainer.__init__ = __init__
 
@@ -99,6 +103,28 @@ class _Attach:
         self.errors.messages = []
 
     def finish(self) -> None:
+        summaries = []
+        for callback in self.callbacks:  # what each callback did (its report), or that it never started
+            if callback.monitor is None:
+                summaries.append({"started": False})
+                continue
+            try:
+                report = callback.report()
+                cost = report.get("cost") or {}
+                summaries.append(
+                    {
+                        "started": True,
+                        "probe_passes": cost.get("probe_passes"),
+                        "rows_stored": len(callback._stored),
+                        "failures": report.get("failures") or [],
+                        "not_recorded": report.get("not_recorded") or [],
+                    }
+                )
+            except Exception as exc:  # a report that cannot be made is a failure of ours too
+                summaries.append({"started": True, "report_error": repr(exc)[:300]})
+        if summaries:
+            self.current["callbacks"] = summaries
+        self.callbacks = []
         if self.errors.messages:
             self.current["our_errors"] = list(self.errors.messages)
         if self.events is not None and self.current:
