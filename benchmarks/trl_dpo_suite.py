@@ -474,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["plain", "callback"], help="one run (no comparison is saved)")
     parser.add_argument("--timeout", type=int, default=4 * 3600, help="seconds per run (default %(default)s)")
     parser.add_argument(
+        "--reuse-plain", action="store_true", help="take the plain run's outcomes from the last run in --work"
+    )
+    parser.add_argument(
         "--options",
         default="{}",
         help="ProbeCallback options as JSON for the callback run, e.g. '{\"every_n_steps\": 2}' to probe in every "
@@ -498,9 +501,15 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = ["-k", args.select] if args.select else []
     runs = {}
+    previous = work / "plain-run.json"
+    if args.reuse_plain and previous.exists() and args.only is None:
+        runs["plain"] = json.loads(previous.read_text())
+        log(f"plain run: reused from {previous}")
     for label in ("plain", "callback"):
-        if args.only in (None, label):
+        if args.only in (None, label) and label not in runs:
             runs[label] = run_suite(work, label == "callback", extra, args.timeout, args.options)
+            if label == "plain":
+                previous.write_text(json.dumps(runs[label]))
     if len(runs) < 2:
         print(json.dumps({k: counts(v["outcomes"]) for k, v in runs.items()}, indent=1))
         return 0
