@@ -37,6 +37,7 @@ import sys
 import time
 import types
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -451,7 +452,7 @@ def compare(plain: dict[str, Any], callback: dict[str, Any]) -> dict[str, Any]:
         "fail_only_plain": {t: p[t]["message"] for t in only_plain},
         "fail_in_both": {t: p[t]["message"] for t in both},
         "skipped_in_both": sum(1 for t in skipped if c.get(t, {}).get("outcome") == "skipped"),
-        "skip_reasons": sorted({p[t]["message"] for t in skipped}),
+        "skip_reasons": dict(Counter(p[t]["message"] for t in skipped).most_common()),
         "tests_with_callback_attached": len(attached),
         "callbacks_attached": len(summaries),
         "callbacks_that_started": len(started),
