@@ -79,20 +79,24 @@ class _WrapOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname != _DPO_MODULE:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None and spec.loader is not None:
-                self._loader = spec.loader
-                spec.loader = self
-                return spec
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None and spec.loader is not None:
+                    self._loader = spec.loader
+                    spec.loader = self
+                    return spec
+        except Exception:  # the import goes on as if we were not here
+            return None
         return None
 
     def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader  # the module's own loader, as without us
         self._loader.exec_module(module)
         with contextlib.suppress(Exception):
             _wrap_precompute(module)

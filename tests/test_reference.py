@@ -146,4 +146,5 @@ def test_trl_imported_after_probe_callback_is_wrapped_too(monkeypatch):
     assert isinstance(sys.meta_path[0], _WrapOnImport)
     fresh = importlib.import_module(_DPO_MODULE)
     assert fresh.DPOTrainer._precompute_ref_logps._probe_callback
+    assert not isinstance(fresh.__loader__, _WrapOnImport) and not isinstance(fresh.__spec__.loader, _WrapOnImport)
     assert not any(isinstance(f, _WrapOnImport) for f in sys.meta_path), "the finder removes itself"
