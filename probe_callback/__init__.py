@@ -10,5 +10,8 @@ from .callback import ProbeCallback
 from .config import ProbeOptions
 from .mitigate import mitigate
 from .report import load_report
+from .rows import remember_kept_rows
+
+remember_kept_rows()  # precompute_ref_log_probs=True: keep `row` an index into the user's dataset
 
 __all__ = ["Behaviour", "ProbeCallback", "ProbeOptions", "load_report", "mitigate"]

@@ -15,7 +15,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from transformers.trainer_callback import ExportableState
 from .behaviours import fit_behaviour
 from .cadence import Cadence
 from .capture import CapturedBatch, DatapointCapture
-from .config import ProbeOptions, check_output_dir
+from .config import MIN_WATCHED_PROMPTS, ProbeOptions, check_output_dir
 from .discovery import EmergentTracker
 from .fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
 from .monitor import PATTERN_ALPHA, Monitor, default_threshold
@@ -90,6 +90,21 @@ def stratified_sample(prompts: list[Any], sources: list[Any], n: int, seed: int 
     return picked
 
 
+def count_unique(prompts: Iterable[Any], enough: int) -> int:
+    """How many distinct prompts ``prompts`` holds, counting no further than ``enough``.
+
+    Example:
+        >>> count_unique(["a", "b", "a"], 4), count_unique(iter("abcdef"), 4)
+        (2, 4)
+    """
+    seen: set[str] = set()
+    for prompt in prompts:
+        seen.add(json.dumps(prompt, sort_keys=True, default=str))
+        if len(seen) >= enough:
+            break
+    return len(seen)
+
+
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
@@ -130,6 +145,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         check_output_dir(self.output_dir)
         self.precomputed = bool(getattr(trainer.args, "precompute_ref_log_probs", False))
         self._check_behaviours(trainer)
+        self._check_default_prompts()
         self.rows: RowIndex | None = None
         self.store: GuardedStore | None = None
         self.watch: Watch | None = None
@@ -263,18 +279,45 @@ class ProbeCallback(TrainerCallback, ExportableState):
                     return n
         return max(1, max_steps // 10)
 
+    def _prompt_pools(self) -> list[Any]:
+        """The datasets the default sample draws from: the eval split when it has a ``prompt`` column and at
+        least 4 unique prompts, else the eval split and the train split together."""
+        train, evaluation = self.trainer.train_dataset, self.trainer.eval_dataset
+        if not isinstance(evaluation, datasets.Dataset) or "prompt" not in evaluation.column_names:
+            return [train]
+        if count_unique(evaluation["prompt"], MIN_WATCHED_PROMPTS) >= MIN_WATCHED_PROMPTS:
+            return [evaluation]
+        return [evaluation, train]
+
+    def _check_default_prompts(self) -> None:
+        """Without ``probe_prompts``, the data must offer at least 4 unique prompts to watch (refused at attach)."""
+        if self.options.probe_prompts is not None:
+            return
+        pools = self._prompt_pools()
+        if any("prompt" not in ds.column_names for ds in pools):
+            raise ValueError(
+                "probe_prompts is not given and the training data has no 'prompt' column to sample prompts to watch "
+                f"from: pass probe_prompts=[...] with at least {MIN_WATCHED_PROMPTS} prompts."
+            )
+        found = count_unique((p for ds in pools for p in ds["prompt"]), MIN_WATCHED_PROMPTS)
+        if found < MIN_WATCHED_PROMPTS:
+            where = "eval and train data hold" if len(pools) > 1 else "train data holds"
+            raise ValueError(
+                f"probe_prompts is not given and the {where} only {found} unique prompt(s) to sample from: "
+                f"emergent discovery needs at least {MIN_WATCHED_PROMPTS} watched prompts. Pass "
+                f"probe_prompts=[...] with at least {MIN_WATCHED_PROMPTS} prompts of the kind you want watched."
+            )
+
     def _sample_prompts(self) -> list[Any]:
         if self.options.probe_prompts is not None:
             return list(self.options.probe_prompts)
-        ds = (
-            self.trainer.eval_dataset
-            if isinstance(self.trainer.eval_dataset, type(self.trainer.train_dataset))
-            else None
-        )
-        ds = ds if ds is not None and "prompt" in ds.column_names else self.trainer.train_dataset
+        prompts: list[Any] = []
+        sources: list[Any] = []
         column = self.options.source_column
-        sources = ds[column] if column in ds.column_names else [None] * len(ds)
-        return stratified_sample(ds["prompt"], sources, self.options.n_probe_prompts, self.options.seed)
+        for ds in self._prompt_pools():
+            prompts += list(ds["prompt"])
+            sources += list(ds[column]) if column in ds.column_names else [None] * len(ds)
+        return stratified_sample(prompts, sources, self.options.n_probe_prompts, self.options.seed)
 
     # ----- trainer events -----------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):

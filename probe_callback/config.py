@@ -114,7 +114,8 @@ class ProbeOptions:
     """Every option of :class:`~probe_callback.ProbeCallback`; all have defaults.
 
     - ``probe_prompts``: the prompts to watch (text or chat messages), at least 4. Default: a sample
-      of ``n_probe_prompts`` eval (else train) prompts.
+      of ``n_probe_prompts`` eval prompts (train ones too when the eval split has fewer than 4 unique ones);
+      refused at attach when the data hold fewer than 4 unique prompts.
     - ``behaviours``: a list of supervised :class:`~probe_callback.Behaviour` definitions.
     - ``every_n_steps``: probe cadence; every one is probed. Default: the trainer's eval cadence, else
       its save cadence, else a tenth of ``max_steps``, each probed only within ``probe_budget``.

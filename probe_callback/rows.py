@@ -4,8 +4,11 @@ The collator drops every column but the token ids and the sampler shuffles, so r
 content: the key of a pair is a hash of its truncated ``prompt+chosen`` and ``prompt+rejected`` ids,
 exactly as :class:`trl.trainer.dpo_trainer.DataCollatorForPreference` lays them out. Identical
 pairs share a key and are handed out round-robin. Rows TRL dropped for truncation are skipped
-through the processed dataset's index mapping, so ``row`` indexes the dataset the user passed (except
-with ``precompute_ref_log_probs=True``, where TRL flattens that mapping away: a warning says so).
+through the processed dataset's index mapping, so ``row`` indexes the dataset the user passed. With
+``precompute_ref_log_probs=True`` TRL flattens that mapping away inside ``DPOTrainer.__init__``, before any
+callback exists: importing ``probe_callback`` wraps ``DPOTrainer._precompute_ref_logps`` (see
+:func:`remember_kept_rows`) to note the mapping first, so ``row`` still indexes the user's dataset (a trainer
+built before ``probe_callback`` was imported gets a warning instead).
 
 Example:
     >>> index = RowIndex([pair_key([1, 2, 3], [1, 2, 4])], np.array([17]), ids=["a"], sources=["web"])
@@ -19,8 +22,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import importlib.abc
 import logging
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -31,6 +38,86 @@ import torch
 from .text import to_text
 
 logger = logging.getLogger("probe_callback")
+
+
+# Where the wrapper below notes, on the trainer, the user's row of each position of the train dataset it precomputes.
+KEPT_ROWS = "_probe_callback_kept_rows"
+_DPO_MODULE = "trl.trainer.dpo_trainer"
+
+
+def _kept_rows(dataset: Any) -> np.ndarray:
+    """The user's row of each position of a dataset ``DPOTrainer`` prepared (its filter's index mapping)."""
+    indices = getattr(dataset, "_indices", None)
+    if indices is None:
+        return np.arange(len(dataset), dtype=np.int64)
+    return np.asarray(indices.column(0).to_numpy(), dtype=np.int64)
+
+
+def _wrap_precompute(module: Any) -> None:
+    """Wrap ``DPOTrainer._precompute_ref_logps`` so it notes the train rows TRL kept before it flattens them away.
+
+    The wrapper only reads the dataset it is given; whatever happens in it, TRL's own method runs unchanged.
+    """
+    cls = getattr(module, "DPOTrainer", None)
+    original = getattr(cls, "_precompute_ref_logps", None)
+    if original is None or getattr(original, "_probe_callback", False):
+        return
+
+    @functools.wraps(original)
+    def _precompute_ref_logps(self: Any, dataset: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "train":
+            with contextlib.suppress(Exception):  # a failure of ours never stops the user's trainer
+                setattr(self, KEPT_ROWS, _kept_rows(dataset))
+        return original(self, dataset, name, *args, **kwargs)
+
+    _precompute_ref_logps._probe_callback = True  # type: ignore[attr-defined]
+    cls._precompute_ref_logps = _precompute_ref_logps
+
+
+class _WrapOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Wraps TRL's DPO trainer module when it is imported after ``probe_callback``."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != _DPO_MODULE:
+            return None
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None and spec.loader is not None:
+                    self._loader = spec.loader
+                    spec.loader = self
+                    return spec
+        except Exception:  # the import goes on as if we were not here
+            return None
+        return None
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader  # the module's own loader, as without us
+        self._loader.exec_module(module)
+        with contextlib.suppress(Exception):
+            _wrap_precompute(module)
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+
+
+def remember_kept_rows() -> None:
+    """Make ``DPOTrainer`` note which user rows it kept before ``precompute_ref_log_probs`` flattens them.
+
+    TRL drops the rows whose prompt fills ``max_length`` through an index mapping, and with
+    ``precompute_ref_log_probs=True`` joins its cached log-probs to the dataset, which flattens that
+    mapping inside ``DPOTrainer.__init__``, before a callback can be made. Called on importing
+    ``probe_callback``: wraps TRL's method now if TRL is imported, else when it is.
+    """
+    module = sys.modules.get(_DPO_MODULE)
+    if module is not None:
+        _wrap_precompute(module)
+    elif not any(isinstance(finder, _WrapOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _WrapOnImport())
 
 
 def pair_key(chosen: Sequence[int], rejected: Sequence[int]) -> bytes:
@@ -116,24 +203,23 @@ class RowIndex:
         truncation_mode: str = "keep_start",
         id_column: str = "id",
         source_column: str = "source",
+        rows: np.ndarray | None = None,
         batch_size: int = 65536,
     ) -> RowIndex:
         """Index a dataset processed by ``DPOTrainer`` (with ``prompt_ids``/``chosen_ids``/``rejected_ids``).
 
         Reads it in Arrow batches of ``batch_size`` rows; keeps the keys, the rows and the source codes,
-        and a column selection of ``dataset`` (no copy) to read ids and texts from."""
+        and a column selection of ``dataset`` (no copy) to read ids and texts from. ``rows``: the user's
+        row of each position, when the dataset no longer holds that mapping itself."""
         missing = {"prompt_ids", "chosen_ids", "rejected_ids"} - set(dataset.column_names)
         if missing:
             raise ValueError(
                 f"The trainer's train_dataset has no {sorted(missing)} columns: it was not tokenized by "
                 "DPOTrainer. probe_callback needs the map-style dataset DPOTrainer prepares."
             )
-        indices = getattr(dataset, "_indices", None)
-        rows = (
-            np.asarray(indices.column(0).to_numpy(), dtype=np.int64)
-            if indices is not None
-            else np.arange(len(dataset), dtype=np.int64)
-        )
+        positions = _kept_rows(dataset)  # each position's index into the Arrow table behind the dataset
+        if rows is None or len(rows) != len(dataset):
+            rows = positions
         cols = set(dataset.column_names)
         has_source = source_column in cols
         wanted = ["prompt_ids", "chosen_ids", "rejected_ids"] + ([source_column] if has_source else [])
@@ -141,7 +227,7 @@ class RowIndex:
         codes = np.empty(len(dataset), dtype=np.int32) if has_source else None
         names: dict[str, int] = {}
         start = 0
-        for batch in _arrow_batches(dataset, wanted, rows, batch_size):
+        for batch in _arrow_batches(dataset, wanted, positions, batch_size):
             n = batch.num_rows
             keys[start : start + n] = _batch_keys(batch, max_length, truncation_mode)
             if codes is not None:
@@ -165,16 +251,22 @@ class RowIndex:
     def from_trainer(cls, trainer: Any, id_column: str = "id", source_column: str = "source") -> RowIndex:
         collator = trainer.data_collator
         dataset, args = trainer.train_dataset, trainer.args
+        kept = getattr(trainer, KEPT_ROWS, None)
+        if kept is not None and len(kept) != len(dataset):
+            kept = None  # the train dataset was replaced after TRL built it: its own mapping is all there is
         if (
-            getattr(args, "precompute_ref_log_probs", False)
+            kept is None
+            and getattr(args, "precompute_ref_log_probs", False)
             and getattr(dataset, "_indices", None) is None
             and getattr(args, "max_length", None) is not None
             and getattr(args, "truncation_mode", "keep_start") == "keep_start"
         ):
             logger.warning(
                 "probe_callback: with precompute_ref_log_probs=True TRL keeps no record of the rows it drops (those "
-                "whose prompt fills max_length=%s tokens), so `row` counts the rows TRL kept and is off by the rows "
-                "dropped before it, if any. Identify rows by their %r column, or use a max_length no prompt fills.",
+                "whose prompt fills max_length=%s tokens), and this trainer was built before probe_callback was "
+                "imported (which notes them), so `row` counts the rows TRL kept and is off by the rows dropped "
+                "before it, if any. Import probe_callback before building the DPOTrainer, or identify rows by "
+                "their %r column.",
                 args.max_length,
                 id_column,
             )
@@ -184,6 +276,7 @@ class RowIndex:
             truncation_mode=getattr(collator, "truncation_mode", "keep_start"),
             id_column=id_column,
             source_column=source_column,
+            rows=kept,
         )
 
     def lookup(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:

@@ -120,3 +120,30 @@ def test_output_dir_must_be_a_writable_folder(trainer, tmp_path, monkeypatch):
         monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))
     with pytest.raises(ValueError, match="is not writable"):
         ProbeCallback(trainer, output_dir=locked / "out")
+
+
+def _rows_with_prompts(prompts: list[str], n: int) -> list[dict[str, str]]:
+    rows = preference_rows(n)
+    for i, row in enumerate(rows):
+        row["prompt"] = prompts[i % len(prompts)]
+    return rows
+
+
+def test_default_sampling_needs_four_unique_prompts(tiny_tokenizer, tiny_model_factory, tmp_path):
+    rows = _rows_with_prompts(["tell me about the cat", "tell me about the dog", "a bird"], 8)
+    trainer = dpo_trainer(tiny_tokenizer, tiny_model_factory, rows, tmp_path / "few")
+    with pytest.raises(ValueError, match=r"only 3 unique prompt\(s\) .* Pass probe_prompts=\[...\] with at least 4"):
+        ProbeCallback(trainer)
+    ProbeCallback(trainer, probe_prompts=PROMPTS)  # the fix the message names
+
+
+def test_a_small_eval_split_is_topped_up_with_train_prompts(tiny_tokenizer, tiny_model_factory, tmp_path):
+    eval_rows = _rows_with_prompts(["held out one", "held out two"], 2)
+    trainer = dpo_trainer(tiny_tokenizer, tiny_model_factory, preference_rows(8), tmp_path / "r", eval_rows=eval_rows)
+    watched = ProbeCallback(trainer)._sample_prompts()
+    assert {"held out one", "held out two"} < set(watched) and len(watched) >= 4
+    only_eval = _rows_with_prompts(["one", "two"], 4)
+    few = _rows_with_prompts(["one", "two"], 4)
+    trainer = dpo_trainer(tiny_tokenizer, tiny_model_factory, few, tmp_path / "f", eval_rows=only_eval)
+    with pytest.raises(ValueError, match=r"eval and train data hold only 2 unique prompt"):
+        ProbeCallback(trainer)
