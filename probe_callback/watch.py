@@ -6,9 +6,12 @@ asks the current model for ``r_t`` and measures it through M0 (per-token hidden 
 per-token log-prob rise of ``r_t`` (current model minus M0) that names what the model newly wants.
 
 Example:
-    >>> watch = Watch.build(["Say hi", "What is 2+2?"], tok, ref_model, layers=[18])   # doctest: +SKIP
-    >>> probe = watch.probe(step=20, current=model_scope, reference=ref_scope)         # doctest: +SKIP
+    >>> from contextlib import nullcontext
+    >>> current, reference = (lambda: nullcontext(model)), (lambda: nullcontext(ref_model))
+    >>> watch = Watch.build(["Say hi", "What is 2+2?"], tok, reference, layers=[2], max_new_tokens=4)
+    >>> probe = watch.probe(step=20, current=current, reference=reference)
     >>> probe.change.shape        # (n_prompts, n_layers, H): the paper's behaviour-change vectors
+    (2, 1, 32)
 """
 
 from __future__ import annotations
@@ -161,8 +164,11 @@ class Watch:
         where M0's answer is empty. A sharded run calls this on every rank.
 
         Example:
-            >>> now, before = watch.word_logprobs([42, 7], model_scope)   # doctest: +SKIP
-            >>> (now - before).max(axis=0)     # how much likelier each token became somewhere
+            >>> from contextlib import nullcontext
+            >>> watch = Watch.build(["Say hi", "Hello"], tok, lambda: nullcontext(ref_model), [2], max_new_tokens=4)
+            >>> now, before = watch.word_logprobs([42, 7], lambda: nullcontext(model))
+            >>> now.shape == before.shape == (2, 2)   # (now - before): how much likelier each token became
+            True
         """
         with current() as model:
             traces = teacher_forced(model, self.prompt_ids, self.r0, [], self.batch_size, vocab_best=True)

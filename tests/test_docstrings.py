@@ -19,8 +19,6 @@ from probe_callback.behaviours import Behaviour, fit_behaviour
 
 MODULES = [m.name for m in pkgutil.walk_packages(probe_callback.__path__, "probe_callback.")]
 MODULES.remove("probe_callback.__main__")  # running it is running the command line
-# Modules issue 10 reshapes in its second phase; their examples are fixed there.
-PHASE_2 = {"probe_callback.watch"}
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
@@ -41,9 +39,7 @@ def namespace(tiny_tokenizer: Any, tiny_model_factory: Any) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.xfail(strict=True)) if n in PHASE_2 else n for n in MODULES]
-)
+@pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name: str, namespace: dict[str, Any], tmp_path: Any, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
     module = importlib.import_module(name)
