@@ -104,12 +104,12 @@ class LightRecorder(TrainerCallback):
         def recorded(tokens, current):
             now, before = read(tokens, current)
             step, news, _ = monitor._light
-            outside_of = monitor._outside(watch)
+            outside_of = monitor._outside(watch, watch.answered)
             key = f"s{step}"
             self.arrays.update({f"{key}_tokens": np.asarray(tokens), f"{key}_now": now, f"{key}_before": before})
             for g in news:
                 self.arrays[f"{key}_{g.name}_tokens"] = np.asarray(g.token_ids)
-                self.arrays[f"{key}_{g.name}_outside"] = outside_of(g, valid=watch.answered)
+                self.arrays[f"{key}_{g.name}_outside"] = outside_of(g)
             return now, before
 
         watch.word_logprobs = recorded

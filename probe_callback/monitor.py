@@ -197,7 +197,7 @@ class Monitor:
         before, gained, outside_of = self._gained(*probed)
 
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
-            conf = confirm(g.words, gained, outside_of(g, valid=probed[0].valid), before)
+            conf = confirm(g.words, gained, outside_of(g), before)
             confirmed = conf.count >= MIN_CONFIRMED and conf.p_value <= CONFIRM_ALPHA
             note = {"step": step, **asdict(conf)}
             return (
@@ -207,7 +207,7 @@ class Monitor:
                 (_confirmed(g, conf) if confirmed else None),
             )
 
-        return self._pattern_decisions(step, news, records, store, check)
+        return self._pattern_decisions(step, news, records, store, check, note_key="confirmation")
 
     def light_tokens(self, step: int, tokenizer: Any) -> list[int]:
         """Before a light check (rank 0): the learning record's patterns now, and the tokens to test on
@@ -228,18 +228,17 @@ class Monitor:
         column = {t: j for j, t in enumerate(tokens)}
         own = {t for g in news for t in g.token_ids}
         control = [column[t] for t in tokens if t not in own]
-        outside_of = self._outside(watch)
+        outside_of = self._outside(watch, watch.answered)
 
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
-            outside = outside_of(g, valid=watch.answered)
-            w = word_rise(now, before, [column[t] for t in g.token_ids], control, outside, seed=self.seed + step)
+            w = word_rise(now, before, [column[t] for t in g.token_ids], control, outside_of(g), seed=self.seed + step)
             p = min(1.0, w.p_value * len(news))  # every pattern of this check is tested
             confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
-            word = watch.tokenizer.decode([tokens[w.column]]) if w.column is not None else None
+            word = _decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
             note = {"step": step, "token": word, **asdict(w), "p_value": p}
             return w.score, max(g.p_value, p) if confirmed else 1.0, note, _risen(g, w, word, p) if confirmed else None
 
-        return self._alerts(self._pattern_decisions(step, news, records, None, check))
+        return self._alerts(self._pattern_decisions(step, news, records, None, check, note_key="word_rise"))
 
     def _news(self, step: int, tokenizer: Any) -> tuple[list[Pattern], dict[str, np.ndarray], VectorStore] | None:
         """The learning record's patterns now (kept for the report), and those that are news, one per name."""
@@ -266,9 +265,11 @@ class Monitor:
         records: dict[str, np.ndarray],
         store: VectorStore | None,
         check: Callable[[Pattern], tuple[float, float, dict[str, Any], str | None]] | None,
+        note_key: str = "",
     ) -> list[tuple[Decision, np.ndarray | None]]:
         """A pattern seen for the first time is INFO "being learned"; with a ``check`` (pattern -> score,
-        p-value, note for the report, reason when confirmed) it is tested and decided like any behaviour."""
+        p-value, note for the report's ``note_key``, reason when confirmed) it is tested and decided like
+        any behaviour."""
         out: list[tuple[Decision, np.ndarray | None]] = []
         for g in news:
             entry = self._entry(g.name, "emergent")
@@ -280,7 +281,7 @@ class Monitor:
             if check is None:
                 continue
             score, p_value, note, reason = check(g)
-            entry["confirmation" if "count" in note else "word_rise"] = note
+            entry[note_key] = note
             decision = self.policy.update(g.name, "emergent", step, score, p_value)
             if reason is not None:
                 decision = replace(decision, reason=f"{decision.reason}; {reason}")
@@ -292,16 +293,17 @@ class Monitor:
             self._answers[row] = answer_words(self.rows.text(row, "chosen"))
         return self._answers[row]
 
-    def _gained(self, probe: Probe, watch: Watch) -> tuple[list[set[str]], list[set[str]], Callable[..., np.ndarray]]:
+    def _gained(
+        self, probe: Probe, watch: Watch
+    ) -> tuple[list[set[str]], list[set[str]], Callable[[Pattern], np.ndarray]]:
         """The words of M0's answers, those each current answer gained, and which watched prompts lie
         outside a pattern (see :func:`outside_prompts`)."""
         before = [{normalise(t) for t in watch.answers([[x] for x in r])} for r in watch.r0]
-        return before, gained_words(probe.tokens, probe.novelty, before), self._outside(watch)
+        return before, gained_words(probe.tokens, probe.novelty, before), self._outside(watch, probe.valid)
 
-    def _outside(self, watch: Watch) -> Callable[..., np.ndarray]:
-        """pattern (, valid) -> the watched prompts that can confirm it (see :func:`outside_prompts`)."""
+    def _outside(self, watch: Watch, valid: np.ndarray) -> Callable[[Pattern], np.ndarray]:
+        """pattern -> the ``valid`` watched prompts that can confirm it (see :func:`outside_prompts`)."""
         watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
-        valid = np.ones(len(watched), dtype=bool)
         return partial(outside_prompts, watched=watched, sources=self.rows.sources_array(), valid=valid)
 
     def _pattern_entry(self, g: Pattern, records: dict[str, np.ndarray], store: VectorStore | None) -> dict[str, Any]:

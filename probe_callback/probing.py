@@ -274,6 +274,7 @@ def teacher_forced(
     _check_prompts(prompt_ids)
     net: Any = unwrap_parallel(model)  # an HF causal LM: get_input_embeddings()
     hidden_size = net.get_input_embeddings().embedding_dim
+    device = _device(net)
     check_layers(net, layers)
     layers = [int(layer) for layer in layers]
     empty = ResponseTrace(
@@ -288,7 +289,16 @@ def teacher_forced(
         key=lambda i: len(prompt_ids[i]) + len(response_ids[i]),
     )
     with inference_mode(net), record_block_outputs(net, layers) as acts:
-        for rows, input_ids, logits, offset in _padded_forwards(net, prompt_ids, response_ids, todo, batch_size):
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start : start + batch_size]
+            seqs = [list(prompt_ids[i]) + list(response_ids[i]) for i in rows]
+            width = max(len(s) for s in seqs)
+            input_ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+            # Logits only from the earliest position that predicts a response token (the lm head is costly).
+            first = min(len(prompt_ids[i]) for i in rows) - 1
+            logits = net(input_ids=input_ids, attention_mask=mask, use_cache=False, **_keep(net, width - first)).logits
+            offset = width - logits.shape[1]
             for b, i in enumerate(rows):
                 p, t = len(prompt_ids[i]), len(response_ids[i])
                 all_logprobs = torch.log_softmax(logits[b, p - 1 - offset : p + t - offset].float(), dim=-1)
@@ -299,28 +309,6 @@ def teacher_forced(
                 prompt = states[:, :p].mean(dim=1).cpu() if states is not None else torch.zeros(0, hidden_size)
                 traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, best)
     return [trace for trace in traces if trace is not None]
-
-
-def _padded_forwards(
-    net: nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    response_ids: Sequence[Sequence[int]],
-    todo: Sequence[int],
-    batch_size: int,
-) -> Iterator[tuple[Sequence[int], torch.Tensor, torch.Tensor, int]]:
-    """Forwards of the (prompt + response) pairs ``todo`` in right-padded batches: yields the batch's
-    pair indices, input ids, logits and the logits' offset (they start at the earliest position that
-    predicts a response token: the lm head is costly)."""
-    device = _device(net)
-    for start in range(0, len(todo), batch_size):
-        rows = todo[start : start + batch_size]
-        seqs = [list(prompt_ids[i]) + list(response_ids[i]) for i in rows]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        first = min(len(prompt_ids[i]) for i in rows) - 1
-        logits = net(input_ids=input_ids, attention_mask=mask, use_cache=False, **_keep(net, width - first)).logits
-        yield rows, input_ids, logits, width - logits.shape[1]
 
 
 def _keep(model: nn.Module, n: int) -> dict[str, int]:
