@@ -28,9 +28,6 @@ from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .blocks import check_layers, record_block_outputs, unwrap_parallel
-from .blocks import find_decoder_blocks as find_decoder_blocks  # imported from here by callback.py (issue 10)
-
-_unwrap_parallel = unwrap_parallel  # the old private name, still imported by callback.py (issue 10)
 
 
 @contextmanager
