@@ -492,9 +492,8 @@ class Monitor:
             _calibrate_blame(entry)
         store = VectorStore.open(self.store_dir)
         records = store.memberships()
-        for g in self.patterns:
-            if g.name in self.behaviours:
-                self.behaviours[g.name].update(self._pattern_entry(g, records, store))
+        for g in one_per_name([g for g in self.patterns if g.name in self.behaviours]):
+            self.behaviours[g.name].update(self._pattern_entry(g, records, store))
         for entry in self.behaviours.values():
             if entry.get("links"):
                 self._take_rows(entry)
