@@ -26,18 +26,18 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from .behaviours import fit_behaviour
 from .cadence import Cadence
-from .capture import CapturedBatch, DatapointCapture
+from .capture.blocks import find_decoder_blocks
+from .capture.blocks import unwrap_parallel as _unwrap
+from .capture.datapoints import CapturedBatch, DatapointCapture
+from .capture.rows import RowIndex, RowSet
 from .config import MIN_WATCHED_PROMPTS, ProbeOptions, check_output_dir
-from .discovery import EmergentTracker
-from .fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
+from .decide.policy import RegressionPolicy
 from .monitor import PATTERN_ALPHA, Monitor, default_threshold
-from .policy import RegressionPolicy
-from .probing import _unwrap_parallel as _unwrap
-from .probing import find_decoder_blocks, inference_mode
-from .report import atomic_write_text, jsonable, summary_text, write_html, write_report
-from .resume import (
+from .publish.report import jsonable, summary_text, write_html, write_report
+from .publish.sinks import Publisher, make_publisher
+from .run.fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
+from .run.resume import (
     model_identity,
     options_record,
     remove_temp_files,
@@ -47,10 +47,12 @@ from .resume import (
     stale_store,
     warn_changed_options,
 )
-from .rows import RowIndex, RowSet
-from .sharding import RankMirror, gathered
-from .sinks import Publisher, make_publisher
-from .store import VectorStore
+from .run.sharding import RankMirror, gathered
+from .scoring.behaviours import fit_behaviour
+from .scoring.discovery import EmergentTracker
+from .scoring.probing import inference_mode
+from .store.files import atomic_write_text
+from .store.vectors import VectorStore
 from .watch import Watch
 
 logger = logging.getLogger("probe_callback")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probe_callback.attribution import (
+from probe_callback.scoring.attribution import (
     SourceBlame,
     auroc,
     combine_scores,
@@ -17,7 +17,7 @@ from probe_callback.attribution import (
     top_sources,
     top_steps,
 )
-from probe_callback.store import VectorStore
+from probe_callback.store.vectors import VectorStore
 
 H = 64
 N_ROWS = 1500

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probe_callback.attribution import auroc, rank_rows, score_rows, top_sources, top_steps
-from probe_callback.discovery import (
+from probe_callback.scoring.attribution import auroc, rank_rows, score_rows, top_sources, top_steps
+from probe_callback.scoring.discovery import (
     EmergentTracker,
     behaviour_vectors,
     cluster_by_responsible_data,
@@ -24,7 +24,7 @@ from probe_callback.discovery import (
     naming_tokens,
     prompt_drift,
 )
-from probe_callback.store import VectorStore
+from probe_callback.store.vectors import VectorStore
 
 H = 64
 PLANTED_WORDS = ["PS:", "visit", "example", ".com", "!"]

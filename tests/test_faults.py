@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 from tiny_organism import organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, callback, load_report, sinks, store
-from probe_callback.fence import FolderLock
-from probe_callback.report import summary_text
-from probe_callback.resume import saved_state
-from probe_callback.store import VectorStore
+from probe_callback.publish.report import summary_text
+from probe_callback.run.fence import FolderLock
+from probe_callback.run.resume import saved_state
+from probe_callback.store.vectors import VectorStore
 
 HERE = Path(__file__).parent
 

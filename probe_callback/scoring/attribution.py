@@ -29,7 +29,7 @@ from scipy.stats import hypergeom, rankdata
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from probe_callback.store import VectorStore
+from probe_callback.store.vectors import VectorStore
 
 _EPS = 1e-12
 _BLOCK = 4096  # rows converted to float32 at a time (cache-sized)

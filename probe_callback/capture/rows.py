@@ -333,7 +333,7 @@ class RowIndex:
         return to_text(self._value(row, field, None))
 
     def rows_with_prompts(self, prompts: Sequence[str], batch_size: int = 65536) -> list[list[int]]:
-        """The rows whose prompt (as :func:`~probe_callback.text.to_text` writes it) is each of ``prompts``.
+        """The rows whose prompt (as :func:`~probe_callback.capture.text.to_text` writes it) is each of ``prompts``.
 
         One pass over the prompt column in batches (remembered for the same ``prompts``).
         """

@@ -24,7 +24,7 @@ from functools import partial
 from numbers import Integral, Real
 from typing import Any
 
-from probe_callback.alerts import Alert, Kind, Level
+from probe_callback.decide.alerts import Alert, Kind, Level
 
 
 @dataclass(frozen=True)
