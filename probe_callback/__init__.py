@@ -6,7 +6,7 @@ Example:
 """
 
 from .callback import ProbeCallback
-from .capture.rows import remember_kept_rows
+from .capture.kept_rows import remember_kept_rows
 from .config import ProbeOptions
 from .mitigate import mitigate
 from .publish.report import load_report
