@@ -38,8 +38,9 @@ from .learning import (
     source_enrichment,
     word_rise,
 )
-from .scoring.attribution import SourceBlame, combine_scores, rank_rows, top_rows, top_sources, top_steps
+from .scoring.attribution import combine_scores, rank_rows, top_rows
 from .scoring.behaviours import FittedBehaviour, score_behaviour
+from .scoring.blame import SourceBlame, top_sources, top_steps
 from .scoring.discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
 from .store.vectors import VectorStore
 from .watch import Probe, Watch

@@ -7,16 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probe_callback.scoring.attribution import (
-    SourceBlame,
-    auroc,
-    combine_scores,
-    rank_rows,
-    score_rows,
-    top_rows,
-    top_sources,
-    top_steps,
-)
+from probe_callback.scoring.attribution import auroc, combine_scores, rank_rows, score_rows, top_rows
+from probe_callback.scoring.blame import SourceBlame, top_sources, top_steps
 from probe_callback.store.vectors import VectorStore
 
 H = 64
