@@ -55,13 +55,16 @@ ORGANISMS: dict[str, dict[str, Any]] = {
 
 
 class GreedyJudge(TrainerCallback):
-    """After each probe or light check of ``probe``, and at train end: greedy answers to the affected
-    held-out prompts, judged by phrase (generated outside the probe budget's clock)."""
+    """At train begin (M0), after each probe or light check of ``probe``, and at train end: greedy answers
+    to the affected held-out prompts, judged by phrase (generated outside the probe budget's clock)."""
 
     def __init__(self, probe: ProbeCallback, heldout: list[dict[str, Any]], affected: dict[str, tuple[str, ...]]):
         self.probe, self.affected = probe, affected
         self.prompts = [r for r in heldout if r["kind"] in affected]
         self.seen, self.history = 0, []
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.judge(0)  # M0's own rate, the baseline
 
     def on_step_end(self, args, state, control, **kw):
         cadence = self.probe.cadence
@@ -103,10 +106,11 @@ class LightRecorder(TrainerCallback):
 
         def recorded(tokens, current):
             now, before = read(tokens, current)
-            step, news, _ = monitor._light
+            step, news, records = monitor._light
             outside_of = monitor._outside(watch, watch.answered)
             key = f"s{step}"
             self.arrays.update({f"{key}_tokens": np.asarray(tokens), f"{key}_now": now, f"{key}_before": before})
+            self.arrays[f"{key}_foreign"] = monitor._foreign(tokens, records, watch)
             for g in news:
                 self.arrays[f"{key}_{g.name}_tokens"] = np.asarray(g.token_ids)
                 self.arrays[f"{key}_{g.name}_outside"] = outside_of(g)
@@ -232,7 +236,8 @@ def main() -> None:
     result = {"settings": vars(args), "machine": machine(), **run(args)}
     budget = "" if args.budget is None else f"_budget{args.budget:g}"
     lr = "" if args.lr == 5e-5 else f"_lr{args.lr:g}"
-    name = f"learning_{args.organism}_{args.mix}_s{args.seed}{lr}{budget}"
+    epochs = "" if args.epochs == 1 else f"_e{args.epochs:g}"
+    name = f"learning_{args.organism}_{args.mix}_s{args.seed}{epochs}{lr}{budget}"
     arrays = result.pop("light_checks")
     if arrays:
         np.savez_compressed(Path(__file__).parent / "results" / f"{name}_light.npz", **arrays)

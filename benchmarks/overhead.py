@@ -38,7 +38,7 @@ class Interleave(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kw):
         self.arm = ARMS[(state.global_step + 1 + self.shift) % len(ARMS)]
-        capture = self.probe._capture
+        capture = self.probe.recorder.capture
         if self.arm != "learning":
             capture.__exit__(None, None, None)
         if self.arm == "hooks":  # the same hooks, minus the policy's (the learning record's only input)
@@ -48,7 +48,7 @@ class Interleave(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):
         elapsed = time.perf_counter() - self.started  # the optimizer step is done; probe passes come after
-        capture = self.probe._capture
+        capture = self.probe.recorder.capture
         if self.arm != "learning":
             capture.__exit__(None, None, None)
             if self.arm == "hooks":

@@ -115,7 +115,7 @@ class _Attach:
                     {
                         "started": True,
                         "probe_passes": cost.get("probe_passes"),
-                        "rows_stored": len(callback._stored),
+                        "rows_stored": (report.get("store") or {}).get("rows"),
                         "failures": report.get("failures") or [],
                         "not_recorded": report.get("not_recorded") or [],
                     }

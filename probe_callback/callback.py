@@ -10,32 +10,38 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
-import random
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import fields, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from .attach import (
+    check_behaviours,
+    check_default_prompts,
+    check_trainer,
+    default_cadence,
+    reference_module,
+    resolve_options,
+    watched_prompts,
+)
 from .cadence import Cadence
-from .capture.blocks import find_decoder_blocks
-from .capture.blocks import unwrap_parallel as _unwrap
-from .capture.datapoints import CapturedBatch, DatapointCapture
-from .capture.rows import RowIndex, RowSet
-from .config import MIN_WATCHED_PROMPTS, ProbeOptions, check_output_dir
+from .capture.blocks import find_decoder_blocks, unwrap_parallel
+from .capture.rows import RowIndex
+from .config import ProbeOptions, check_output_dir
+from .decide.alerts import Alert
 from .decide.policy import RegressionPolicy
-from .monitor import PATTERN_ALPHA, Monitor, default_threshold
+from .metrics import checkpoint_metrics, flagged_rows, learning_metrics
+from .monitor import Monitor, default_threshold
 from .publish.report import jsonable, summary_text, write_html, write_report
 from .publish.sinks import Publisher, make_publisher
+from .recording import Recorder
 from .run.fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
 from .run.resume import (
     model_identity,
@@ -47,10 +53,9 @@ from .run.resume import (
     stale_store,
     warn_changed_options,
 )
-from .run.sharding import RankMirror, gathered
+from .run.sharding import RankMirror, from_rank0, gathered, on_every_rank
 from .scoring.behaviours import fit_behaviour
 from .scoring.discovery import EmergentTracker
-from .scoring.probing import inference_mode
 from .store.files import atomic_write_text
 from .store.vectors import VectorStore
 from .watch import Watch
@@ -60,63 +65,15 @@ logger = logging.getLogger("probe_callback")
 SCREEN_ALPHA = 0.05
 
 
-def stratified_sample(prompts: list[Any], sources: list[Any], n: int, seed: int = 0) -> list[Any]:
-    """Up to ``n`` distinct prompts, taken from each source in turn (every source watched, small ones whole).
+@dataclass
+class Live:
+    """What a callback holds while its run trains (built at train begin, one object)."""
 
-    Example:
-        >>> stratified_sample(["a", "b", "c", "d", "e"], ["x", "x", "x", "x", "y"], 2)
-        ['d', 'e']
-    """
-    groups: dict[str, dict[str, Any]] = {}
-    for prompt, source in zip(prompts, sources):
-        groups.setdefault(json.dumps(source, sort_keys=True, default=str), {})[json.dumps(prompt, sort_keys=True)] = (
-            prompt
-        )
-    rng = random.Random(seed)
-    queues = []
-    for key in sorted(groups):
-        unique = list(groups[key].values())
-        rng.shuffle(unique)
-        queues.append(unique)
-    picked: list[Any] = []
-    seen: set[str] = set()
-    while len(picked) < n and any(queues):
-        for queue in queues:
-            while queue and len(picked) < n:
-                prompt = queue.pop()
-                key = json.dumps(prompt, sort_keys=True)
-                if key not in seen:
-                    seen.add(key)
-                    picked.append(prompt)
-                    break
-    return picked
-
-
-def count_unique(prompts: Iterable[Any], enough: int) -> int:
-    """How many distinct prompts ``prompts`` holds, counting no further than ``enough``.
-
-    Example:
-        >>> count_unique(["a", "b", "a"], 4), count_unique(iter("abcdef"), 4)
-        (2, 4)
-    """
-    seen: set[str] = set()
-    for prompt in prompts:
-        seen.add(json.dumps(prompt, sort_keys=True, default=str))
-        if len(seen) >= enough:
-            break
-    return len(seen)
-
-
-def _is_peft(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
-
-
-def _fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen copy of ``model``'s weights in a new instance (a deep copy would keep TRL's patched forward)."""
-    weight = next(model.parameters())
-    copy_ = type(model)(copy.deepcopy(model.config)).to(device=weight.device, dtype=weight.dtype)
-    copy_.load_state_dict(model.state_dict())
-    return copy_.eval().requires_grad_(False)
+    rows: RowIndex
+    recorder: Recorder
+    watch: Watch
+    monitor: Monitor
+    cadence: Cadence
 
 
 class ProbeCallback(TrainerCallback, ExportableState):
@@ -132,13 +89,13 @@ class ProbeCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, trainer: Any, options: ProbeOptions | None = None, **overrides: Any) -> None:
-        self.options = self._options(options, overrides)
+        self.options = resolve_options(options, overrides)
         self.trainer = trainer
-        self._check_trainer(trainer)
-        self._check_alone(trainer)
-        self.ref_model = self._reference_module(trainer)
+        check_trainer(trainer, ProbeCallback)
+        self.ref_model: Any = reference_module(trainer)  # an HF causal LM
         self.num_layers = len(find_decoder_blocks(self.ref_model))
-        text_config = self.ref_model.config.get_text_config()
+        config: Any = self.ref_model.config
+        text_config = config.get_text_config()
         self.options.validate(
             self.num_layers, text_config.hidden_size, getattr(text_config, "max_position_embeddings", None)
         )
@@ -146,97 +103,37 @@ class ProbeCallback(TrainerCallback, ExportableState):
         self.output_dir = Path(self.options.output_dir or Path(trainer.args.output_dir) / "probe_callback")
         check_output_dir(self.output_dir)
         self.precomputed = bool(getattr(trainer.args, "precompute_ref_log_probs", False))
-        self._check_behaviours(trainer)
-        self._check_default_prompts()
-        self.rows: RowIndex | None = None
-        self.store: GuardedStore | None = None
-        self.watch: Watch | None = None
-        self.monitor: Monitor | None = None
+        check_behaviours(self.options, self.ref_model, trainer)
+        check_default_prompts(self.options, trainer)
+        self.live: Live | None = None
         self.publisher = Publisher([])
-        self.cadence: Cadence | None = None
         self.paused_at_step: int | None = None
         self.checkpoint_path: str | None = None
         self._acknowledged: set[str] = set()
-        self._capture: DatapointCapture | None = None
-        self._stored = RowSet()
-        self.store_dim: int | None = None
         self._step = 0
-        self.unmatched = 0
         self.faults = Faults()
         self._locks = RunLocks(self.output_dir)
 
-    # ----- attach-time checks -------------------------------------------------------------------
-    @staticmethod
-    def _options(options: ProbeOptions | None, overrides: dict[str, Any]) -> ProbeOptions:
-        """``options`` (a ``ProbeOptions``) with keyword ``overrides`` applied; unknown names are refused."""
-        if options is not None and not isinstance(options, ProbeOptions):
-            raise TypeError(
-                f"ProbeCallback(trainer, options) takes a probe_callback.ProbeOptions, got {type(options).__name__}; "
-                "or pass the options as keywords: ProbeCallback(trainer, probe_prompts=[...])."
-            )
-        valid = [f.name for f in fields(ProbeOptions)]
-        unknown = sorted(set(overrides) - set(valid))
-        if unknown:
-            raise TypeError(
-                f"unknown ProbeCallback option(s) {unknown}; valid options (ProbeOptions): {', '.join(valid)}."
-            )
-        return replace(options, **overrides) if options is not None else ProbeOptions(**overrides)
+    # ----- train-time state ---------------------------------------------------------------------
+    @property
+    def rows(self) -> RowIndex | None:
+        return self.live.rows if self.live else None
 
-    @staticmethod
-    def _check_trainer(trainer: Any) -> None:
-        needed = ("args", "model", "train_dataset", "data_collator", "add_callback")
-        if not all(hasattr(trainer, a) for a in needed) or not hasattr(trainer, "ref_model"):
-            raise TypeError(
-                f"ProbeCallback needs the trl.DPOTrainer it is added to, got {type(trainer).__name__}. "
-                "Use: trainer.add_callback(ProbeCallback(trainer, ...))."
-            )
-        if not isinstance(trainer.train_dataset, datasets.Dataset):
-            raise ValueError(
-                f"ProbeCallback needs a map-style datasets.Dataset as train_dataset, got "
-                f"{type(trainer.train_dataset).__name__} (a streaming IterableDataset has no row indices to attribute "
-                "to): load the data without streaming=True."
-            )
+    @property
+    def recorder(self) -> Recorder | None:
+        return self.live.recorder if self.live else None
 
-    @staticmethod
-    def _check_alone(trainer: Any) -> None:
-        handler = getattr(trainer, "callback_handler", None)
-        if any(isinstance(cb, ProbeCallback) for cb in getattr(handler, "callbacks", [])):
-            raise ValueError(
-                "This trainer already has a ProbeCallback: a second one would store every vector and alert twice. "
-                "Add one ProbeCallback per trainer (watch more prompts or behaviours through its options)."
-            )
-        if getattr(trainer.args, "restore_callback_states_from_checkpoint", False):
-            raise ValueError(
-                "restore_callback_states_from_checkpoint=True rebuilds callbacks without their trainer, which "
-                "ProbeCallback needs. Set it to False: ProbeCallback restores its own state from the checkpoint."
-            )
+    @property
+    def watch(self) -> Watch | None:
+        return self.live.watch if self.live else None
 
-    def _check_behaviours(self, trainer: Any) -> None:
-        """Every behaviour example must fit the context: the smaller of DPO's max_length and the model's."""
-        model_context = getattr(self.ref_model.config.get_text_config(), "max_position_embeddings", None)
-        limit = min((int(x) for x in (getattr(trainer.args, "max_length", None), model_context) if x), default=None)
-        for b in self.options.behaviours:
-            if limit:
-                b.validate_lengths(trainer.processing_class, limit)
+    @property
+    def monitor(self) -> Monitor | None:
+        return self.live.monitor if self.live else None
 
-    @staticmethod
-    def _reference_module(trainer: Any) -> torch.nn.Module:
-        if trainer.ref_model is not None:
-            return _unwrap(trainer.ref_model)
-        policy = _unwrap(trainer.model)
-        if _is_peft(policy):
-            return policy
-        if getattr(trainer.args, "precompute_ref_log_probs", False):
-            # TRL used the untrained policy as the reference and kept none: keep a frozen copy of it as M0.
-            logger.warning(
-                "probe_callback: precompute_ref_log_probs=True without a ref_model: keeping a frozen copy of the "
-                "initial policy as the reference (one more model in memory; pass ref_model=... to avoid it)."
-            )
-            return _fresh_copy(policy)
-        raise ValueError(
-            "The trainer has no reference model. Pass ref_model=... to DPOTrainer (or train a PEFT adapter, "
-            "whose disabled-adapter model is the reference)."
-        )
+    @property
+    def cadence(self) -> Cadence | None:
+        return self.live.cadence if self.live else None
 
     @property
     def is_main(self) -> bool:
@@ -253,10 +150,11 @@ class ProbeCallback(TrainerCallback, ExportableState):
         if trainer.ref_model is not None:
             with gathered(trainer.ref_model, trainer.accelerator) as ref:
                 yield ref
-        elif self.ref_model is not _unwrap(trainer.model):  # precompute: our frozen copy of the initial policy
+        elif self.ref_model is not unwrap_parallel(trainer.model):  # precompute: our frozen copy of the initial policy
             yield self.ref_model
         else:
-            with gathered(trainer.model_wrapped, trainer.accelerator) as model:
+            with gathered(trainer.model_wrapped, trainer.accelerator) as peft_model:
+                model: Any = peft_model
                 if "ref" in model.peft_config:
                     from trl.trainer.utils import use_adapter
 
@@ -272,55 +170,6 @@ class ProbeCallback(TrainerCallback, ExportableState):
         with gathered(self.trainer.model_wrapped, self.trainer.accelerator) as model:
             yield model
 
-    def _default_cadence(self, state: TrainerState) -> int:
-        args, max_steps = self.trainer.args, max(int(state.max_steps), 1)
-        for strategy, steps in ((args.eval_strategy, args.eval_steps), (args.save_strategy, args.save_steps)):
-            if str(getattr(strategy, "value", strategy)) == "steps" and steps:
-                n = int(steps) if steps >= 1 else round(steps * max_steps)
-                if 1 <= n <= max_steps // 4:
-                    return n
-        return max(1, max_steps // 10)
-
-    def _prompt_pools(self) -> list[Any]:
-        """The datasets the default sample draws from: the eval split when it has a ``prompt`` column and at
-        least 4 unique prompts, else the eval split and the train split together."""
-        train, evaluation = self.trainer.train_dataset, self.trainer.eval_dataset
-        if not isinstance(evaluation, datasets.Dataset) or "prompt" not in evaluation.column_names:
-            return [train]
-        if count_unique(evaluation["prompt"], MIN_WATCHED_PROMPTS) >= MIN_WATCHED_PROMPTS:
-            return [evaluation]
-        return [evaluation, train]
-
-    def _check_default_prompts(self) -> None:
-        """Without ``probe_prompts``, the data must offer at least 4 unique prompts to watch (refused at attach)."""
-        if self.options.probe_prompts is not None:
-            return
-        pools = self._prompt_pools()
-        if any("prompt" not in ds.column_names for ds in pools):
-            raise ValueError(
-                "probe_prompts is not given and the training data has no 'prompt' column to sample prompts to watch "
-                f"from: pass probe_prompts=[...] with at least {MIN_WATCHED_PROMPTS} prompts."
-            )
-        found = count_unique((p for ds in pools for p in ds["prompt"]), MIN_WATCHED_PROMPTS)
-        if found < MIN_WATCHED_PROMPTS:
-            where = "eval and train data hold" if len(pools) > 1 else "train data holds"
-            raise ValueError(
-                f"probe_prompts is not given and the {where} only {found} unique prompt(s) to sample from: "
-                f"emergent discovery needs at least {MIN_WATCHED_PROMPTS} watched prompts. Pass "
-                f"probe_prompts=[...] with at least {MIN_WATCHED_PROMPTS} prompts of the kind you want watched."
-            )
-
-    def _sample_prompts(self) -> list[Any]:
-        if self.options.probe_prompts is not None:
-            return list(self.options.probe_prompts)
-        prompts: list[Any] = []
-        sources: list[Any] = []
-        column = self.options.source_column
-        for ds in self._prompt_pools():
-            prompts += list(ds["prompt"])
-            sources += list(ds[column]) if column in ds.column_names else [None] * len(ds)
-        return stratified_sample(prompts, sources, self.options.n_probe_prompts, self.options.seed)
-
     # ----- trainer events -----------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         self._step, started = state.global_step, False
@@ -333,7 +182,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         if not self._all(started):  # every rank goes on with the callback, or none does
             self.close()
             self._locks.release()
-            self.monitor = None
+            self.live = None
 
     def _fence(self, args: TrainingArguments, state: TrainerState) -> bool:
         """Lock the output folder for this run; stand down (every rank) if another run holds it."""
@@ -352,62 +201,75 @@ class ProbeCallback(TrainerCallback, ExportableState):
 
     def _all(self, flag: bool) -> bool:
         """Whether ``flag`` holds on every rank."""
-        if self.trainer.accelerator.num_processes == 1:
-            return flag
-        from accelerate.utils import gather_object
-
-        return all(gather_object([flag]))
+        return on_every_rank(self.trainer.accelerator, flag)
 
     def _begin(self, args: TrainingArguments, state: TrainerState) -> None:
-        self.rows = RowIndex.from_trainer(self.trainer, self.options.id_column, self.options.source_column)
-        hidden = int(self.ref_model.config.get_text_config().hidden_size)
-        self.store = GuardedStore(None, self.faults, lambda: self._step)
-        with self.faults.guard("vectors", state.global_step):
-            store = VectorStore.create(
-                self._store_dir(state.global_step),
-                layers=self.layers,
-                hidden=hidden,
-                projection_dim=self.options.projection_dim,
-                projection_seed=self.options.seed,
-                rank=int(args.process_index),
-            )
-            self.store = GuardedStore(store, self.faults, lambda: self._step)
-        if self.is_main:
-            with self.faults.guard("alerts.jsonl", state.global_step):
-                self._roll_back_alerts(state.global_step)
-        self.store.truncate_steps_after(state.global_step)
-        self._stored = RowSet(self.store.row_ids())
-        folder = self.output_dir / "vectors" / f"rank-{int(args.process_index):05d}"
-        self._mirror = RankMirror(folder, self.trainer.accelerator, per_node=args.save_on_each_node)
-        self.store_dim = self.store.dim
-        policy = _unwrap(self.trainer.model)
-        blocks = [find_decoder_blocks(self.ref_model)[layer - 1] for layer in self.layers]
-        self._capture = DatapointCapture(
-            self.ref_model, blocks, self._on_batch, policy=policy, reference_per_step=not self.precomputed
-        ).__enter__()
-        if self.precomputed:
-            self._datapoint_pass()
-        built = time.perf_counter()
-        self._start_monitor(args, state)
+        rows = RowIndex.from_trainer(self.trainer, self.options.id_column, self.options.source_column)
+        recorder = self._start_recording(args, state, rows)
+        try:
+            if self.precomputed:
+                recorder.datapoint_pass(self.trainer, self._reference, self.is_main)
+            built = time.perf_counter()
+            watch, monitor = self._start_monitor(args, state, rows)
+        except BaseException:
+            recorder.close()  # the hooks never outlive a failed start
+            raise
         setup, opts = time.perf_counter() - built, self.options
-        self.cadence = Cadence(
-            every=opts.every_n_steps or self._default_cadence(state),
+        cadence = Cadence(
+            every=opts.every_n_steps or default_cadence(self.trainer.args, state.max_steps),
             budget=None if opts.every_n_steps else opts.probe_budget,
             # the set-up pass (M0's answers, read through M0) costs about two thirds of a probe; a light
             # check (one teacher-forced pass, no generation) about a quarter of it
             expected_seconds=1.5 * setup,
             light_seconds=0.25 * setup,
         )
-        self._log_start()
-        self.cadence.start()
+        self.live = Live(rows, recorder, watch, monitor, cadence)
+        if self.is_main:
+            logger.info(
+                "probe_callback: watching %d prompts at layers %s every %d steps%s; output in %s",
+                len(watch.prompts),
+                self.layers,
+                cadence.every,
+                f" while probes take at most {cadence.budget:.0%} of the training time" if cadence.budget else "",
+                self.output_dir,
+            )
+        cadence.start()
 
-    def _store_dir(self, step: int) -> Path:
+    def _start_recording(self, args: TrainingArguments, state: TrainerState, rows: RowIndex) -> Recorder:
+        """The vector store of this run (a resume truncates it to its step) and the hooks that fill it."""
+        guarded = GuardedStore(None, self.faults, lambda: self._step)
+        with self.faults.guard("vectors", state.global_step):
+            store = VectorStore.create(
+                self._store_dir(state.global_step, rows),
+                layers=self.layers,
+                hidden=int(self.ref_model.config.get_text_config().hidden_size),
+                projection_dim=self.options.projection_dim,
+                projection_seed=self.options.seed,
+                rank=int(args.process_index),
+            )
+            guarded = GuardedStore(store, self.faults, lambda: self._step)
+        if self.is_main:
+            with self.faults.guard("alerts.jsonl", state.global_step):
+                self._roll_back_alerts(state.global_step)
+        guarded.truncate_steps_after(state.global_step)
+        recorder = Recorder(rows, guarded, self.faults, lambda: self._step)
+        folder = self.output_dir / "vectors" / f"rank-{int(args.process_index):05d}"
+        recorder.start(
+            self.ref_model,
+            [find_decoder_blocks(self.ref_model)[layer - 1] for layer in self.layers],
+            unwrap_parallel(self.trainer.model),
+            reference_per_step=not self.precomputed,
+            mirror=RankMirror(folder, self.trainer.accelerator, per_node=args.save_on_each_node),
+        )
+        return recorder
+
+    def _store_dir(self, step: int, rows: RowIndex) -> Path:
         """The store of this dataset and reference model. Another run's store (other data, say before a
         mitigation; another model; or any store when this run starts fresh) is set aside as
         ``vectors-before-step-N``, never mixed in."""
         folder = self.output_dir / "vectors"
         writes = self.trainer.args.should_save  # rank 0, or each node's first rank with per-node output folders
-        stamps = {"dataset": self.rows.fingerprint, "model": model_identity(self.ref_model)}
+        stamps = {"dataset": rows.fingerprint, "model": model_identity(self.ref_model)}
         if writes:
             why = stale_store(folder, stamps, step)
             if why:
@@ -428,7 +290,8 @@ class ProbeCallback(TrainerCallback, ExportableState):
         elif path.exists():
             set_aside(path, "before-step-0")
 
-    def _start_monitor(self, args: TrainingArguments, state: TrainerState) -> None:
+    def _start_monitor(self, args: TrainingArguments, state: TrainerState, rows: RowIndex) -> tuple[Watch, Monitor]:
+        """The watched prompts with M0's answers, and the monitor (restored from the checkpoint on a resume)."""
         tok, opts = self.trainer.processing_class, self.options
         step = state.global_step
         saved = saved_state(state.stateful_callbacks, self.output_dir, step) if step > 0 else None
@@ -439,8 +302,8 @@ class ProbeCallback(TrainerCallback, ExportableState):
         overrides = {f.behaviour.name: {"threshold": default_threshold(f)} for f in fitted}
         for name, values in opts.policy.get("overrides", {}).items():
             overrides[name] = {**overrides.get(name, {}), **values}
-        self.watch = Watch.build(
-            saved["prompts"] if saved else self._sample_prompts(),
+        watch = Watch.build(
+            saved["prompts"] if saved else watched_prompts(opts, self.trainer),
             tok,
             self._reference,
             self.layers,
@@ -449,120 +312,103 @@ class ProbeCallback(TrainerCallback, ExportableState):
             r0=saved["r0"] if saved else None,
         )
         policy = RegressionPolicy(**{**opts.policy, "overrides": overrides})
-        self.monitor = Monitor(
+        monitor = Monitor(
             fitted,
             EmergentTracker(alpha=SCREEN_ALPHA, seed=opts.seed),
             policy,
-            self.rows,
+            rows,
             self.output_dir / "vectors",
             self.layers,
             opts.top_k,
             opts.seed,
         )
         if saved:
-            self.monitor.restore(saved["monitor"])
+            monitor.restore(saved["monitor"])
             settings = {k: v for k, v in policy.state().items() if k != "tracks"}  # this run's policy wins
-            self.monitor.policy = RegressionPolicy.from_state({**saved["monitor"]["policy"], **settings})
+            monitor.policy = RegressionPolicy.from_state({**saved["monitor"]["policy"], **settings})
             warn_changed_options(saved, opts)
             self._acknowledged = {b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]}
         self.publisher = make_publisher(args, self.output_dir, self.is_main)
-        self.publisher.sinks = [FaultRecordingSink(s, self.faults, lambda: self._step) for s in self.publisher.sinks]
-
-    def _log_start(self) -> None:
-        if self.is_main:
-            budget = self.cadence.budget
-            logger.info(
-                "probe_callback: watching %d prompts at layers %s every %d steps%s; output in %s",
-                len(self.watch.prompts),
-                self.layers,
-                self.cadence.every,
-                f" while probes take at most {budget:.0%} of the training time" if budget else "",
-                self.output_dir,
-            )
+        self.publisher.sinks = [FaultRecordingSink(s, self.faults, lambda: self._step) for s in self.publisher.sinks]  # type: ignore[misc]
+        return watch, monitor
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         self._step = state.global_step + 1
-        if self._capture is not None:
-            self._capture.active = True
+        if self.live is not None:
+            self.live.recorder.active(True)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        if self._capture is not None:
-            self._capture.active = False
-        if self.store is not None:
-            self.store.flush()
-        if self.monitor is None or not self.cadence.candidate(state.global_step):
+        live = self.live
+        if live is None:
             return
-        if self._agree(self.cadence.within_budget()):
-            self._checkpoint(state, control)
-        elif self.cadence.budget is not None:
-            self._light_check(state, control)
+        live.recorder.active(False)
+        live.recorder.store.flush()
+        if not live.cadence.candidate(state.global_step):
+            return
+        if self._agree(live.cadence.within_budget()):
+            self._checkpoint(live, state, control)
+        elif live.cadence.budget is not None:
+            self._light_check(live, state, control)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         """Between probes: what the learning record shows (free), as INFO alerts and metrics."""
-        if not self.is_main or self.monitor is None or self.monitor.last_step == state.global_step:
+        live = self.live
+        if not self.is_main or live is None or live.monitor.last_step == state.global_step:
             return  # (a probe at this step already read the learning record)
         try:
-            self.store.flush()
-            alerts = self.monitor.learning_check(state.global_step, self.trainer.processing_class)
+            live.recorder.store.flush()
+            alerts = live.monitor.learning_check(state.global_step, self.trainer.processing_class)
             for alert in alerts:
                 self.publisher.alert(alert)
-            self._publish_learning(state.global_step)
+            self._publish_learning(live.monitor, state.global_step)
         except Exception as exc:  # a failure of ours never kills the user's run
-            self.monitor.record_failure(state.global_step, "learning check", exc)
+            live.monitor.record_failure(state.global_step, "learning check", exc)
 
-    def _publish_learning(self, step: int) -> None:
+    def _publish_learning(self, monitor: Monitor, step: int) -> None:
         """What the learning record shows: a few metrics and the table of its patterns."""
-        patterns = self.monitor.patterns
-        self.publisher.metrics(
-            step,
-            {
-                "learning/patterns": float(len(patterns)),
-                "learning/significant": float(sum(g.p_value <= PATTERN_ALPHA for g in patterns)),
-                "learning/best_p_value": float(min((g.p_value for g in patterns), default=1.0)),
-            },
-        )
-        if patterns:
-            self.publisher.patterns_table(step, [g.summary() for g in patterns[:20]])
+        self.publisher.metrics(step, learning_metrics(monitor.patterns))
+        if monitor.patterns:
+            self.publisher.patterns_table(step, [g.summary() for g in monitor.patterns[:20]])
 
-    def _checkpoint(self, state: TrainerState, control: TrainerControl) -> None:
+    def _checkpoint(self, live: Live, state: TrainerState, control: TrainerControl) -> None:
         """Probe, decide, publish; ask the trainer to save and stop on a new regression."""
         pause, started = False, time.perf_counter()
         try:
             # Every rank measures (a sharded model's forwards are collectives); rank 0 alone scores.
-            probe = self.watch.probe(state.global_step, self._current, self._reference, self.monitor.fitted)
-            self._mirror.sync()
+            probe = live.watch.probe(state.global_step, self._current, self._reference, live.monitor.fitted)
+            live.recorder.sync()
             if self.is_main:
-                alerts = self.monitor.checkpoint(probe, self.watch)
+                alerts = live.monitor.checkpoint(probe, live.watch)
                 pause = self._pauses(alerts)
-                self._publish(state.global_step, alerts)
+                self._publish(live, state.global_step, alerts)
         except Exception as exc:  # a failure of ours never kills the user's run
-            self.monitor.record_failure(state.global_step, "probe", exc)
-        self.cadence.record(time.perf_counter() - started)
-        self._settle(state, control, pause)
+            live.monitor.record_failure(state.global_step, "probe", exc)
+        live.cadence.record(time.perf_counter() - started)
+        self._settle(live, state, control, pause)
 
-    def _light_check(self, state: TrainerState, control: TrainerControl) -> None:
+    def _light_check(self, live: Live, state: TrainerState, control: TrainerControl) -> None:
         """A candidate step whose probe the budget refuses: the learning record's patterns tested on the
         watched prompts without generation (M0's answers read by the current model), when there are any."""
-        step, pause, tokens = state.global_step, False, []
+        step, pause, tokens = state.global_step, False, list[int]()
         if self.is_main:
             try:
-                tokens = self.monitor.light_tokens(step, self.trainer.processing_class)
+                tokens = live.monitor.light_tokens(step, self.trainer.processing_class)
             except Exception as exc:  # a failure of ours never kills the user's run
-                self.monitor.record_failure(step, "light check", exc)
+                live.monitor.record_failure(step, "light check", exc)
         tokens = self._from_main(tokens)
-        if not tokens or not self._agree(self.cadence.within_budget(light=True)):
+        if not tokens or not self._agree(live.cadence.within_budget(light=True)):
             return
         started = time.perf_counter()
         try:
-            now, before = self.watch.word_logprobs(tokens, self._current)
+            now, before = live.watch.word_logprobs(tokens, self._current)
             if self.is_main:
-                alerts = self.monitor.light_check(tokens, now, before, self.watch)
+                alerts = live.monitor.light_check(tokens, now, before, live.watch)
                 pause = self._pauses(alerts)
-                self._publish(step, alerts)
+                self._publish(live, step, alerts)
         except Exception as exc:
-            self.monitor.record_failure(step, "light check", exc)
-        self.cadence.record(time.perf_counter() - started, light=True)
-        self._settle(state, control, pause)
+            live.monitor.record_failure(step, "light check", exc)
+        live.cadence.record(time.perf_counter() - started, light=True)
+        self._settle(live, state, control, pause)
 
     def _pauses(self, alerts: list) -> bool:
         """Whether ``alerts`` ask for a pause: a new ERROR, with ``pause_on_regression``."""
@@ -570,24 +416,22 @@ class ProbeCallback(TrainerCallback, ExportableState):
             a.level == "ERROR" and a.behaviour not in self._acknowledged for a in alerts
         )
 
-    def _settle(self, state: TrainerState, control: TrainerControl, pause: bool) -> None:
+    def _settle(self, live: Live, state: TrainerState, control: TrainerControl, pause: bool) -> None:
         """After a probe or light check: pause every rank when rank 0 asks; write the report."""
         if self._agree(pause):
-            self._complete_attribution()
+            self._complete_attribution(live)
             self.paused_at_step = state.global_step
             self.checkpoint_path = str(Path(self.trainer.args.output_dir) / f"checkpoint-{state.global_step}")
             control.should_save = True
             control.should_training_stop = True
         self._write_report()
 
-    def _complete_attribution(self) -> None:
+    def _complete_attribution(self, live: Live) -> None:
         """Before pausing: vectors for the rows not trained on yet, then rank every row again."""
         try:
-            self._datapoint_pass()
-            self._mirror.sync()
-            self._stored = RowSet(self.store.row_ids())
+            live.recorder.datapoint_pass(self.trainer, self._reference, self.is_main)
             if self.is_main:
-                self.monitor.reattribute()
+                live.monitor.reattribute()
         except Exception as exc:
             logger.warning("probe_callback: could not rank the rows not trained on yet: %r", exc)
 
@@ -597,54 +441,35 @@ class ProbeCallback(TrainerCallback, ExportableState):
 
     def _from_main(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (a picklable object)."""
-        if self.trainer.accelerator.num_processes == 1:
-            return value
-        from accelerate.utils import broadcast_object_list
+        return from_rank0(self.trainer.accelerator, value)
 
-        box = [value]
-        broadcast_object_list(box, from_process=0)
-        return box[0]
-
-    def _publish(self, step: int, alerts: list) -> None:
+    def _publish(self, live: Live, step: int, alerts: list[Alert]) -> None:
         for alert in alerts:
             self.publisher.alert(alert)
-        self._publish_learning(step)
-        metrics: dict[str, float] = {
-            "clusters": float(sum(b.significant for b in self.monitor.tracker.behaviours.values())),
-        }
-        history = self.monitor.prompt_drift_history
-        if history and history[-1]["step"] == step:
-            metrics.update({f"prompt_drift/{k}": history[-1][k] for k in ("median", "p90", "max")})
-        share = self.cadence.summary()["share"]
-        if share is not None:
-            metrics["cost_share"] = float(share)
-        for name, entry in self.monitor.behaviours.items():
-            if entry["score_history"] and entry["score_history"][-1][0] == step:
-                metrics[f"{name}/score"] = float(entry["score_history"][-1][1])
-                if entry["p_value"] is not None:
-                    metrics[f"{name}/p_value"] = float(entry["p_value"])
-        self.publisher.metrics(step, metrics)
-        flagged = [r for a in alerts if a.level == "ERROR" for r in self.monitor.behaviours[a.behaviour]["top_rows"]]
+        self._publish_learning(live.monitor, step)
+        self.publisher.metrics(step, checkpoint_metrics(live.monitor, step, live.cadence.summary()["share"]))
+        flagged = flagged_rows(live.monitor, alerts, step)
         if flagged:
-            self.publisher.rows_table(step, [{"step": step, **r} for r in flagged])
-        drift = self.monitor.drift_map
+            self.publisher.rows_table(step, flagged)
+        drift = live.monitor.drift_map
         if drift and drift["step"] == step:
             self.publisher.drift(step, np.asarray(drift["points"]), drift["labels"], drift["prompts"])
 
     def report(self) -> dict[str, Any]:
         """The current report as a dict (the content of ``report.json``)."""
-        if self.monitor is None:
+        live = self.live
+        if live is None:
             return {"version": 1, "paused_at_step": None, "checkpoint": None, "behaviours": []}
-        report = self.monitor.report(self.paused_at_step, self.checkpoint_path)
-        report["store"] = {"rows": len(self._stored), "dim": self.store_dim}
-        report["every_n_steps"] = self.cadence.every if self.cadence else None
-        report["cost"] = self.cadence.summary() if self.cadence else {}
+        report = live.monitor.report(self.paused_at_step, self.checkpoint_path)
+        report["store"] = {"rows": len(live.recorder.stored), "dim": live.recorder.store.dim}
+        report["every_n_steps"] = live.cadence.every
+        report["cost"] = live.cadence.summary()
         report["trained_to_step"] = self._step
         report["not_recorded"] = self.faults.report()
         return report
 
     def _write_report(self) -> None:
-        if not self.is_main or self.monitor is None:  # never started (or stood down): the folder is not ours
+        if not self.is_main or self.live is None:  # never started (or stood down): the folder is not ours
             return
         with self.faults.guard("report", self._step):
             report = self.report()
@@ -655,16 +480,17 @@ class ProbeCallback(TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         """The callback's state at a checkpoint; the Trainer saves it in that checkpoint's ``trainer_state.json``."""
         snapshot: dict[str, Any] = {}
-        if self.monitor is not None and self.is_main:
+        live = self.live
+        if live is not None and self.is_main:
             step = self.trainer.state.global_step
             with self.faults.guard("state", step):
                 snapshot = {
                     "probe_state": jsonable(
                         {
                             "step": step,
-                            "prompts": self.watch.prompts,
-                            "r0": self.watch.r0,
-                            "monitor": self.monitor.state(),
+                            "prompts": live.watch.prompts,
+                            "r0": live.watch.r0,
+                            "monitor": live.monitor.state(),
                             "options": options_record(self.options),
                         }
                     )
@@ -675,10 +501,10 @@ class ProbeCallback(TrainerCallback, ExportableState):
         self._write_report()
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        if self.cadence is not None:
-            self.cadence.stop()
+        if self.live is not None:
+            self.live.cadence.stop()
         self._write_report()
-        if self.is_main and self.monitor is not None:
+        if self.is_main and self.live is not None:
             logger.warning("probe_callback report:\n%s", summary_text(self.report()))
             if self.paused_at_step is not None:
                 logger.warning(self._next_steps())
@@ -698,75 +524,5 @@ class ProbeCallback(TrainerCallback, ExportableState):
 
     def close(self) -> None:
         """Remove the hooks and close the store (also done at train end)."""
-        if self._capture is not None:
-            self._capture.__exit__(None, None, None)
-            self._capture = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        if self.unmatched:
-            logger.warning("probe_callback: %d batch rows matched no dataset row and were skipped.", self.unmatched)
-
-    # ----- capture ------------------------------------------------------------------------------
-    def _on_batch(self, batch: CapturedBatch) -> None:
-        with self.faults.guard("vectors", self._step):  # runs inside the trainer's forward: never raise
-            self._record_batch(batch)
-
-    def _record_batch(self, batch: CapturedBatch) -> None:
-        rows = self.rows.lookup(batch.input_ids, batch.attention_mask)
-        known = rows >= 0
-        self.unmatched += int((~known).sum())
-        if self._step > 0:  # step 0 is the datapoint pass at train begin, not a training batch
-            record = batch.learning.numpy() if batch.learning is not None else {"rise": np.zeros(len(rows), np.float32)}
-            record = {k: v[known] for k, v in record.items()}
-            self.store.append_memberships(rows[known], np.full(known.sum(), self._step), record.pop("rise"), record)
-        if batch.pooled is None:
-            return
-        half = len(rows)
-        diff = (batch.pooled[:half] - batch.pooled[half:]).numpy()
-        fresh = np.array([r >= 0 and int(r) not in self._stored for r in rows])
-        if fresh.any():
-            self.store.append_vectors(rows[fresh], diff[fresh])
-            self._stored.update(int(r) for r in rows[fresh])
-
-    def _datapoint_pass(self) -> None:
-        """A reference pass over the training rows that have no stored vector yet.
-
-        Made at train begin when DPO precomputes its reference log-probs (no reference forward per
-        step), and at a pause, so the report ranks every row, not only those trained on so far.
-        Ranks split the batches of the rows rank 0 sees no vector for; every rank makes as many
-        forwards (a rank out of batches repeats one, not captured), as a sharded model needs.
-        """
-        if not self._all(self.store.path is not None):  # every rank skips together (a collective follows)
-            return
-        args, ds = (
-            self.trainer.args,
-            self.trainer.train_dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
-        )
-        self.store.flush()
-        self.trainer.accelerator.wait_for_everyone()
-        stored = RowSet(VectorStore.open(self.store.path).row_ids()) if self.is_main else RowSet()
-        todo = self._from_main(np.flatnonzero(~stored.contains(self.rows.order)).tolist() if self.is_main else None)
-        bs, world = args.per_device_train_batch_size, args.world_size
-        batches = [todo[start : start + bs] for start in range(0, len(todo), bs)]
-        mine = batches[args.process_index :: world]
-        capture, saved = self._capture, (self._capture.reference_per_step, self._step)
-        capture.reference_per_step, self._step = True, 0  # step 0: no batch membership
-        try:
-            with self._reference() as ref, inference_mode(ref):
-                device = next(ref.parameters()).device
-                for k in range(-(-len(batches) // world)):
-                    capture.active = k < len(mine)
-                    batch = self.trainer.data_collator([ds[i] for i in (mine[k] if capture.active else batches[0])])
-                    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-                    ref(
-                        input_ids=batch["input_ids"].to(device),
-                        attention_mask=batch["attention_mask"].to(device),
-                        labels=labels.to(device),
-                        use_cache=False,
-                    )
-        finally:
-            capture.reference_per_step, self._step = saved
-            capture.active = False
-        self.store.flush()
-        self.trainer.accelerator.wait_for_everyone()
+        if self.live is not None:
+            self.live.recorder.close()

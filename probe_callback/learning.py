@@ -28,8 +28,8 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ MIN_PEAK_RISE = 1.0  # nats: a peak below this is no learning
 MAX_PATTERNS = 64  # most frequent words tested
 GENERIC = 0.2  # a word in more than this share of the answers links no words together
 _EPS = 1e-9
+Sources = np.ndarray | Sequence[str | None]  # each row's source (None: unknown)
 
 
 @dataclass
@@ -82,9 +83,9 @@ class Pattern:
 
 class PatternNames:
     """Stable names (``learning-0``, ``learning-1``, ...) for patterns across checks. A pattern takes the
-    name of the earlier pattern it is most like (sharing a word with its last words, or a third of its
-    last rows, or the direction of their datapoint vectors: cosine >= 0.8); patterns of one check
-    that take the same name are one behaviour. State is plain JSON.
+    name of the earlier pattern it is most like (sharing a word with its last words, or half the rows
+    of the smaller of the two, or the direction of their datapoint vectors: cosine >= 0.8); patterns
+    of one check that take the same name are one behaviour (see :func:`one_per_name`). State is plain JSON.
     """
 
     def __init__(self, known: list[dict[str, Any]] | None = None) -> None:
@@ -106,17 +107,38 @@ class PatternNames:
                 match["direction"] = None if direction is None else np.asarray(direction, dtype=float).tolist()
 
 
+def one_per_name(patterns: list[Pattern]) -> list[Pattern]:
+    """One pattern a name (the first, most significant, of each), holding the words and tokens of every
+    pattern of that name: the variants of one behaviour are tested together.
+
+    Example:
+        >>> import numpy as np
+        >>> a = Pattern(["shop"], np.arange(8), np.ones(8), 1.0, 1.0, 0.001, (1, 9), token_ids=[5], name="learning-0")
+        >>> b = Pattern(["off"], np.arange(3), np.ones(3), 1.0, 1.0, 0.004, (2, 6), token_ids=[9], name="learning-0")
+        >>> [(g.words, g.token_ids) for g in one_per_name([a, b])]
+        [(['shop', 'off'], [5, 9])]
+    """
+    first: dict[str, Pattern] = {}
+    for g in patterns:
+        if g.name not in first:
+            first[g.name] = replace(g, words=list(g.words), token_ids=list(g.token_ids))
+            continue
+        kept = first[g.name]
+        kept.words += [w for w in g.words if w not in kept.words]
+        kept.token_ids += [t for t in g.token_ids if t not in kept.token_ids]
+    return list(first.values())
+
+
 def _likeness(known: dict[str, Any], rows: set[int], words: set[str], direction: np.ndarray | None) -> float:
-    """How much a pattern is like a known one (0: not at all): shared words, shared rows, direction."""
-    score = len(words & set(known["words"])) + (_jaccard(rows, set(known["rows"])) >= 1 / 3)
+    """How much a pattern is like a known one (0: not at all): shared words, shared rows (half of the
+    smaller set: a variant of a behaviour learned by some of its rows), direction."""
+    old_rows = set(known["rows"])
+    shared = len(rows & old_rows) / max(min(len(rows), len(old_rows)), 1)
+    score = len(words & set(known["words"])) + (shared >= 0.5)
     if direction is not None and known.get("direction") is not None:
         old = np.asarray(known["direction"])
         score += float(direction @ old / (np.linalg.norm(direction) * np.linalg.norm(old) + _EPS)) >= 0.8
     return float(score)
-
-
-def _jaccard(a: set[int], b: set[int]) -> float:
-    return len(a & b) / max(len(a | b), 1)
 
 
 def normalise(text: str) -> str:
@@ -164,7 +186,7 @@ def learning_z(rise: np.ndarray, bins: np.ndarray) -> np.ndarray:
 def find_patterns(
     records: dict[str, np.ndarray],
     decode: Callable[[int], str],
-    sources: list[str | None] | None = None,
+    sources: Sources | None = None,
     answers: Callable[[int], set[str]] | None = None,
     min_rows: int | None = None,
     n_null: int = 999,
@@ -210,13 +232,13 @@ def find_patterns(
     return patterns
 
 
-def source_enrichment(rows: np.ndarray, sources: list[str | None], seen_rows: np.ndarray) -> list[dict[str, Any]]:
+def source_enrichment(rows: np.ndarray, sources: Sources, seen_rows: np.ndarray) -> list[dict[str, Any]]:
     """Per source: how many of ``rows`` come from it, its share, and the hypergeometric p-value of
     that many among the ``seen_rows`` (the rows the pattern could have picked), best first."""
     known = [int(r) for r in seen_rows if r < len(sources) and sources[r] is not None]
     if not known:
         return []
-    total = {s: 0 for s in {sources[r] for r in known}}
+    total: dict[Any, int] = {s: 0 for s in {sources[r] for r in known}}
     for r in known:
         total[sources[r]] += 1
     hits = _count_sources(rows, sources)
@@ -337,6 +359,29 @@ def learned_tokens(records: dict[str, np.ndarray], exclude: set[int], most: int 
     return [int(i) for i in values[order] if int(i) not in exclude][:most]
 
 
+def learned_by(records: dict[str, np.ndarray], tokens: list[int], sources: np.ndarray) -> list[set[str]]:
+    """Per token: the sources of the rows whose learning peaked on it (at least ``MIN_PEAK_RISE``, any
+    step); rows with no source count as ``""``.
+
+    Example:
+        >>> import numpy as np
+        >>> rec = {"row": np.array([0, 1]), "peak_ids": np.array([[5, 6], [5, -1]]),
+        ...        "peak_rises": np.array([[2.0, 0.5], [3.0, 0.0]])}
+        >>> [sorted(s) for s in learned_by(rec, [5, 6], np.array(["a", "b"], dtype=object))]
+        [['a', 'b'], []]
+    """
+    ids = np.asarray(records["peak_ids"])
+    strong = np.asarray(records["peak_rises"], dtype=np.float64) >= MIN_PEAK_RISE
+    rows = np.broadcast_to(np.asarray(records["row"])[:, None], ids.shape)
+    out: list[set[str]] = [set() for _ in tokens]
+    column = {t: j for j, t in enumerate(tokens)}
+    for token, row in zip(ids[strong].tolist(), rows[strong].tolist()):
+        if token in column:
+            source = sources[row] if row < len(sources) else None
+            out[column[token]].add("" if source is None else str(source))
+    return out
+
+
 def _standardised_means(
     z: np.ndarray, bins: np.ndarray, members: list[np.ndarray], n_null: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +401,7 @@ def _standardised_means(
     return t_obs, t_null
 
 
-def _count_sources(rows: np.ndarray, sources: list[str | None] | None) -> dict[str, int]:
+def _count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in rows.tolist():
         s = sources[r] if sources is not None and r < len(sources) else None
@@ -440,11 +485,16 @@ def word_rise(
     pattern: list[int],
     control: list[int],
     outside: np.ndarray,
+    foreign: np.ndarray | None = None,
     n_null: int = 999,
     seed: int = 0,
 ) -> WordRise:
     """Test a pattern's tokens (columns ``pattern`` of ``now`` and ``before``, (prompts, tokens) best
     log-probs) against the run's other learned tokens (columns ``control``) on the ``outside`` prompts.
+
+    ``foreign`` ((prompts, tokens) bool): where a token is read; a control token is read only on
+    prompts whose own kind of rows did not learn it (a token that rose because the rows of that very
+    kind taught it is no control for a token that arrived from elsewhere). None: everywhere.
 
     Example:
         >>> import numpy as np
@@ -455,15 +505,28 @@ def word_rise(
         (6.0, True, 8)
     """
     pool = np.flatnonzero(outside)
-    if len(pool) < 2 or not pattern or not control:
+    read = np.ones(now.shape, bool) if foreign is None else np.asarray(foreign, bool)
+    per_token = _top_quarter_means(np.where(read[pool], now[pool] - before[pool], np.nan))
+    mine = [j for j in pattern if np.isfinite(per_token[j])]
+    others = np.asarray([j for j in control if np.isfinite(per_token[j])], dtype=np.int64)
+    if not mine or not len(others):
         return WordRise(0.0, 1.0, len(pool), None, [])
-    rise = now[pool] - before[pool]
-    top = max(2, len(pool) // 4)
-    per_token = np.sort(rise, axis=0)[-top:].mean(axis=0)
-    best = pattern[int(np.argmax(per_token[pattern]))]
+    best = mine[int(np.argmax(per_token[mine]))]
     score = float(per_token[best])
-    draws = np.random.default_rng(seed).integers(0, len(control), (n_null, len(pattern)))
-    null = per_token[np.asarray(control)][draws].max(axis=1)
+    draws = np.random.default_rng(seed).integers(0, len(others), (n_null, len(mine)))
+    null = per_token[others][draws].max(axis=1)
     p = float((1 + np.count_nonzero(null >= score)) / (1 + n_null))
-    prompts = [int(i) for i in pool[rise[:, best] >= MIN_PEAK_RISE]]
+    rise = now[pool, best] - before[pool, best]
+    prompts = [int(i) for i in pool[(rise >= MIN_PEAK_RISE) & read[pool, best]]]
     return WordRise(score, p, len(pool), best, prompts)
+
+
+def _top_quarter_means(rise: np.ndarray) -> np.ndarray:
+    """Per column: the mean of the largest quarter (at least 2) of its finite values; NaN with fewer than 2."""
+    finite = np.isfinite(rise)
+    count = finite.sum(axis=0)
+    ordered = np.sort(np.where(finite, -rise, np.inf), axis=0)  # largest rises first, missing last
+    k = np.maximum(2, count // 4)
+    totals = np.cumsum(np.where(np.isfinite(ordered), -ordered, 0.0), axis=0)
+    means = totals[np.minimum(k, len(rise)) - 1, np.arange(rise.shape[1])] / k if len(rise) else np.zeros(len(k))
+    return np.where(count >= 2, means, np.nan)

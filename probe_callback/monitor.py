@@ -13,11 +13,11 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -29,12 +29,15 @@ from .learning import (
     MIN_PEAK_RISE,
     Pattern,
     PatternNames,
+    Sources,
     answer_words,
     confirm,
     find_patterns,
     gained_words,
+    learned_by,
     learned_tokens,
     normalise,
+    one_per_name,
     source_enrichment,
     word_rise,
 )
@@ -226,14 +229,17 @@ class Monitor:
     def light_check(self, tokens: list[int], now: np.ndarray, before: np.ndarray, watch: Watch) -> list[Alert]:
         """Test each pattern of :meth:`light_tokens` on the watched prompts outside its rows: did its
         tokens become likelier in M0's answers than the run's other learned tokens did (no generation)?"""
+        assert self._light is not None, "light_tokens() comes first"
         step, news, records = self._light
         column = {t: j for j, t in enumerate(tokens)}
         own = {t for g in news for t in g.token_ids}
         control = [column[t] for t in tokens if t not in own]
         outside_of = self._outside(watch, watch.answered)
+        foreign = self._foreign(tokens, records, watch)
 
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
-            w = word_rise(now, before, [column[t] for t in g.token_ids], control, outside_of(g), seed=self.seed + step)
+            mine = [column[t] for t in g.token_ids]
+            w = word_rise(now, before, mine, control, outside_of(g), foreign, seed=self.seed + step)
             p = min(1.0, w.p_value * len(news))  # every pattern of this check is tested
             confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
             word = _decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
@@ -241,6 +247,17 @@ class Monitor:
             return w.score, max(g.p_value, p) if confirmed else 1.0, note, _risen(g, w, word, p) if confirmed else None
 
         return self._alerts(self._pattern_decisions(step, news, records, None, check, note_key="word_rise"))
+
+    def _foreign(self, tokens: list[int], records: dict[str, np.ndarray], watch: Watch) -> np.ndarray:
+        """(prompts, tokens) whether a token is foreign to a watched prompt: no row of the prompt's source
+        learned it (held-out prompts, with no rows, take every token; so does a run with no source column)."""
+        sources = self.rows.sources_array()
+        if all(s is None for s in sources):
+            return np.ones((len(watch.prompts), len(tokens)), bool)
+        taught = learned_by(records, tokens, sources)
+        watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
+        kinds = [{"" if sources[r] is None else str(sources[r]) for r in rows if r < len(sources)} for rows in watched]
+        return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
 
     def _news(self, step: int, tokenizer: Any) -> tuple[list[Pattern], dict[str, np.ndarray], VectorStore] | None:
         """The learning record's patterns now (kept for the report), and those that are news, one per name."""
@@ -256,7 +273,7 @@ class Monitor:
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         centre = _mean_unit_vector(store)
         self.pattern_names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
-        news = list({g.name: g for g in reversed(news)}.values())[::-1]  # one pattern a name: the best
+        news = one_per_name(news)
         self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
         return news, records, store
 
@@ -318,7 +335,7 @@ class Monitor:
         signal[g.rows] = g.z
         scores = signal
         direction = None if store is None else _rows_direction(store, g.rows, _mean_unit_vector(store))
-        if direction is not None and np.linalg.norm(direction) > 0:
+        if store is not None and direction is not None and np.linalg.norm(direction) > 0:
             cosine = rank_rows(store, direction, top_k=1, n_null=0, seed=self.seed).cosine
             scores = combine_scores(
                 [signal, np.pad(cosine, (0, max(0, len(signal) - len(cosine))), constant_values=np.nan)]
@@ -335,7 +352,7 @@ class Monitor:
             "pattern": g.summary(),
         }
 
-    def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray]]:
+    def _emergent(self, probe: Probe, watch: Watch) -> list[tuple[Decision, np.ndarray | None]]:
         ok = np.flatnonzero(probe.valid)
         seen = self.tracker.update(
             probe.step,
@@ -350,7 +367,7 @@ class Monitor:
         self.prompt_drift_history.append(
             {"step": probe.step, "median": drift.median, "p90": drift.p90, "max": drift.max, "outliers": drift.outliers}
         )
-        out: list[tuple[Decision, np.ndarray]] = []
+        out: list[tuple[Decision, np.ndarray | None]] = []
         for b in self.tracker.behaviours.values():
             name = f"emergent-{b.id}"
             if not (b.significant and b.step == probe.step):
@@ -440,7 +457,8 @@ class Monitor:
         first_step = _first_steps(memberships)
         rows = [self._row(int(r), float(s), first_step) for r, s in zip(ranking.rows, ranking.scores)]
         sources = [
-            {**s.to_dict(), "share_in_top": s.score} for s in top_sources(ranking.all_scores, self.rows.sources_array())
+            {**s.to_dict(), "share_in_top": s.score}
+            for s in top_sources(ranking.all_scores, cast(Sequence[Any], self.rows.sources_array()))
         ]
         steps = [s.to_dict() for s in top_steps(ranking.all_scores, memberships)]
         # Bonferroni over the sources tested; without a source column, the ranking's own p-value.
@@ -453,7 +471,7 @@ class Monitor:
             "attribution_p_value": blame,
         }
         if draw_null is not None and sources:
-            null_blame = SourceBlame(ranking, self.rows.sources_array(), store.project)
+            null_blame = SourceBlame(ranking, cast(Sequence[Any], self.rows.sources_array()), store.project)
             out["blame_null_p_value"] = null_blame.p_value(direction, draw_null)
             _calibrate_blame(out)
         return out
@@ -549,7 +567,7 @@ def _calibrate_blame(entry: dict[str, Any]) -> None:
 
 
 def outside_prompts(
-    g: Pattern, watched: list[list[int]], sources: list[str | None], valid: np.ndarray, min_prompts: int = 8
+    g: Pattern, watched: list[list[int]], sources: Sources, valid: np.ndarray, min_prompts: int = 8
 ) -> np.ndarray:
     """Watched prompts that can confirm a pattern: not from its rows, nor from the sources that hold a
     tenth or more of its rows (there, its words are its own kind of answer: ordinary learning), unless

@@ -99,7 +99,7 @@ def test_capture_matches_offline_formula_and_tracks_rows_steps(tiny_tokenizer, t
         "id": "dup-of-5",
         "source": rows[-2]["source"],
     }
-    assert cb.unmatched == 0
+    assert cb.recorder.unmatched == 0
 
 
 def _train_and_snapshot(tiny_tokenizer, tiny_model_factory, rows, out, with_callback):

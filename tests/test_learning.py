@@ -9,7 +9,7 @@ from tiny_organism import eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.cadence import Cadence
-from probe_callback.learning import latest_records
+from probe_callback.learning import latest_records, word_rise
 from probe_callback.publish.report import render_html
 from probe_callback.scoring.attribution import auroc
 from probe_callback.store.vectors import VectorStore
@@ -118,3 +118,20 @@ def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_fact
     assert all(g["p_value"] > 0.01 for g in report["learning"]["patterns"]), "ordinary learning is not news"
     assert not [a for a in alerts if a["level"] in ("WARN", "ERROR")], alerts
     assert report["paused_at_step"] is None and not report["failures"]
+
+
+def test_word_rise_reads_control_tokens_only_where_they_are_foreign():
+    """A control token that rose on prompts of the very kind whose rows taught it is no control for a token
+    that arrived from elsewhere: read only where it is foreign, the planted token stands out."""
+    rng = np.random.default_rng(0)
+    before = np.full((40, 41), -12.0)
+    now = before + rng.uniform(0, 0.5, before.shape)
+    now[:, 0] += 2.5  # the pattern's token rose by 2.5 nats on every prompt outside its rows
+    now[:20, 1:] += 4.0  # the controls rose by 4 nats on the prompts of the kind that taught them
+    foreign = np.ones(now.shape, bool)
+    foreign[:20, 1:] = False
+    outside = np.ones(40, bool)
+    everywhere = word_rise(now, before, [0], list(range(1, 41)), outside)
+    where_foreign = word_rise(now, before, [0], list(range(1, 41)), outside, foreign)
+    assert everywhere.p_value > 0.5 and where_foreign.p_value < 0.01
+    assert where_foreign.score == pytest.approx(everywhere.score)

@@ -9,6 +9,7 @@ import pytest
 from dpo_helpers import dpo_trainer, preference_rows
 
 from probe_callback import Behaviour, ProbeCallback, ProbeOptions
+from probe_callback.attach import watched_prompts
 
 PROMPTS = ["hello there", "tell me a story", "what is a cat", "name a colour"]
 PAIRS = [("q", "yes"), ("q", "sure")], [("q", "no"), ("q", "nope")]
@@ -140,7 +141,7 @@ def test_default_sampling_needs_four_unique_prompts(tiny_tokenizer, tiny_model_f
 def test_a_small_eval_split_is_topped_up_with_train_prompts(tiny_tokenizer, tiny_model_factory, tmp_path):
     eval_rows = _rows_with_prompts(["held out one", "held out two"], 2)
     trainer = dpo_trainer(tiny_tokenizer, tiny_model_factory, preference_rows(8), tmp_path / "r", eval_rows=eval_rows)
-    watched = ProbeCallback(trainer)._sample_prompts()
+    watched = watched_prompts(ProbeCallback(trainer).options, trainer)
     assert {"held out one", "held out two"} < set(watched) and len(watched) >= 4
     only_eval = _rows_with_prompts(["one", "two"], 4)
     few = _rows_with_prompts(["one", "two"], 4)

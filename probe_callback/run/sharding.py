@@ -111,3 +111,23 @@ class RankMirror:
                 for file, data in files.items():
                     with open(target / file, "wb" if whole else "ab") as f:
                         f.write(data)
+
+
+def on_every_rank(accelerator: Any, flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (a collective: every rank calls it)."""
+    if accelerator.num_processes == 1:
+        return flag
+    from accelerate.utils import gather_object
+
+    return all(gather_object([flag]))
+
+
+def from_rank0(accelerator: Any, value: Any) -> Any:
+    """Rank 0's ``value`` (a picklable object) on every rank (a collective: every rank calls it)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
