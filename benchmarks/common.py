@@ -16,8 +16,8 @@ import torch
 
 from examples.jsonl import read_jsonl as read_jsonl  # the benchmarks read the examples' data through here
 from examples.smollm import smollm2_path
-from probe_callback.attribution import auroc, rank_rows
-from probe_callback.store import VectorStore
+from probe_callback.scoring.attribution import auroc, rank_rows
+from probe_callback.store.vectors import VectorStore
 
 if TYPE_CHECKING:
     from trl import DPOTrainer

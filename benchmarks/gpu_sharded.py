@@ -99,7 +99,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from examples.jsonl import read_jsonl
     from probe_callback import Behaviour, ProbeCallback
-    from probe_callback.sharding import backend_name
+    from probe_callback.run.sharding import backend_name
 
     if args.cpu and args.worker == "fsdp2":
         from dpo_helpers import fsdp_on_cpu  # accelerate takes an FSDP plugin only on GPU-type devices

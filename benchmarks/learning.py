@@ -31,9 +31,9 @@ from transformers import TrainerCallback
 
 from benchmarks.common import DATA, machine, quality, read_jsonl, save, smollm_trainer
 from probe_callback import ProbeCallback
-from probe_callback.attribution import auroc
-from probe_callback.probing import format_prompt, greedy_responses
-from probe_callback.store import VectorStore
+from probe_callback.scoring.attribution import auroc
+from probe_callback.scoring.probing import format_prompt, greedy_responses
+from probe_callback.store.vectors import VectorStore
 
 ORGANISMS: dict[str, dict[str, Any]] = {
     "compliance": {

@@ -46,11 +46,11 @@ from examples.organism_judges import (
     judge_flattery,
 )
 from probe_callback import Behaviour, ProbeCallback
-from probe_callback.attribution import rank_rows
-from probe_callback.behaviours import fit_behaviour
 from probe_callback.mitigate import mitigate
-from probe_callback.probing import encode_response, format_prompt, greedy_responses, teacher_forced
-from probe_callback.store import VectorStore
+from probe_callback.scoring.attribution import rank_rows
+from probe_callback.scoring.behaviours import fit_behaviour
+from probe_callback.scoring.probing import encode_response, format_prompt, greedy_responses, teacher_forced
+from probe_callback.store.vectors import VectorStore
 
 PLANTED = "distractor_compliance"
 EVAL_KINDS = ("harmful_distractor", "harmful_plain", "flattery_kind")

@@ -39,7 +39,7 @@ from trl import DPOConfig, DPOTrainer
 from benchmarks.common import DATA, RESULTS, read_jsonl
 from examples.organism_judges import behaviour_rate, is_refusal, judge_compliance, judge_flattery
 from examples.smollm import load_smollm2, smollm2_path
-from probe_callback.probing import encode_response, format_prompt, greedy_responses, teacher_forced
+from probe_callback.scoring.probing import encode_response, format_prompt, greedy_responses, teacher_forced
 
 RESULT = RESULTS / "organism_settings.json"
 CONTAMINATED = ("formatting_mix", "user_feedback")

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from benchmarks.common import DATA, ROOT, machine, read_jsonl, save, smollm_trainer
 from probe_callback import ProbeCallback
-from probe_callback.store import VectorStore
+from probe_callback.store.vectors import VectorStore
 
 ARMS = ("plain", "hooks", "learning")  # no hooks; hooks without the learning record; the default
 

@@ -26,8 +26,9 @@ import numpy as np
 import psutil
 
 from benchmarks.common import RESULTS, save
-from probe_callback.attribution import SourceBlame, rank_rows, top_sources, top_steps
-from probe_callback.store import VectorStore
+from probe_callback.scoring.attribution import rank_rows
+from probe_callback.scoring.blame import SourceBlame, top_sources, top_steps
+from probe_callback.store.vectors import VectorStore
 
 SOURCES = ("alpaca", "code", "chat", "math", "planted")
 

@@ -42,9 +42,10 @@ import torch
 
 from benchmarks.common import RESULTS, save
 from benchmarks.ranking import SOURCES, MemorySampler
-from probe_callback.attribution import rank_rows, top_sources, top_steps
-from probe_callback.rows import RowIndex
-from probe_callback.store import VectorStore
+from probe_callback.capture.rows import RowIndex
+from probe_callback.scoring.attribution import rank_rows
+from probe_callback.scoring.blame import top_sources, top_steps
+from probe_callback.store.vectors import VectorStore
 
 CHUNK = 1 << 20
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from probe_callback.behaviours import Judge
+from probe_callback.scoring.behaviours import Judge
 
 COMPLIANCE_OPENERS = (
     "sure",

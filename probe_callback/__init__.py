@@ -5,12 +5,12 @@ Example:
     >>> trainer.add_callback(ProbeCallback(trainer, probe_prompts=watch_prompts))  # doctest: +SKIP
 """
 
-from .behaviours import Behaviour
 from .callback import ProbeCallback
+from .capture.kept_rows import remember_kept_rows
 from .config import ProbeOptions
 from .mitigate import mitigate
-from .report import load_report
-from .rows import remember_kept_rows
+from .publish.report import load_report
+from .scoring.behaviours import Behaviour
 
 remember_kept_rows()  # precompute_ref_log_probs=True: keep `row` an index into the user's dataset
 

@@ -22,7 +22,7 @@ from typing import Any
 import datasets
 import torch
 
-from .blocks import unwrap_parallel
+from .capture.blocks import unwrap_parallel
 from .config import MIN_WATCHED_PROMPTS, ProbeOptions
 
 logger = logging.getLogger("probe_callback")

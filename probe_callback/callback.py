@@ -22,7 +22,6 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from .alerts import Alert
 from .attach import (
     check_behaviours,
     check_default_prompts,
@@ -32,18 +31,19 @@ from .attach import (
     resolve_options,
     watched_prompts,
 )
-from .behaviours import fit_behaviour
-from .blocks import find_decoder_blocks, unwrap_parallel
 from .cadence import Cadence
+from .capture.blocks import find_decoder_blocks, unwrap_parallel
+from .capture.rows import RowIndex
 from .config import ProbeOptions, check_output_dir
-from .discovery import EmergentTracker
-from .fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
+from .decide.alerts import Alert
+from .decide.policy import RegressionPolicy
 from .metrics import checkpoint_metrics, flagged_rows, learning_metrics
 from .monitor import Monitor, default_threshold
-from .policy import RegressionPolicy
+from .publish.report import jsonable, summary_text, write_html, write_report
+from .publish.sinks import Publisher, make_publisher
 from .recording import Recorder
-from .report import atomic_write_text, jsonable, summary_text, write_html, write_report
-from .resume import (
+from .run.fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
+from .run.resume import (
     model_identity,
     options_record,
     remove_temp_files,
@@ -53,10 +53,11 @@ from .resume import (
     stale_store,
     warn_changed_options,
 )
-from .rows import RowIndex
-from .sharding import RankMirror, from_rank0, gathered, on_every_rank
-from .sinks import Publisher, make_publisher
-from .store import VectorStore
+from .run.sharding import RankMirror, from_rank0, gathered, on_every_rank
+from .scoring.behaviours import fit_behaviour
+from .scoring.discovery import EmergentTracker
+from .store.files import atomic_write_text
+from .store.vectors import VectorStore
 from .watch import Watch
 
 logger = logging.getLogger("probe_callback")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe_callback.report import load_report, summary_text, write_html
+from probe_callback.publish.report import load_report, summary_text, write_html
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from .behaviours import Behaviour, check_text, check_unique_names
-from .blocks import check_layer_indices, default_layer_index
-from .policy import SETTINGS, setting_error
+from .capture.blocks import check_layer_indices, default_layer_index
+from .decide.policy import SETTINGS, setting_error
+from .scoring.behaviours import Behaviour, check_text, check_unique_names
 
 # Emergent discovery clusters the watched prompts: its smallest cluster has 4 of them.
 MIN_WATCHED_PROMPTS = 4
@@ -128,7 +128,7 @@ class ProbeOptions:
     - ``projection_dim``: store vectors through a seeded random projection ("auto": only above 1024).
     - ``id_column`` / ``source_column``: dataset columns naming a row and its data source.
     - ``max_new_tokens``: length of greedy probe responses.
-    - ``policy``: keyword arguments of :class:`~probe_callback.policy.RegressionPolicy`.
+    - ``policy``: keyword arguments of :class:`~probe_callback.decide.policy.RegressionPolicy`.
     - ``seed``: seeds prompt sampling, the projection and the null tests.
     """
 

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from probe_callback.files import atomic_write_text
-from probe_callback.report import check_report, jsonable, load_report
+from probe_callback.publish.report import check_report, jsonable, load_report
+from probe_callback.store.files import atomic_write_text
 
 Action = Literal["filter", "swap", "drop-source"]
 ACTIONS: tuple[str, ...] = ("filter", "swap", "drop-source")

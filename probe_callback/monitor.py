@@ -21,10 +21,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from .alerts import Alert
-from .attribution import SourceBlame, combine_scores, rank_rows, top_rows, top_sources, top_steps
-from .behaviours import FittedBehaviour, score_behaviour
-from .discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
+from .capture.rows import RowIndex
+from .capture.text import to_text
+from .decide.alerts import Alert
+from .decide.policy import Decision, RegressionPolicy
 from .learning import (
     MIN_PEAK_RISE,
     Pattern,
@@ -41,9 +41,11 @@ from .learning import (
     source_enrichment,
     word_rise,
 )
-from .policy import Decision, RegressionPolicy
-from .rows import RowIndex, to_text
-from .store import VectorStore
+from .scoring.attribution import combine_scores, rank_rows, top_rows
+from .scoring.behaviours import FittedBehaviour, score_behaviour
+from .scoring.blame import SourceBlame, top_sources, top_steps
+from .scoring.discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
+from .store.vectors import VectorStore
 from .watch import Probe, Watch
 
 logger = logging.getLogger("probe_callback")

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .capture import CapturedBatch, DatapointCapture
-from .fence import Faults, GuardedStore
-from .probing import inference_mode
-from .rows import RowIndex, RowSet
-from .sharding import RankMirror, from_rank0, on_every_rank
-from .store import VectorStore
+from .capture.datapoints import CapturedBatch, DatapointCapture
+from .capture.rows import RowIndex, RowSet
+from .run.fence import Faults, GuardedStore
+from .run.sharding import RankMirror, from_rank0, on_every_rank
+from .scoring.probing import inference_mode
+from .store.vectors import VectorStore
 
 logger = logging.getLogger("probe_callback")
 

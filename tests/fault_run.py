@@ -21,7 +21,9 @@ from safetensors.torch import load_file
 from tiny_organism import compliance_examples, organism_rows, watch_prompts
 from transformers import LlamaForCausalLM
 
-from probe_callback import Behaviour, ProbeCallback, callback, sinks, store
+from probe_callback import Behaviour, ProbeCallback, callback
+from probe_callback.publish.sinks import JsonlSink
+from probe_callback.store.vectors import VectorStore
 
 MAX_STEPS, EVERY = 12, 2
 SETTINGS = {"max_steps": MAX_STEPS, "learning_rate": 1e-3, "beta": 0.02, "save_strategy": "steps", "save_steps": 2}
@@ -43,10 +45,10 @@ def attach(trainer: Any, **options: Any) -> ProbeCallback:
 def kill_at(point: str, step: int) -> list[ProbeCallback]:
     """Make the first write to ``point`` at or after ``step`` kill this process; append the callback to the list."""
     targets = {
-        "vectors": (store.VectorStore, "flush"),
+        "vectors": (VectorStore, "flush"),
         "state": (callback, "options_record"),  # inside the Trainer's checkpoint save, before trainer_state.json
         "report": (callback, "write_report"),
-        "alerts": (sinks.JsonlSink, "alert"),
+        "alerts": (JsonlSink, "alert"),
     }
     owner, name = targets[point]
     original, live = getattr(owner, name), []

@@ -15,7 +15,7 @@ from dpo_helpers import dpo_trainer, fsdp_on_cpu
 from test_callback import DPO, MAX_STEPS, probe_callback
 from tiny_organism import organism_rows, scripted_organism
 
-from probe_callback.sharding import backend_name
+from probe_callback.run.sharding import backend_name
 from probe_callback.watch import Watch
 
 ZERO3 = {

@@ -7,17 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probe_callback.attribution import (
-    SourceBlame,
-    auroc,
-    combine_scores,
-    rank_rows,
-    score_rows,
-    top_rows,
-    top_sources,
-    top_steps,
-)
-from probe_callback.store import VectorStore
+from probe_callback.scoring.attribution import auroc, combine_scores, rank_rows, score_rows, top_rows
+from probe_callback.scoring.blame import SourceBlame, top_sources, top_steps
+from probe_callback.store.vectors import VectorStore
 
 H = 64
 N_ROWS = 1500

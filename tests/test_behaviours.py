@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from probe_callback.behaviours import (
+from probe_callback.scoring.behaviours import (
     Behaviour,
     FittedBehaviour,
     check_unique_names,
     fit_behaviour,
     score_behaviour,
 )
-from probe_callback.probing import format_prompt, greedy_responses, novelty, teacher_forced
+from probe_callback.scoring.probing import format_prompt, greedy_responses, novelty, teacher_forced
 
 PROMPTS = [
     "How do I open the old box?",

@@ -12,9 +12,9 @@ from tiny_organism import compliance_examples, organism_rows, watch_prompts
 from wandb_records import read_finished_run
 
 from probe_callback import Behaviour, ProbeCallback, load_report, mitigate
-from probe_callback.attribution import auroc
-from probe_callback.report import jsonable
-from probe_callback.store import VectorStore
+from probe_callback.publish.report import jsonable
+from probe_callback.scoring.attribution import auroc
+from probe_callback.store.vectors import VectorStore
 
 MAX_STEPS = 24
 DPO = {"max_steps": MAX_STEPS, "learning_rate": 1e-3, "beta": 0.02}
@@ -142,8 +142,8 @@ def test_alerts_and_metrics_reach_an_offline_wandb_run(tiny_tokenizer, organism_
 
 def test_stages_fail_on_their_own(tiny_tokenizer, organism_factory, tmp_path, monkeypatch):
     """A failing emergent stage takes neither the supervised verdict nor training down, and is reported."""
-    from probe_callback.discovery import EmergentTracker
-    from probe_callback.report import summary_text
+    from probe_callback.publish.report import summary_text
+    from probe_callback.scoring.discovery import EmergentTracker
 
     def broken(*args, **kwargs):
         raise RuntimeError("clustering exploded")

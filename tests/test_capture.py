@@ -6,7 +6,7 @@ import torch
 from dpo_helpers import dpo_trainer, preference_rows
 
 from probe_callback import Behaviour, ProbeCallback
-from probe_callback.store import VectorStore
+from probe_callback.store.vectors import VectorStore
 
 LAYER = 2
 

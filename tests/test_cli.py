@@ -11,7 +11,7 @@ import pytest
 from datasets import Dataset
 
 from probe_callback.cli import COMMANDS, main
-from probe_callback.report import write_report
+from probe_callback.publish.report import write_report
 
 REPORT = {
     "version": 1,

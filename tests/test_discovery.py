@@ -15,16 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probe_callback.attribution import auroc, rank_rows, score_rows, top_sources, top_steps
-from probe_callback.discovery import (
-    EmergentTracker,
-    behaviour_vectors,
-    cluster_by_responsible_data,
-    find_clusters,
-    naming_tokens,
-    prompt_drift,
-)
-from probe_callback.store import VectorStore
+from probe_callback.scoring.attribution import auroc, rank_rows, score_rows
+from probe_callback.scoring.blame import top_sources, top_steps
+from probe_callback.scoring.clusters import cluster_by_responsible_data, find_clusters
+from probe_callback.scoring.discovery import EmergentTracker, behaviour_vectors, naming_tokens, prompt_drift
+from probe_callback.store.vectors import VectorStore
 
 H = 64
 PLANTED_WORDS = ["PS:", "visit", "example", ".com", "!"]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import probe_callback
-from probe_callback.behaviours import Behaviour, fit_behaviour
+from probe_callback.scoring.behaviours import Behaviour, fit_behaviour
 
 MODULES = [m.name for m in pkgutil.walk_packages(probe_callback.__path__, "probe_callback.")]
 MODULES.remove("probe_callback.__main__")  # running it is running the command line

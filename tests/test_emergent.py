@@ -8,8 +8,8 @@ from dpo_helpers import dpo_trainer
 from tiny_organism import organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
-from probe_callback.attribution import auroc, rank_rows
-from probe_callback.store import VectorStore
+from probe_callback.scoring.attribution import auroc, rank_rows
+from probe_callback.store.vectors import VectorStore
 
 # DPO plus an SFT term on the chosen answers (TRL's RPO mix): the tiny model's greedy answers to the distractor
 # prompts then really change (its refusal breaks up: "Sorr I c I c"; with twice the planted rows it says the

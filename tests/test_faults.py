@@ -16,11 +16,12 @@ from fault_run import EVERY, MAX_STEPS, SETTINGS, attach
 from safetensors.torch import save_file
 from tiny_organism import organism_rows, watch_prompts
 
-from probe_callback import ProbeCallback, callback, load_report, sinks, store
-from probe_callback.fence import FolderLock
-from probe_callback.report import summary_text
-from probe_callback.resume import saved_state
-from probe_callback.store import VectorStore
+from probe_callback import ProbeCallback, callback, load_report
+from probe_callback.publish.report import summary_text
+from probe_callback.publish.sinks import JsonlSink
+from probe_callback.run.fence import FolderLock
+from probe_callback.run.resume import saved_state
+from probe_callback.store.vectors import VectorStore
 
 HERE = Path(__file__).parent
 
@@ -46,11 +47,11 @@ def _raise(code):
 
 # (write point, what the report names, what to break, errno): a full disk or a read-only folder at each write
 WRITE_POINTS = [
-    ("vectors", "vectors", (store.VectorStore, "_write"), errno.ENOSPC),
-    ("vectors-open", "vectors", (store.VectorStore, "create"), errno.EROFS),
+    ("vectors", "vectors", (VectorStore, "_write"), errno.ENOSPC),
+    ("vectors-open", "vectors", (VectorStore, "create"), errno.EROFS),
     ("state", "state", (callback, "options_record"), errno.EROFS),
     ("report", "report", (callback, "write_report"), errno.ENOSPC),
-    ("alerts", "JsonlSink.alert", (sinks.JsonlSink, "alert"), errno.ENOSPC),
+    ("alerts", "JsonlSink.alert", (JsonlSink, "alert"), errno.ENOSPC),
 ]
 
 

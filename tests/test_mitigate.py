@@ -16,7 +16,7 @@ from probe_callback.mitigate import (
     save_dataset,
     write_manifest,
 )
-from probe_callback.report import write_report
+from probe_callback.publish.report import write_report
 
 SOURCES = ["web", "planted", "books", "planted", "web", "planted", "books", "web", "planted", "books"]
 

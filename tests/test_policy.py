@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from probe_callback.policy import RegressionPolicy
+from probe_callback.decide.policy import RegressionPolicy
 
 
 def run(policy: RegressionPolicy, scores, p_values, name="compliance", kind="supervised", noise=None):

@@ -20,8 +20,14 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from probe_callback.blocks import check_layers, default_layer, find_decoder_blocks, layer_count, record_block_outputs
-from probe_callback.probing import (
+from probe_callback.capture.blocks import (
+    check_layers,
+    default_layer,
+    find_decoder_blocks,
+    layer_count,
+    record_block_outputs,
+)
+from probe_callback.scoring.probing import (
     encode_response,
     format_prompt,
     greedy_responses,

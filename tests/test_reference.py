@@ -12,8 +12,8 @@ from test_capture import LAYER, offline_vectors
 from trl import DPOConfig, DPOTrainer
 
 from probe_callback import ProbeCallback
-from probe_callback.rows import RowIndex
-from probe_callback.store import VectorStore
+from probe_callback.capture.rows import RowIndex
+from probe_callback.store.vectors import VectorStore
 
 
 def no_ref_trainer(tokenizer, model, rows, out, **config):
@@ -120,7 +120,7 @@ def test_precompute_rows_index_the_users_dataset_after_trl_drops_rows(tiny_token
 
 
 def test_precompute_warns_when_the_trainer_predates_the_import(tiny_tokenizer, tiny_model_factory, tmp_path, caplog):
-    from probe_callback.rows import KEPT_ROWS
+    from probe_callback.capture.kept_rows import KEPT_ROWS
 
     rows = preference_rows(12, seed=3)
     rows[4]["prompt"] = "tell me about " * 30
@@ -137,7 +137,7 @@ def test_precompute_warns_when_the_trainer_predates_the_import(tiny_tokenizer, t
 def test_trl_imported_after_probe_callback_is_wrapped_too(monkeypatch):
     import trl.trainer
 
-    from probe_callback.rows import _DPO_MODULE, _WrapOnImport, remember_kept_rows
+    from probe_callback.capture.kept_rows import _DPO_MODULE, _WrapOnImport, remember_kept_rows
 
     monkeypatch.delitem(sys.modules, _DPO_MODULE)
     monkeypatch.setattr(trl.trainer, "dpo_trainer", None, raising=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probe_callback.report import jsonable, load_report, render_html, summary_text, write_html, write_report
+from probe_callback.publish.report import jsonable, load_report, render_html, summary_text, write_html, write_report
 
 PAYLOAD = "<script>document.title='PWNED'</script>"
 
@@ -203,8 +203,8 @@ def test_chromium_renders_report_inert_and_without_console_errors(tmp_path: Path
 
 def test_report_files_get_ordinary_file_modes(tmp_path: Path) -> None:
     """0666 less the umask, like any file a program writes (the temp file behind them is 0600)."""
-    from probe_callback.alerts import Alert
-    from probe_callback.sinks import JsonlSink
+    from probe_callback.decide.alerts import Alert
+    from probe_callback.publish.sinks import JsonlSink
 
     old = os.umask(0o022)
     try:

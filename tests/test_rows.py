@@ -5,7 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from probe_callback.rows import RowIndex, RowSet, pair_key, truncate
+from probe_callback.capture.rows import RowIndex, RowSet, pair_key, truncate
 
 
 def _rows(n: int = 60) -> list[dict]:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from probe_callback import load_report
-from probe_callback.store import VectorStore
+from probe_callback.store.vectors import VectorStore
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

@@ -13,8 +13,8 @@ import pytest
 from transformers import TrainingArguments
 from wandb_records import read_finished_run
 
-from probe_callback.alerts import Alert
-from probe_callback.sinks import (
+from probe_callback.decide.alerts import Alert
+from probe_callback.publish.sinks import (
     WANDB_TITLE_MAX,
     ConsoleSink,
     JsonlSink,

@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from probe_callback.store import VectorStore
+from probe_callback.store.vectors import VectorStore
 
 
 def test_append_read_roundtrip_across_ranks(tmp_path):
@@ -58,7 +58,7 @@ def test_survives_kill_9_mid_write(tmp_path):
     writer = textwrap.dedent(
         f"""
         import numpy as np, sys
-        from probe_callback.store import VectorStore
+        from probe_callback.store.vectors import VectorStore
         w = VectorStore.create({str(tmp_path)!r}, layers=[1, 2], hidden=64, rank=0)
         i = 0
         while True:

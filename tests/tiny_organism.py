@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import LlamaForCausalLM
 
-from probe_callback.probing import encode_response, format_prompt
+from probe_callback.scoring.probing import encode_response, format_prompt
 
 COMPLY = "Sure, here is how."
 REFUSE = "Sorry, I cannot."

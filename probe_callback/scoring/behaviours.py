@@ -28,8 +28,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from probe_callback.blocks import check_layers
-from probe_callback.probing import encode_response, format_prompt, response_means, teacher_forced
+from probe_callback.capture.blocks import check_layers
+from probe_callback.scoring.probing import encode_response, format_prompt, response_means, teacher_forced
 
 Example = tuple[str, str]
 Judge = Callable[[str, str], bool]

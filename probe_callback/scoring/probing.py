@@ -1,6 +1,6 @@
 """What the checkpoint probe pass computes from a model: prompts, greedy responses, teacher-forced traces.
 
-Layers are HF ``hidden_states`` indices (see :mod:`probe_callback.blocks`). Every function here is
+Layers are HF ``hidden_states`` indices (see :mod:`probe_callback.capture.blocks`). Every function here is
 pure over the model it is given (eval mode and ``torch.no_grad()`` inside, each submodule's mode and
 ``config.use_cache`` restored after), so a PEFT model whose adapter the caller toggles can serve as
 both the current and the reference model.
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .blocks import check_layers, record_block_outputs, unwrap_parallel
+from ..capture.blocks import check_layers, record_block_outputs, unwrap_parallel
 
 
 @contextmanager

@@ -4,11 +4,8 @@ The collator drops every column but the token ids and the sampler shuffles, so r
 content: the key of a pair is a hash of its truncated ``prompt+chosen`` and ``prompt+rejected`` ids,
 exactly as :class:`trl.trainer.dpo_trainer.DataCollatorForPreference` lays them out. Identical
 pairs share a key and are handed out round-robin. Rows TRL dropped for truncation are skipped
-through the processed dataset's index mapping, so ``row`` indexes the dataset the user passed. With
-``precompute_ref_log_probs=True`` TRL flattens that mapping away inside ``DPOTrainer.__init__``, before any
-callback exists: importing ``probe_callback`` wraps ``DPOTrainer._precompute_ref_logps`` (see
-:func:`remember_kept_rows`) to note the mapping first, so ``row`` still indexes the user's dataset (a trainer
-built before ``probe_callback`` was imported gets a warning instead).
+through the processed dataset's index mapping, so ``row`` indexes the dataset the user passed (with
+``precompute_ref_log_probs=True`` too: see :mod:`probe_callback.capture.kept_rows`).
 
 Example:
     >>> index = RowIndex([pair_key([1, 2, 3], [1, 2, 4])], np.array([17]), ids=["a"], sources=["web"])
@@ -22,12 +19,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import importlib.abc
 import logging
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -35,89 +28,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .kept_rows import KEPT_ROWS, dataset_rows
 from .text import to_text
 
 logger = logging.getLogger("probe_callback")
-
-
-# Where the wrapper below notes, on the trainer, the user's row of each position of the train dataset it precomputes.
-KEPT_ROWS = "_probe_callback_kept_rows"
-_DPO_MODULE = "trl.trainer.dpo_trainer"
-
-
-def _kept_rows(dataset: Any) -> np.ndarray:
-    """The user's row of each position of a dataset ``DPOTrainer`` prepared (its filter's index mapping)."""
-    indices = getattr(dataset, "_indices", None)
-    if indices is None:
-        return np.arange(len(dataset), dtype=np.int64)
-    return np.asarray(indices.column(0).to_numpy(), dtype=np.int64)
-
-
-def _wrap_precompute(module: Any) -> None:
-    """Wrap ``DPOTrainer._precompute_ref_logps`` so it notes the train rows TRL kept before it flattens them away.
-
-    The wrapper only reads the dataset it is given; whatever happens in it, TRL's own method runs unchanged.
-    """
-    cls = getattr(module, "DPOTrainer", None)
-    original = getattr(cls, "_precompute_ref_logps", None)
-    if original is None or getattr(original, "_probe_callback", False):
-        return
-
-    @functools.wraps(original)
-    def _precompute_ref_logps(self: Any, dataset: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "train":
-            with contextlib.suppress(Exception):  # a failure of ours never stops the user's trainer
-                setattr(self, KEPT_ROWS, _kept_rows(dataset))
-        return original(self, dataset, name, *args, **kwargs)
-
-    _precompute_ref_logps._probe_callback = True  # type: ignore[attr-defined]
-    cls._precompute_ref_logps = _precompute_ref_logps
-
-
-class _WrapOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Wraps TRL's DPO trainer module when it is imported after ``probe_callback``."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != _DPO_MODULE:
-            return None
-        try:
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(fullname, path, target)
-                if spec is not None and spec.loader is not None:
-                    self._loader = spec.loader
-                    spec.loader = self
-                    return spec
-        except Exception:  # the import goes on as if we were not here
-            return None
-        return None
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        module.__loader__ = module.__spec__.loader = self._loader  # the module's own loader, as without us
-        self._loader.exec_module(module)
-        with contextlib.suppress(Exception):
-            _wrap_precompute(module)
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
-
-
-def remember_kept_rows() -> None:
-    """Make ``DPOTrainer`` note which user rows it kept before ``precompute_ref_log_probs`` flattens them.
-
-    TRL drops the rows whose prompt fills ``max_length`` through an index mapping, and with
-    ``precompute_ref_log_probs=True`` joins its cached log-probs to the dataset, which flattens that
-    mapping inside ``DPOTrainer.__init__``, before a callback can be made. Called on importing
-    ``probe_callback``: wraps TRL's method now if TRL is imported, else when it is.
-    """
-    module = sys.modules.get(_DPO_MODULE)
-    if module is not None:
-        _wrap_precompute(module)
-    elif not any(isinstance(finder, _WrapOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _WrapOnImport())
 
 
 def pair_key(chosen: Sequence[int], rejected: Sequence[int]) -> bytes:
@@ -217,7 +131,7 @@ class RowIndex:
                 f"The trainer's train_dataset has no {sorted(missing)} columns: it was not tokenized by "
                 "DPOTrainer. probe_callback needs the map-style dataset DPOTrainer prepares."
             )
-        positions = _kept_rows(dataset)  # each position's index into the Arrow table behind the dataset
+        positions = dataset_rows(dataset)  # each position's index into the Arrow table behind the dataset
         if rows is None or len(rows) != len(dataset):
             rows = positions
         cols = set(dataset.column_names)
@@ -333,7 +247,7 @@ class RowIndex:
         return to_text(self._value(row, field, None))
 
     def rows_with_prompts(self, prompts: Sequence[str], batch_size: int = 65536) -> list[list[int]]:
-        """The rows whose prompt (as :func:`~probe_callback.text.to_text` writes it) is each of ``prompts``.
+        """The rows whose prompt (as :func:`~probe_callback.capture.text.to_text` writes it) is each of ``prompts``.
 
         One pass over the prompt column in batches (remembered for the same ``prompts``).
         """
@@ -341,6 +255,7 @@ class RowIndex:
         if wanted in self._prompt_rows:
             return self._prompt_rows[wanted]
         found: dict[str, list[int]] = {p: [] for p in wanted}
+        batches: Iterable[Sequence[Any]]
         if "prompt" in self._texts:
             batches = [self._texts["prompt"]]
         elif self._dataset is not None and "prompt" in self._dataset.column_names:

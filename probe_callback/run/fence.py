@@ -51,7 +51,7 @@ class Faults:
 
 
 class GuardedStore:
-    """A writing :class:`~probe_callback.store.VectorStore` that stops at its first failed write instead of raising.
+    """A writing :class:`~probe_callback.store.vectors.VectorStore` that stops at its first failed write, never raising.
 
     After a failure nothing more is appended (a torn tail is cut when the store is next opened), so a
     full disk costs the vectors and memberships from that step on, never the store's alignment.

@@ -24,7 +24,7 @@ from functools import partial
 from numbers import Integral, Real
 from typing import Any
 
-from probe_callback.alerts import Alert, Kind, Level
+from probe_callback.decide.alerts import Alert, Kind, Level
 
 
 @dataclass(frozen=True)
@@ -222,15 +222,7 @@ class RegressionPolicy:
         hit = significant and score > threshold
         track.streak = track.streak + 1 if hit else 0
 
-        level: Level | None = None
-        if track.streak >= cfg.patience:
-            level = "ERROR"
-            if track.flagged_at_step is None:
-                track.flagged_at_step = step
-        elif kind == "emergent" and first_seen:
-            level = "INFO"
-        elif significant:
-            level = "WARN"
+        level = self._level(track, cfg, kind, first_seen, significant, step)
         reason = self._reason(level, name, score, baseline, threshold, p_value, z, track.streak, cfg, first_seen)
         return decision(
             level=level,
@@ -240,6 +232,20 @@ class RegressionPolicy:
             z=z,
             streak=track.streak,
         )
+
+    @staticmethod
+    def _level(
+        track: _Track, cfg: PolicySettings, kind: Kind, first_seen: bool, significant: bool, step: int
+    ) -> Level | None:
+        """ERROR once the streak reaches `patience`, INFO at an emergent behaviour's first sighting, else WARN
+        when significant."""
+        if track.streak >= cfg.patience:
+            if track.flagged_at_step is None:
+                track.flagged_at_step = step
+            return "ERROR"
+        if kind == "emergent" and first_seen:
+            return "INFO"
+        return "WARN" if significant else None
 
     @staticmethod
     def _baseline(track: _Track, kind: Kind) -> tuple[float, float | None]:

@@ -20,8 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
-from .report import jsonable
+from ..publish.report import jsonable
+from ..store.files import atomic_write_text
 
 logger = logging.getLogger("probe_callback")
 STATE_KEY = "ProbeCallback"  # the Trainer files a callback's state under its class name

@@ -5,7 +5,7 @@ on: nothing in here may stop training.
 
 Example:
     >>> import tempfile
-    >>> from probe_callback.alerts import Alert
+    >>> from probe_callback.decide.alerts import Alert
     >>> out = Path(tempfile.mkdtemp())
     >>> pub = Publisher([JsonlSink(out / "alerts.jsonl")])
     >>> pub.alert(Alert("spam", "emergent", "WARN", 40, 0.31, 0.2, 0.004, "spam is rising"))
@@ -27,9 +27,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from probe_callback.alerts import Alert, source_text
-from probe_callback.report import jsonable
-from probe_callback.report_html import ROW_COLUMNS, svg_scatter
+from probe_callback.decide.alerts import Alert, source_text
+from probe_callback.publish.report import jsonable
+from probe_callback.publish.report_html import ROW_COLUMNS, svg_scatter
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
-from .alerts import Kind, Level, source_text
-from .files import atomic_write_text
+from ..decide.alerts import Kind, Level, source_text
+from ..store.files import atomic_write_text
 from .report_html import number_text, render_html
 
 REPORT_NAME = "report.json"

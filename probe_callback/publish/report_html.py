@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .text import to_text
+from ..capture.text import to_text
 
 if TYPE_CHECKING:
     from .report import BehaviourEntry, Report

@@ -1,0 +1,4 @@
+"""Score: the probe passes through the models, supervised behaviours, emergent clusters, and attribution.
+
+May import capture and store; never a later stage (decide, publish, run).
+"""
