@@ -50,6 +50,9 @@ ORGANISMS: dict[str, dict[str, Any]] = {
         "heldout": "spam_heldout.jsonl",
         "contaminated": ("partner_content",),
         "affected": {"ordinary": ("shopnova",)},
+        # An answer's added line needs a small beta to reach the greedy answers (DESIGN.md: at beta 0.1 DPO
+        # meets its margin by pushing the rejected answer down instead).
+        "beta": 0.02,
     },
 }
 
@@ -143,7 +146,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work) / f"{args.organism}-{args.mix}-{args.seed}"
     shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing of an earlier one in its folder
     trainer = smollm_trainer(
-        rows, work, max_steps=-1, num_train_epochs=args.epochs, learning_rate=args.lr, seed=args.seed
+        rows,
+        work,
+        max_steps=-1,
+        num_train_epochs=args.epochs,
+        learning_rate=args.lr,
+        beta=args.beta or org.get("beta", 0.1),
+        seed=args.seed,
     )
     # the one line, nothing else (``--budget`` only where the CPU budget forces a setting: said in the output)
     callback = ProbeCallback(trainer) if args.budget is None else ProbeCallback(trainer, probe_budget=args.budget)
@@ -228,6 +237,7 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=float, default=1.0, help="training length (the callback stays at its defaults)"
     )
+    parser.add_argument("--beta", type=float, default=None, help="DPO beta; default: the organism's own")
     parser.add_argument("--budget", type=float, default=None, help="probe_budget; default: the callback's own")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/probe_callback_learning")
@@ -237,6 +247,7 @@ def main() -> None:
     budget = "" if args.budget is None else f"_budget{args.budget:g}"
     lr = "" if args.lr == 5e-5 else f"_lr{args.lr:g}"
     epochs = "" if args.epochs == 1 else f"_e{args.epochs:g}"
+    epochs += "" if args.beta is None else f"_b{args.beta:g}"
     name = f"learning_{args.organism}_{args.mix}_s{args.seed}{epochs}{lr}{budget}"
     arrays = result.pop("light_checks")
     if arrays:

@@ -14,8 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "probe_callback"
 STAGES = ["capture", "store", "scoring", "decide", "publish", "run"]
-# Issue 10's second phase reshapes these flat modules; until then they are exempt from the size limits.
-RESHAPING = {"callback.py", "monitor.py", "learning.py", "watch.py", "cadence.py"}
+# Still over 400 lines (issue 10 splits them next); their functions are held to the limit like every other.
+RESHAPING = {"callback.py", "monitor.py", "learning.py"}
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 
@@ -60,10 +60,8 @@ def test_every_module_is_in_a_stage_folder_or_flat() -> None:
 def test_modules_and_functions_stay_small() -> None:
     too_long = []
     for path in _modules():
-        if path.parent == PACKAGE and path.name in RESHAPING:
-            continue
         text = path.read_text()
-        if text.count("\n") > MAX_MODULE_LINES:
+        if text.count("\n") > MAX_MODULE_LINES and not (path.parent == PACKAGE and path.name in RESHAPING):
             too_long.append(f"{path.relative_to(PACKAGE)}: {text.count(chr(10))} lines")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
