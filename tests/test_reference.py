@@ -129,8 +129,8 @@ def test_precompute_warns_when_the_trainer_predates_the_import(tiny_tokenizer, t
     )
     delattr(trainer, KEPT_ROWS)  # as if DPOTrainer was built before probe_callback was imported
     with caplog.at_level(logging.WARNING, logger="probe_callback"):
-        cb = ProbeCallback(trainer, layers=[LAYER], probe_prompts=PROMPTS)
-        cb.rows = RowIndex.from_trainer(trainer)
+        ProbeCallback(trainer, layers=[LAYER], probe_prompts=PROMPTS)
+        RowIndex.from_trainer(trainer)  # what the callback does at train begin
     assert "TRL keeps no record of the rows it drops" in caplog.text and "Import probe_callback before" in caplog.text
 
 
