@@ -110,7 +110,7 @@ class LightRecorder(TrainerCallback):
         def recorded(tokens, current):
             now, before = read(tokens, current)
             step, news, records = monitor._light
-            outside_of = monitor._outside(watch, watch.answered)
+            outside_of = monitor._outside(watch, watch.answered, records)
             key = f"s{step}"
             self.arrays.update({f"{key}_tokens": np.asarray(tokens), f"{key}_now": now, f"{key}_before": before})
             self.arrays[f"{key}_foreign"] = monitor._foreign(tokens, records, watch)

@@ -144,7 +144,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         """M0: the separate reference model; with PEFT, TRL's frozen "ref" copy of a pretrained adapter, else
         the policy with its adapters disabled.
 
-        Sharded (FSDP, ZeRO-3): every rank enters together; see :func:`~probe_callback.sharding.gathered`.
+        Sharded (FSDP, ZeRO-3): every rank enters together; see :func:`~probe_callback.run.sharding.gathered`.
         """
         trainer = self.trainer
         if trainer.ref_model is not None:

@@ -492,9 +492,9 @@ def word_rise(
     """Test a pattern's tokens (columns ``pattern`` of ``now`` and ``before``, (prompts, tokens) best
     log-probs) against the run's other learned tokens (columns ``control``) on the ``outside`` prompts.
 
-    ``foreign`` ((prompts, tokens) bool): where a token is read; a control token is read only on
-    prompts whose own kind of rows did not learn it (a token that rose because the rows of that very
-    kind taught it is no control for a token that arrived from elsewhere). None: everywhere.
+    ``foreign`` ((prompts, tokens) bool): where a control token is read: only on prompts whose own kind
+    of rows did not learn it (a token that rose because the rows of that very kind taught it is no
+    control for a pattern's token). None: everywhere. The pattern's tokens are read on every prompt.
 
     Example:
         >>> import numpy as np
@@ -505,7 +505,8 @@ def word_rise(
         (6.0, True, 8)
     """
     pool = np.flatnonzero(outside)
-    read = np.ones(now.shape, bool) if foreign is None else np.asarray(foreign, bool)
+    read = np.ones(now.shape, bool) if foreign is None else np.array(foreign, bool)
+    read[:, pattern] = True  # the pattern's own tokens: on every prompt outside it
     per_token = _top_quarter_means(np.where(read[pool], now[pool] - before[pool], np.nan))
     mine = [j for j in pattern if np.isfinite(per_token[j])]
     others = np.asarray([j for j in control if np.isfinite(per_token[j])], dtype=np.int64)

@@ -199,7 +199,7 @@ class Monitor:
         news, records, store = found
         if probed is None:
             return self._pattern_decisions(step, news, records, None, None)
-        before, gained, outside_of = self._gained(*probed)
+        before, gained, outside_of = self._gained(*probed, records)
 
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
             conf = confirm(g.words, gained, outside_of(g), before)
@@ -234,7 +234,7 @@ class Monitor:
         column = {t: j for j, t in enumerate(tokens)}
         own = {t for g in news for t in g.token_ids}
         control = [column[t] for t in tokens if t not in own]
-        outside_of = self._outside(watch, watch.answered)
+        outside_of = self._outside(watch, watch.answered, records)
         foreign = self._foreign(tokens, records, watch)
 
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
@@ -313,17 +313,22 @@ class Monitor:
         return self._answers[row]
 
     def _gained(
-        self, probe: Probe, watch: Watch
+        self, probe: Probe, watch: Watch, records: dict[str, np.ndarray]
     ) -> tuple[list[set[str]], list[set[str]], Callable[[Pattern], np.ndarray]]:
         """The words of M0's answers, those each current answer gained, and which watched prompts lie
         outside a pattern (see :func:`outside_prompts`)."""
         before = [{normalise(t) for t in watch.answers([[x] for x in r])} for r in watch.r0]
-        return before, gained_words(probe.tokens, probe.novelty, before), self._outside(watch, probe.valid)
+        return before, gained_words(probe.tokens, probe.novelty, before), self._outside(watch, probe.valid, records)
 
-    def _outside(self, watch: Watch, valid: np.ndarray) -> Callable[[Pattern], np.ndarray]:
+    def _outside(
+        self, watch: Watch, valid: np.ndarray, records: dict[str, np.ndarray]
+    ) -> Callable[[Pattern], np.ndarray]:
         """pattern -> the ``valid`` watched prompts that can confirm it (see :func:`outside_prompts`)."""
         watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
-        return partial(outside_prompts, watched=watched, sources=self.rows.sources_array(), valid=valid)
+        trained = np.unique(records["row"])
+        return partial(
+            outside_prompts, watched=watched, sources=self.rows.sources_array(), valid=valid, trained=trained
+        )
 
     def _pattern_entry(self, g: Pattern, records: dict[str, np.ndarray], store: VectorStore | None) -> dict[str, Any]:
         """Rows, steps and sources of a pattern: its own rows first (best learning first), then, with a
@@ -566,17 +571,35 @@ def _calibrate_blame(entry: dict[str, Any]) -> None:
 
 
 def outside_prompts(
-    g: Pattern, watched: list[list[int]], sources: Sources, valid: np.ndarray, min_prompts: int = 8
+    g: Pattern,
+    watched: list[list[int]],
+    sources: Sources,
+    valid: np.ndarray,
+    trained: np.ndarray,
+    min_prompts: int = 8,
 ) -> np.ndarray:
-    """Watched prompts that can confirm a pattern: not from its rows, nor from the sources that hold a
-    tenth or more of its rows (there, its words are its own kind of answer: ordinary learning), unless
-    that leaves fewer than ``min_prompts`` (a pattern spread over most sources, or no source column).
-    ``watched``: the training rows each watched prompt comes from (none for held-out prompts)."""
+    """Watched prompts that can confirm a pattern: not from its rows; from the sources that hold a tenth
+    or more of its rows only when not trained on yet (does the learning reach prompts of its kind the
+    model has not seen? a prompt it trained on says its own answer back); from any other source.
+    Unless that leaves fewer than ``min_prompts`` (then every prompt not from its rows).
+    ``watched``: the training rows each watched prompt comes from (none for held-out prompts);
+    ``trained``: the rows trained on so far (sorted).
+
+    Example:
+        >>> import numpy as np
+        >>> g = Pattern(["shop"], np.array([0, 1]), np.ones(2), 1.0, 1.0, 0.001, (1, 2), {"ads": 2})
+        >>> watched = [[0], [2], [3], [4]]   # rows 0-3 are ads, row 4 is not; rows 0-2 trained
+        >>> sources = np.array(["ads", "ads", "ads", "ads", "qa"], dtype=object)
+        >>> outside_prompts(g, watched, sources, np.ones(4, bool), np.array([0, 1, 2]), min_prompts=1)
+        array([False, False,  True,  True])
+    """
     own = set(g.rows.tolist())
     mine = {s for s, n in g.sources.items() if n >= 0.1 * len(g.rows)}
-    not_own = np.array([not own.intersection(rows) for rows in watched]) & valid
-    other = np.array([not any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched])
-    return not_own & other if (not_own & other).sum() >= min_prompts else not_own
+    not_own = np.array([not own.intersection(rows) for rows in watched], dtype=bool) & valid
+    other = np.array([not any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched], dtype=bool)
+    fresh = np.array([not np.isin(rows, trained).any() for rows in watched], dtype=bool)
+    ok = not_own & (other | fresh)
+    return ok if ok.sum() >= min_prompts else not_own
 
 
 def _decode(tokenizer: Any, token: int) -> str:

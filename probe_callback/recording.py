@@ -1,6 +1,6 @@
 """Capture -> store: what each training batch leaves in the vector store.
 
-:class:`Recorder` owns the hooks on the reference forward (:class:`~probe_callback.capture.DatapointCapture`)
+:class:`Recorder` owns the hooks on the reference forward (:class:`~probe_callback.capture.datapoints.DatapointCapture`)
 and the store they write to: each new row's datapoint vector, and every row's batch membership and
 learning record at every step. It also makes the datapoint pass over rows with no vector yet (at
 train begin with precomputed reference log-probs, and at a pause).

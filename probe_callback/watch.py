@@ -47,7 +47,7 @@ class Probe:
     M0, the generation-free drift signal (NaN rows for empty answers); ``control``: (n,) mean
     per-token log-prob change of M0's own answers r0 (the run's generic likelihood drift), NaN outside
     the ``CONTROL_PROMPTS`` sampled; ``likelihoods``: per supervised behaviour, its examples' mean
-    per-token log-likelihood under the current model (:func:`~probe_callback.behaviours.behaviour_logps`).
+    per-token log-likelihood under the current model (:func:`~probe_callback.scoring.behaviours.behaviour_logps`).
     """
 
     step: int
