@@ -29,8 +29,8 @@ import torch
 from benchmarks.common import DATA, machine, quality, read_jsonl, row_scores, save, smollm_trainer
 from probe_callback import ProbeCallback
 from probe_callback.publish.report import jsonable
+from probe_callback.scoring.watch import Probe, Watch
 from probe_callback.store.vectors import VectorStore
-from probe_callback.watch import Probe, Watch
 
 CONTAMINATED = ("formatting_mix", "user_feedback")
 PLANTED = ("distractor_compliance", "flattery")

@@ -31,18 +31,18 @@ from .attach import (
     resolve_options,
     watched_prompts,
 )
-from .cadence import Cadence
 from .capture.blocks import find_decoder_blocks, unwrap_parallel
 from .capture.rows import RowIndex
 from .config import ProbeOptions, check_output_dir
 from .decide.alerts import Alert
+from .decide.cadence import Cadence
 from .decide.policy import RegressionPolicy
 from .metrics import checkpoint_metrics, flagged_rows, learning_metrics
 from .monitor import Monitor, default_threshold
 from .publish.report import jsonable, summary_text, write_html, write_report
 from .publish.sinks import Publisher, make_publisher
-from .recording import Recorder
 from .run.fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
+from .run.recording import Recorder
 from .run.resume import (
     model_identity,
     options_record,
@@ -56,9 +56,9 @@ from .run.resume import (
 from .run.sharding import RankMirror, from_rank0, gathered, on_every_rank
 from .scoring.behaviours import fit_behaviour
 from .scoring.discovery import EmergentTracker
+from .scoring.watch import Watch
 from .store.files import atomic_write_text
 from .store.vectors import VectorStore
-from .watch import Watch
 
 logger = logging.getLogger("probe_callback")
 # Emergent clusters are screened at this level (INFO); alarms need the source blame at the policy's level.

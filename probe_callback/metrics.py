@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .learning import Pattern
 from .monitor import PATTERN_ALPHA, Monitor
+from .scoring.learning import Pattern
 
 
 def learning_metrics(patterns: list[Pattern]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Score and decide at each checkpoint: behaviour scores, emergent clusters, attribution, policy.
 
-:class:`Monitor` turns one :class:`~probe_callback.watch.Probe` into decisions and alerts, keeps the
+:class:`Monitor` turns one :class:`~probe_callback.scoring.watch.Probe` into decisions and alerts, keeps the
 score history, and builds the report (``report.json``'s content). It reads the vector store for
 attribution but writes nothing; the callback publishes and saves.
 
@@ -25,28 +25,26 @@ from .capture.rows import RowIndex
 from .capture.text import to_text
 from .decide.alerts import Alert
 from .decide.policy import Decision, RegressionPolicy
-from .learning import (
+from .scoring.attribution import combine_scores, rank_rows, top_rows
+from .scoring.behaviours import FittedBehaviour, score_behaviour
+from .scoring.blame import SourceBlame, top_sources, top_steps
+from .scoring.confirmation import confirm, gained_words, learned_by, learned_tokens, word_rise
+from .scoring.discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
+from .scoring.learning import (
     MIN_PEAK_RISE,
     Pattern,
     PatternNames,
     Sources,
     answer_words,
-    confirm,
     find_patterns,
-    gained_words,
-    learned_by,
-    learned_tokens,
+    first_difference,
     normalise,
     one_per_name,
+    shared_token,
     source_enrichment,
-    word_rise,
 )
-from .scoring.attribution import combine_scores, rank_rows, top_rows
-from .scoring.behaviours import FittedBehaviour, score_behaviour
-from .scoring.blame import SourceBlame, top_sources, top_steps
-from .scoring.discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
+from .scoring.watch import Probe, Watch
 from .store.vectors import VectorStore
-from .watch import Probe, Watch
 
 logger = logging.getLogger("probe_callback")
 SAMPLES = 3
@@ -99,6 +97,7 @@ class Monitor:
         self.pattern_scores: dict[str, np.ndarray] = {}  # each reported pattern's score of every row
         self.failures: list[dict[str, Any]] = []  # stages that failed, for the report
         self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
+        self._starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
         self._light: tuple[int, list[Pattern], dict[str, np.ndarray]] | None = None  # a light check's patterns
 
@@ -274,6 +273,10 @@ class Monitor:
         centre = _mean_unit_vector(store)
         self.pattern_names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
         news = one_per_name(news)
+        for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
+            start = shared_token([self._first_difference(int(r), tokenizer) for r in g.rows[:64]])
+            if start is not None and start not in g.token_ids:
+                g.token_ids.append(start)
         self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
         return news, records, store
 
@@ -306,6 +309,14 @@ class Monitor:
                 decision = replace(decision, reason=f"{decision.reason}; {reason}")
             out.append((decision, None))
         return out
+
+    def _first_difference(self, row: int, tokenizer: Any) -> int | None:
+        """The token where a row's chosen answer first leaves its rejected one (cached)."""
+        if row not in self._starts:
+            chosen, rejected = (_content(self.rows.text(row, f)) for f in ("chosen", "rejected"))
+            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
+            self._starts[row] = first_difference(*ids)
+        return self._starts[row]
 
     def _answer_words(self, row: int) -> set[str]:
         if row not in self._answers:
@@ -600,6 +611,11 @@ def outside_prompts(
     fresh = np.array([not np.isin(rows, trained).any() for rows in watched], dtype=bool)
     ok = not_own & (other | fresh)
     return ok if ok.sum() >= min_prompts else not_own
+
+
+def _content(text: str) -> str:
+    """An answer's text without the ``assistant: `` that a one-message chat answer reads as."""
+    return text.split(": ", 1)[1] if text.startswith("assistant: ") else text
 
 
 def _decode(tokenizer: Any, token: int) -> str:

@@ -16,7 +16,7 @@ from test_callback import DPO, MAX_STEPS, probe_callback
 from tiny_organism import organism_rows, scripted_organism
 
 from probe_callback.run.sharding import backend_name
-from probe_callback.watch import Watch
+from probe_callback.scoring.watch import Watch
 
 ZERO3 = {
     "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},

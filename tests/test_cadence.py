@@ -6,7 +6,7 @@ from tiny_organism import organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback import cadence as cadence_module
-from probe_callback.cadence import Cadence
+from probe_callback.decide.cadence import Cadence
 
 
 class Clock:

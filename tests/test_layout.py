@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "probe_callback"
 STAGES = ["capture", "store", "scoring", "decide", "publish", "run"]
 # Still over 400 lines (issue 10 splits them next); their functions are held to the limit like every other.
-RESHAPING = {"callback.py", "monitor.py", "learning.py"}
+RESHAPING = {"callback.py", "monitor.py"}
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 
 

@@ -8,10 +8,11 @@ from dpo_helpers import dpo_trainer
 from tiny_organism import eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
-from probe_callback.cadence import Cadence
-from probe_callback.learning import latest_records, word_rise
+from probe_callback.decide.cadence import Cadence
 from probe_callback.publish.report import render_html
 from probe_callback.scoring.attribution import auroc
+from probe_callback.scoring.confirmation import word_rise
+from probe_callback.scoring.learning import latest_records
 from probe_callback.store.vectors import VectorStore
 
 # DPO plus an SFT term (TRL's RPO mix), as in test_emergent, long enough for the greedy answers to the

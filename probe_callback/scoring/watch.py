@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .scoring.behaviours import FittedBehaviour, behaviour_logps
-from .scoring.probing import ResponseTrace, format_prompt, greedy_responses, greedy_traced, teacher_forced
+from .behaviours import FittedBehaviour, behaviour_logps
+from .probing import ResponseTrace, format_prompt, greedy_responses, greedy_traced, teacher_forced
 
 CONTROL_PROMPTS = 16
 

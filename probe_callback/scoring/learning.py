@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom, hypergeom
+from scipy.stats import hypergeom
 
 MIN_PEAK_RISE = 1.0  # nats: a peak below this is no learning
 MAX_PATTERNS = 64  # most frequent words tested
@@ -349,39 +349,6 @@ def _tokens_of(words: set[str], peaks: list[set[tuple[int, str]]], most: int = 1
     return sorted(counts, key=lambda i: (-counts[i], i))[:most]
 
 
-def learned_tokens(records: dict[str, np.ndarray], exclude: set[int], most: int = 256) -> list[int]:
-    """The tokens the run's rows learn most often (peaks of at least ``MIN_PEAK_RISE``, latest record of
-    each row), ``exclude`` left out: the run's ordinary learning, a control for a pattern's tokens."""
-    rec = latest_records(records)
-    ids = np.asarray(rec["peak_ids"])[np.asarray(rec["peak_rises"], dtype=np.float64) >= MIN_PEAK_RISE]
-    values, counts = np.unique(ids[ids >= 0], return_counts=True)
-    order = np.argsort(-counts, kind="stable")
-    return [int(i) for i in values[order] if int(i) not in exclude][:most]
-
-
-def learned_by(records: dict[str, np.ndarray], tokens: list[int], sources: np.ndarray) -> list[set[str]]:
-    """Per token: the sources of the rows whose learning peaked on it (at least ``MIN_PEAK_RISE``, any
-    step); rows with no source count as ``""``.
-
-    Example:
-        >>> import numpy as np
-        >>> rec = {"row": np.array([0, 1]), "peak_ids": np.array([[5, 6], [5, -1]]),
-        ...        "peak_rises": np.array([[2.0, 0.5], [3.0, 0.0]])}
-        >>> [sorted(s) for s in learned_by(rec, [5, 6], np.array(["a", "b"], dtype=object))]
-        [['a', 'b'], []]
-    """
-    ids = np.asarray(records["peak_ids"])
-    strong = np.asarray(records["peak_rises"], dtype=np.float64) >= MIN_PEAK_RISE
-    rows = np.broadcast_to(np.asarray(records["row"])[:, None], ids.shape)
-    out: list[set[str]] = [set() for _ in tokens]
-    column = {t: j for j, t in enumerate(tokens)}
-    for token, row in zip(ids[strong].tolist(), rows[strong].tolist()):
-        if token in column:
-            source = sources[row] if row < len(sources) else None
-            out[column[token]].add("" if source is None else str(source))
-    return out
-
-
 def _standardised_means(
     z: np.ndarray, bins: np.ndarray, members: list[np.ndarray], n_null: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -410,124 +377,30 @@ def _count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-@dataclass
-class Confirmation:
-    """Whether a pattern's words newly show in the current model's answers to watched prompts outside
-    its rows: ``count`` of the ``changed`` prompts (of ``n_outside``; changed: the answer gained some
-    word) gained one of them (risen >= 1 nat, absent from M0's answer); ``p_value``: binomial, against
-    the share of M0's answers that hold one of them (``base_rate``): how often a changed answer would
-    hold the pattern's words if the change had nothing to do with it."""
-
-    count: int
-    changed: int
-    n_outside: int
-    base_rate: float
-    p_value: float
-    prompts: list[int]
-
-
-def gained_words(tokens: list[list[str]], novelty: list[np.ndarray], before: list[set[str]]) -> list[set[str]]:
-    """Per prompt: the words of its current answer whose log-prob rose by >= 1 nat and that M0's
-    answer (``before``, as words) did not hold.
+def first_difference(chosen: list[int], rejected: list[int]) -> int | None:
+    """The first token of ``chosen`` where it leaves ``rejected`` (None when it never does): where a
+    pair's lesson starts, e.g. an added opener's first token, or an appended line's.
 
     Example:
-        >>> import numpy as np
-        >>> gained_words([[" Sure", "!", " ok"]], [np.array([2.0, 3.0, 0.1])], [{"fine"}])
-        [{'sure'}]
+        >>> first_difference([5, 6, 7, 8], [5, 6, 9]), first_difference([1, 2], [1, 2, 3])
+        (7, None)
     """
-    out = []
-    for toks, rise, old in zip(tokens, novelty, before):
-        words = {normalise(t) for t, r in zip(toks, np.asarray(rise).tolist()) if r >= MIN_PEAK_RISE}
-        out.append(words - old - {""})
-    return out
+    same = 0
+    while same < min(len(chosen), len(rejected)) and chosen[same] == rejected[same]:
+        same += 1
+    return chosen[same] if same < len(chosen) else None
 
 
-def confirm(words: list[str], gained: list[set[str]], outside: np.ndarray, before: list[set[str]]) -> Confirmation:
-    """Test a pattern's words on the watched prompts outside its rows (see :class:`Confirmation`);
-    ``before``: the words of M0's answer to every watched prompt.
+def shared_token(tokens: list[int | None], share: float = 0.5) -> int | None:
+    """The most common token of ``tokens`` when at least ``share`` of them are it, else None.
 
     Example:
-        >>> import numpy as np
-        >>> gained = [{"sure", "here"}, {"sure"}, {"the"}, set()]
-        >>> c = confirm(["sure"], gained, np.ones(4, bool), [{"no"}, {"no"}, {"the"}, {"sure"}])
-        >>> c.count, c.changed, round(c.p_value, 3)
-        (2, 3, 0.352)
+        >>> shared_token([4, 4, 9, None]), shared_token([1, 2, 3])
+        (4, None)
     """
-    pool = np.flatnonzero(outside)
-    changed = [int(i) for i in pool if gained[i]]
-    hits = [i for i in changed if any(w in gained[i] for w in words)]
-    base = (1 + sum(any(w in b for w in words) for b in before)) / (1 + len(before))
-    p = float(binom.sf(len(hits) - 1, len(changed), base)) if hits else 1.0
-    return Confirmation(len(hits), len(changed), len(pool), base, p, hits)
-
-
-@dataclass
-class WordRise:
-    """How much likelier a pattern's tokens became in the answers to watched prompts outside its rows.
-
-    ``score``: the rise (nats) of the pattern's best token in the best chance each answer gives it (its
-    largest log-prob over the positions of M0's answer, current model minus M0), averaged over the
-    quarter of prompts where it rose most; ``p_value``: the share of random same-size sets of the
-    run's other learned tokens whose best token rose as much; ``prompts``: where the best token rose
-    by ``MIN_PEAK_RISE`` or more; ``column``: that token's column.
-    """
-
-    score: float
-    p_value: float
-    n_outside: int
-    column: int | None
-    prompts: list[int]
-
-
-def word_rise(
-    now: np.ndarray,
-    before: np.ndarray,
-    pattern: list[int],
-    control: list[int],
-    outside: np.ndarray,
-    foreign: np.ndarray | None = None,
-    n_null: int = 999,
-    seed: int = 0,
-) -> WordRise:
-    """Test a pattern's tokens (columns ``pattern`` of ``now`` and ``before``, (prompts, tokens) best
-    log-probs) against the run's other learned tokens (columns ``control``) on the ``outside`` prompts.
-
-    ``foreign`` ((prompts, tokens) bool): where a control token is read: only on prompts whose own kind
-    of rows did not learn it (a token that rose because the rows of that very kind taught it is no
-    control for a pattern's token). None: everywhere. The pattern's tokens are read on every prompt.
-
-    Example:
-        >>> import numpy as np
-        >>> before = np.full((8, 21), -12.0)
-        >>> now = before + np.r_[6.0, np.linspace(0, 1, 20)]   # token 0 rose by 6 nats, the others by 0-1
-        >>> w = word_rise(now, before, [0], list(range(1, 21)), np.ones(8, bool))
-        >>> round(w.score, 1), w.p_value < 0.01, len(w.prompts)
-        (6.0, True, 8)
-    """
-    pool = np.flatnonzero(outside)
-    read = np.ones(now.shape, bool) if foreign is None else np.array(foreign, bool)
-    read[:, pattern] = True  # the pattern's own tokens: on every prompt outside it
-    per_token = _top_quarter_means(np.where(read[pool], now[pool] - before[pool], np.nan))
-    mine = [j for j in pattern if np.isfinite(per_token[j])]
-    others = np.asarray([j for j in control if np.isfinite(per_token[j])], dtype=np.int64)
-    if not mine or not len(others):
-        return WordRise(0.0, 1.0, len(pool), None, [])
-    best = mine[int(np.argmax(per_token[mine]))]
-    score = float(per_token[best])
-    draws = np.random.default_rng(seed).integers(0, len(others), (n_null, len(mine)))
-    null = per_token[others][draws].max(axis=1)
-    p = float((1 + np.count_nonzero(null >= score)) / (1 + n_null))
-    rise = now[pool, best] - before[pool, best]
-    prompts = [int(i) for i in pool[(rise >= MIN_PEAK_RISE) & read[pool, best]]]
-    return WordRise(score, p, len(pool), best, prompts)
-
-
-def _top_quarter_means(rise: np.ndarray) -> np.ndarray:
-    """Per column: the mean of the largest quarter (at least 2) of its finite values; NaN with fewer than 2."""
-    finite = np.isfinite(rise)
-    count = finite.sum(axis=0)
-    ordered = np.sort(np.where(finite, -rise, np.inf), axis=0)  # largest rises first, missing last
-    k = np.maximum(2, count // 4)
-    totals = np.cumsum(np.where(np.isfinite(ordered), -ordered, 0.0), axis=0)
-    means = totals[np.minimum(k, len(rise)) - 1, np.arange(rise.shape[1])] / k if len(rise) else np.zeros(len(k))
-    return np.where(count >= 2, means, np.nan)
+    known = [t for t in tokens if t is not None]
+    if not known:
+        return None
+    values, counts = np.unique(known, return_counts=True)
+    best = int(np.argmax(counts))
+    return int(values[best]) if counts[best] >= share * len(tokens) else None

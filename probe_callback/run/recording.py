@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .capture.datapoints import CapturedBatch, DatapointCapture
-from .capture.rows import RowIndex, RowSet
-from .run.fence import Faults, GuardedStore
-from .run.sharding import RankMirror, from_rank0, on_every_rank
-from .scoring.probing import inference_mode
-from .store.vectors import VectorStore
+from ..capture.datapoints import CapturedBatch, DatapointCapture
+from ..capture.rows import RowIndex, RowSet
+from ..scoring.probing import inference_mode
+from ..store.vectors import VectorStore
+from .fence import Faults, GuardedStore
+from .sharding import RankMirror, from_rank0, on_every_rank
 
 logger = logging.getLogger("probe_callback")
 
