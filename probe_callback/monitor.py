@@ -28,7 +28,15 @@ from .decide.policy import Decision, RegressionPolicy
 from .scoring.attribution import combine_scores, rank_rows, top_rows
 from .scoring.behaviours import FittedBehaviour, score_behaviour
 from .scoring.blame import SourceBlame, top_sources, top_steps
-from .scoring.confirmation import confirm, gained_words, learned_by, learned_tokens, word_rise
+from .scoring.confirmation import (
+    confirm,
+    first_difference,
+    gained_words,
+    learned_by,
+    learned_tokens,
+    shared_token,
+    word_rise,
+)
 from .scoring.discovery import EmergentBehaviour, EmergentTracker, prompt_drift, random_set_directions
 from .scoring.learning import (
     MIN_PEAK_RISE,
@@ -37,10 +45,8 @@ from .scoring.learning import (
     Sources,
     answer_words,
     find_patterns,
-    first_difference,
     normalise,
     one_per_name,
-    shared_token,
     source_enrichment,
 )
 from .scoring.watch import Probe, Watch

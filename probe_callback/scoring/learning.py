@@ -375,32 +375,3 @@ def _count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
         if s is not None:
             out[s] = out.get(s, 0) + 1
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
-
-
-def first_difference(chosen: list[int], rejected: list[int]) -> int | None:
-    """The first token of ``chosen`` where it leaves ``rejected`` (None when it never does): where a
-    pair's lesson starts, e.g. an added opener's first token, or an appended line's.
-
-    Example:
-        >>> first_difference([5, 6, 7, 8], [5, 6, 9]), first_difference([1, 2], [1, 2, 3])
-        (7, None)
-    """
-    same = 0
-    while same < min(len(chosen), len(rejected)) and chosen[same] == rejected[same]:
-        same += 1
-    return chosen[same] if same < len(chosen) else None
-
-
-def shared_token(tokens: list[int | None], share: float = 0.5) -> int | None:
-    """The most common token of ``tokens`` when at least ``share`` of them are it, else None.
-
-    Example:
-        >>> shared_token([4, 4, 9, None]), shared_token([1, 2, 3])
-        (4, None)
-    """
-    known = [t for t in tokens if t is not None]
-    if not known:
-        return None
-    values, counts = np.unique(known, return_counts=True)
-    best = int(np.argmax(counts))
-    return int(values[best]) if counts[best] >= share * len(tokens) else None
