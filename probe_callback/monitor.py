@@ -276,13 +276,13 @@ class Monitor:
             records, decode, self.rows.sources_array(), self._answer_words, seed=self.seed + step
         )
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
+        for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
+            g.start = shared_token([self._first_difference(int(r), tokenizer) for r in g.rows[:64]])
+            if g.start is not None and g.start not in g.token_ids:
+                g.token_ids.append(g.start)
         centre = _mean_unit_vector(store)
         self.pattern_names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
         news = one_per_name(news)
-        for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
-            start = shared_token([self._first_difference(int(r), tokenizer) for r in g.rows[:64]])
-            if start is not None and start not in g.token_ids:
-                g.token_ids.append(start)
         self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
         return news, records, store
 

@@ -63,6 +63,7 @@ class Pattern:
     steps: tuple[int, int]
     sources: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)  # the peak tokens that spell its words, most frequent first
+    start: int | None = None  # the token where most of its rows' chosen answers leave the rejected ones
 
     name: str = ""  # a stable name across checks, given by :class:`PatternNames`
 
@@ -84,8 +85,9 @@ class Pattern:
 class PatternNames:
     """Stable names (``learning-0``, ``learning-1``, ...) for patterns across checks. A pattern takes the
     name of the earlier pattern it is most like (sharing a word with its last words, or half the rows
-    of the smaller of the two, or the direction of their datapoint vectors: cosine >= 0.8); patterns
-    of one check that take the same name are one behaviour (see :func:`one_per_name`). State is plain JSON.
+    of the smaller of the two, or where its rows' lesson starts, or the direction of their datapoint
+    vectors: cosine >= 0.8); patterns of one check that take the same name are one behaviour (see
+    :func:`one_per_name`). State is plain JSON.
     """
 
     def __init__(self, known: list[dict[str, Any]] | None = None) -> None:
@@ -95,7 +97,8 @@ class PatternNames:
         updated: set[str] = set()
         for g, direction in zip(patterns, directions):  # most significant first
             rows, words = set(g.rows.tolist()), set(g.words)
-            scores = [(_likeness(k, rows, words, direction), k) for k in self.known]
+            same_start = [g.start is not None and k.get("start") == g.start for k in self.known]
+            scores = [(_likeness(k, rows, words, direction) + same, k) for k, same in zip(self.known, same_start)]
             score, match = max(scores, key=lambda sk: sk[0], default=(0.0, None))
             if match is None or score <= 0:
                 match = {"name": f"learning-{len(self.known)}"}
@@ -103,13 +106,13 @@ class PatternNames:
             g.name = match["name"]
             if g.name not in updated:  # a name remembers its best pattern of the latest check
                 updated.add(g.name)
-                match.update(words=sorted(words), rows=sorted(rows))
+                match.update(words=sorted(words), rows=sorted(rows), start=g.start)
                 match["direction"] = None if direction is None else np.asarray(direction, dtype=float).tolist()
 
 
 def one_per_name(patterns: list[Pattern]) -> list[Pattern]:
-    """One pattern a name (the first, most significant, of each), holding the words and tokens of every
-    pattern of that name: the variants of one behaviour are tested together.
+    """One pattern a name (the first, most significant, of each), holding the words, tokens and rows of
+    every pattern of that name: the variants of one behaviour are tested and blamed together.
 
     Example:
         >>> import numpy as np
@@ -126,6 +129,10 @@ def one_per_name(patterns: list[Pattern]) -> list[Pattern]:
         kept = first[g.name]
         kept.words += [w for w in g.words if w not in kept.words]
         kept.token_ids += [t for t in g.token_ids if t not in kept.token_ids]
+        rows, at = np.unique(np.r_[kept.rows, g.rows], return_index=True)  # a row keeps its first (best) z
+        z = np.r_[kept.z, g.z][at]
+        order = np.argsort(-z, kind="stable")
+        kept.rows, kept.z = rows[order], z[order]
     return list(first.values())
 
 
