@@ -5,7 +5,7 @@ from dpo_helpers import dpo_trainer
 from tiny_organism import organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
-from probe_callback import cadence as cadence_module
+from probe_callback.decide import cadence as cadence_module
 from probe_callback.decide.cadence import Cadence
 
 
