@@ -49,6 +49,7 @@ from .scoring.learning import (
     one_per_name,
     source_enrichment,
 )
+from .scoring.unit import unit_rows
 from .scoring.watch import Probe, Watch
 from .store.vectors import VectorStore
 
@@ -629,7 +630,7 @@ def _decode(tokenizer: Any, token: int) -> str:
 
 
 def _unit_mean(vectors: np.ndarray) -> np.ndarray:
-    return (vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)).mean(axis=0)
+    return unit_rows(vectors).mean(axis=0)
 
 
 def _rows_direction(store: VectorStore, rows: np.ndarray, centre: np.ndarray) -> np.ndarray | None:
