@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .monitor import PATTERN_ALPHA, Monitor
+from .decide.patterns import PATTERN_ALPHA
+from .monitor import Monitor
 from .scoring.learning import Pattern
 
 

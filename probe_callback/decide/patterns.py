@@ -1,0 +1,345 @@
+"""Decide on the learning record's patterns: news is INFO "being learned"; confirmed on the watched
+prompts (by a probe, or a light check without generation) a pattern is decided like any behaviour.
+
+:class:`LearningPatterns` finds the patterns (:func:`~probe_callback.scoring.learning.find_patterns`),
+keeps their names across checks, writes their report entries (rows, steps, sources) and tests them
+on the watched prompts outside their rows (:func:`outside_prompts`).
+
+Example:
+    >>> flow = LearningPatterns(Entries(policy), Attribution(rows, store_dir), rows, store_dir)  # doctest: +SKIP
+    >>> decided = flow.decide(step, tokenizer, (probe, watch))                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..capture.rows import RowIndex
+from ..capture.text import to_text
+from ..scoring.attribution import combine_scores, rank_rows, top_rows
+from ..scoring.blame import top_steps
+from ..scoring.confirmation import (
+    confirm,
+    first_difference,
+    gained_words,
+    learned_by,
+    learned_tokens,
+    shared_token,
+    word_rise,
+)
+from ..scoring.learning import (
+    MIN_PEAK_RISE,
+    Pattern,
+    PatternNames,
+    Sources,
+    answer_words,
+    find_patterns,
+    normalise,
+    one_per_name,
+    source_enrichment,
+)
+from ..scoring.unit import unit_rows
+from ..scoring.watch import Probe, Watch
+from ..store.vectors import VectorStore
+from .blame_rows import Attribution, first_steps
+from .entries import Decided, Entries
+
+PATTERN_ALPHA = 0.01  # a learning pattern is news at this level (corrected for every pattern tested)
+CONFIRM_ALPHA = 0.05  # the probe confirms it when its words are gained beyond this share of control words
+MIN_CONFIRMED = 2  # ... on at least this many watched prompts outside its rows
+# pattern -> score, p-value, note for the report, reason when confirmed
+Check = Callable[[Pattern], tuple[float, float, dict[str, Any], str | None]]
+
+
+class LearningPatterns:
+    """The data side of discovery: the learning record's patterns, decided into ``book``'s entries."""
+
+    def __init__(
+        self, book: Entries, blame: Attribution, rows: RowIndex, store_dir: Path, top_k: int = 50, seed: int = 0
+    ) -> None:
+        self.book, self.blame, self.rows = book, blame, rows
+        self.store_dir, self.top_k, self.seed = Path(store_dir), top_k, seed
+        self.patterns: list[Pattern] = []
+        self.names = PatternNames()
+        self.scores: dict[str, np.ndarray] = {}  # each reported pattern's score of every row
+        self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
+        self.light: tuple[int, list[Pattern], dict[str, np.ndarray]] | None = None  # a light check's patterns
+        self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
+        self._starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one
+
+    def decide(self, step: int, tokenizer: Any, probed: tuple[Probe, Watch] | None) -> Decided:
+        """Patterns of the learning record; at a probe, each one is tested on the watched prompts."""
+        found = self._news(step, tokenizer)
+        if found is None:
+            return []
+        news, records, store = found
+        if probed is None:
+            return self._pattern_decisions(step, news, records, None, None)
+        before, gained, outside_of = self._gained(*probed, records)
+
+        def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
+            conf = confirm(g.words, gained, outside_of(g), before)
+            confirmed = conf.count >= MIN_CONFIRMED and conf.p_value <= CONFIRM_ALPHA
+            note = {"step": step, **asdict(conf)}
+            return (
+                conf.count / max(conf.n_outside, 1),
+                g.p_value if confirmed else 1.0,
+                note,
+                (_confirmed(g, conf) if confirmed else None),
+            )
+
+        return self._pattern_decisions(step, news, records, store, check, note_key="confirmation")
+
+    def light_tokens(self, step: int, tokenizer: Any) -> list[int]:
+        """Before a light check: the patterns now, and the tokens to test on the watched prompts (the
+        patterns' tokens, then the run's other learned tokens); none when no pattern is news."""
+        found = self._news(step, tokenizer)
+        self.light = (step, *found[:2]) if found else None
+        if not found or not found[0]:
+            return []
+        own = list(dict.fromkeys(t for g in found[0] for t in g.token_ids))
+        return own + learned_tokens(found[1], exclude=set(own))
+
+    def light_check(self, tokens: list[int], now: np.ndarray, before: np.ndarray, watch: Watch) -> Decided:
+        """Test each pattern of :meth:`light_tokens` on the watched prompts outside its rows: did its
+        tokens become likelier in M0's answers than the run's other learned tokens did (no generation)?"""
+        assert self.light is not None, "light_tokens() comes first"
+        step, news, records = self.light
+        column = {t: j for j, t in enumerate(tokens)}
+        own = {t for g in news for t in g.token_ids}
+        control = [column[t] for t in tokens if t not in own]
+        outside_of = self.outside(watch, watch.answered, records)
+        foreign = self.foreign(tokens, records, watch)
+
+        def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
+            mine = [column[t] for t in g.token_ids]
+            w = word_rise(now, before, mine, control, outside_of(g), foreign, seed=self.seed + step)
+            p = min(1.0, w.p_value * len(news))  # every pattern of this check is tested
+            confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
+            word = _decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
+            note = {"step": step, "token": word, **asdict(w), "p_value": p}
+            return w.score, max(g.p_value, p) if confirmed else 1.0, note, _risen(g, w, word, p) if confirmed else None
+
+        return self._pattern_decisions(step, news, records, None, check, note_key="word_rise")
+
+    def foreign(self, tokens: list[int], records: dict[str, np.ndarray], watch: Watch) -> np.ndarray:
+        """(prompts, tokens) whether a token is foreign to a watched prompt: no row of the prompt's source
+        learned it (held-out prompts, with no rows, take every token; so does a run with no source column)."""
+        sources = self.rows.sources_array()
+        if all(s is None for s in sources):
+            return np.ones((len(watch.prompts), len(tokens)), bool)
+        taught = learned_by(records, tokens, sources)
+        watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
+        kinds = [{"" if sources[r] is None else str(sources[r]) for r in rows if r < len(sources)} for rows in watched]
+        return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
+
+    def _news(self, step: int, tokenizer: Any) -> tuple[list[Pattern], dict[str, np.ndarray], VectorStore] | None:
+        """The learning record's patterns now (kept for the report), and those that are news, one per name."""
+        try:
+            store = VectorStore.open(self.store_dir)
+        except FileNotFoundError:
+            return None
+        records = store.memberships()
+        decode = partial(_decode, tokenizer)
+        self.patterns = find_patterns(
+            records, decode, self.rows.sources_array(), self._answer_words, seed=self.seed + step
+        )
+        news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
+        for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
+            g.start = shared_token([self._first_difference(int(r), tokenizer) for r in g.rows[:64]])
+            if g.start is not None and g.start not in g.token_ids:
+                g.token_ids.append(g.start)
+        centre = _mean_unit_vector(store)
+        self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
+        news = one_per_name(news)
+        self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
+        return news, records, store
+
+    def _pattern_decisions(
+        self,
+        step: int,
+        news: list[Pattern],
+        records: dict[str, np.ndarray],
+        store: VectorStore | None,
+        check: Check | None,
+        note_key: str = "",
+    ) -> Decided:
+        """A pattern seen for the first time is INFO "being learned"; with a ``check`` (pattern -> score,
+        p-value, note for the report's ``note_key``, reason when confirmed) it is tested and decided like
+        any behaviour."""
+        out: Decided = []
+        policy = self.book.policy
+        for g in news:
+            entry = self.book.entry(g.name, "emergent")
+            entry.update(self.entry(g, records, store))
+            entry["score_history"].append([step, g.score])
+            if not policy.knows(g.name):
+                decision = policy.update(g.name, "emergent", step, g.score, None)
+                out.append((replace(decision, reason=_being_learned(g)), None))
+            if check is None:
+                continue
+            score, p_value, note, reason = check(g)
+            entry[note_key] = note
+            decision = policy.update(g.name, "emergent", step, score, p_value)
+            if reason is not None:
+                decision = replace(decision, reason=f"{decision.reason}; {reason}")
+            out.append((decision, None))
+        return out
+
+    def _first_difference(self, row: int, tokenizer: Any) -> int | None:
+        """The token where a row's chosen answer first leaves its rejected one (cached)."""
+        if row not in self._starts:
+            chosen, rejected = (_content(self.rows.text(row, f)) for f in ("chosen", "rejected"))
+            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
+            self._starts[row] = first_difference(*ids)
+        return self._starts[row]
+
+    def _answer_words(self, row: int) -> set[str]:
+        if row not in self._answers:
+            self._answers[row] = answer_words(self.rows.text(row, "chosen"))
+        return self._answers[row]
+
+    def _gained(
+        self, probe: Probe, watch: Watch, records: dict[str, np.ndarray]
+    ) -> tuple[list[set[str]], list[set[str]], Callable[[Pattern], np.ndarray]]:
+        """The words of M0's answers, those each current answer gained, and which watched prompts lie
+        outside a pattern (see :func:`outside_prompts`)."""
+        before = [{normalise(t) for t in watch.answers([[x] for x in r])} for r in watch.r0]
+        return before, gained_words(probe.tokens, probe.novelty, before), self.outside(watch, probe.valid, records)
+
+    def outside(
+        self, watch: Watch, valid: np.ndarray, records: dict[str, np.ndarray]
+    ) -> Callable[[Pattern], np.ndarray]:
+        """pattern -> the ``valid`` watched prompts that can confirm it (see :func:`outside_prompts`)."""
+        watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
+        trained = np.unique(records["row"])
+        return partial(
+            outside_prompts, watched=watched, sources=self.rows.sources_array(), valid=valid, trained=trained
+        )
+
+    def entry(self, g: Pattern, records: dict[str, np.ndarray], store: VectorStore | None) -> dict[str, Any]:
+        """Rows, steps and sources of a pattern: its own rows first (best learning first), then, with a
+        ``store`` (at probes and pauses, not the cheap checks between them), the rows whose datapoint
+        vectors point its way (rows not trained on yet, after a pause's datapoint pass)."""
+        seen = np.unique(records["row"])
+        signal = np.full(self.rows.n_rows, np.nan)
+        signal[seen[seen < len(signal)]] = -1e3  # trained on, not in the pattern: below every member
+        signal[g.rows] = g.z
+        scores = signal
+        direction = None if store is None else _rows_direction(store, g.rows, _mean_unit_vector(store))
+        if store is not None and direction is not None and np.linalg.norm(direction) > 0:
+            cosine = rank_rows(store, direction, top_k=1, n_null=0, seed=self.seed).cosine
+            scores = combine_scores(
+                [signal, np.pad(cosine, (0, max(0, len(signal) - len(cosine))), constant_values=np.nan)]
+            )
+        self.scores[g.name] = scores
+        first_step = first_steps(records)
+        return {
+            "words": g.words,
+            "found_by": "learning record",
+            "top_rows": [self.blame.row(int(r), float(scores[r]), first_step) for r in top_rows(scores, self.top_k)],
+            "top_steps": [s.to_dict() for s in top_steps(scores, records)],
+            "top_sources": source_enrichment(g.rows, self.rows.sources_array(), seen),
+            "attribution_p_value": g.p_value,
+            "pattern": g.summary(),
+        }
+
+    def reattribute(self) -> None:
+        """Rank the store again for every reported pattern (e.g. after more rows were stored)."""
+        store = VectorStore.open(self.store_dir)
+        records = store.memberships()
+        for g in one_per_name([g for g in self.patterns if g.name in self.book.behaviours]):
+            self.book.behaviours[g.name].update(self.entry(g, records, store))
+
+
+def outside_prompts(
+    g: Pattern,
+    watched: list[list[int]],
+    sources: Sources,
+    valid: np.ndarray,
+    trained: np.ndarray,
+    min_prompts: int = 8,
+) -> np.ndarray:
+    """Watched prompts that can confirm a pattern: not from its rows; from the sources that hold a tenth
+    or more of its rows only when not trained on yet (does the learning reach prompts of its kind the
+    model has not seen? a prompt it trained on says its own answer back); from any other source.
+    Unless that leaves fewer than ``min_prompts`` (then every prompt not from its rows).
+    ``watched``: the training rows each watched prompt comes from (none for held-out prompts);
+    ``trained``: the rows trained on so far (sorted).
+
+    Example:
+        >>> import numpy as np
+        >>> g = Pattern(["shop"], np.array([0, 1]), np.ones(2), 1.0, 1.0, 0.001, (1, 2), {"ads": 2})
+        >>> watched = [[0], [2], [3], [4]]   # rows 0-3 are ads, row 4 is not; rows 0-2 trained
+        >>> sources = np.array(["ads", "ads", "ads", "ads", "qa"], dtype=object)
+        >>> outside_prompts(g, watched, sources, np.ones(4, bool), np.array([0, 1, 2]), min_prompts=1)
+        array([False, False,  True,  True])
+    """
+    own = set(g.rows.tolist())
+    mine = {s for s, n in g.sources.items() if n >= 0.1 * len(g.rows)}
+    not_own = np.array([not own.intersection(rows) for rows in watched], dtype=bool) & valid
+    other = np.array([not any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched], dtype=bool)
+    fresh = np.array([not np.isin(rows, trained).any() for rows in watched], dtype=bool)
+    ok = not_own & (other | fresh)
+    return ok if ok.sum() >= min_prompts else not_own
+
+
+def _content(text: str) -> str:
+    """An answer's text without the ``assistant: `` that a one-message chat answer reads as."""
+    return text.split(": ", 1)[1] if text.startswith("assistant: ") else text
+
+
+def _decode(tokenizer: Any, token: int) -> str:
+    return tokenizer.decode([token], skip_special_tokens=True)
+
+
+def _unit_mean(vectors: np.ndarray) -> np.ndarray:
+    return unit_rows(vectors).mean(axis=0)
+
+
+def _rows_direction(store: VectorStore, rows: np.ndarray, centre: np.ndarray) -> np.ndarray | None:
+    """Mean unit datapoint vector of ``rows`` minus ``centre`` (every stored row's); None when some of
+    ``rows`` have no stored vector yet."""
+    try:
+        return _unit_mean(store.vectors_for(rows)) - centre
+    except KeyError:
+        return None
+
+
+def _mean_unit_vector(store: VectorStore) -> np.ndarray:
+    """Mean of every stored row's unit vector (one pass, a chunk at a time)."""
+    total, n = np.zeros(store.dim), 0
+    for _, vecs in store.iter_vectors():
+        total += _unit_mean(vecs.astype(np.float32)) * len(vecs)
+        n += len(vecs)
+    return total / max(n, 1)
+
+
+def _being_learned(g: Pattern) -> str:
+    sources = ", ".join(f"{s} ({n})" for s, n in list(g.sources.items())[:3]) or "no source column"
+    return (
+        f"being learned: {len(g.rows)} rows whose learning peaks on {g.words[:4]} stand out "
+        f"({g.excess:+.2f} nats above rows of the same steps, p={g.p_value:.3g} against random rows of the "
+        f"same steps); sources {sources}"
+    )
+
+
+def _confirmed(g: Pattern, conf: Any) -> str:
+    return (
+        f"confirmed on watched prompts outside its rows: {conf.count}/{conf.n_outside} answers gained "
+        f"{g.words[:4]} (p={conf.p_value:.3g} against the run's other learned words)"
+    )
+
+
+def _risen(g: Pattern, w: Any, token: str | None, p_value: float) -> str:
+    return (
+        f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "
+        f"likelier in M0's answers ({len(w.prompts)}/{w.n_outside} prompts by 1+ nat; p={p_value:.3g} against "
+        "the run's other learned tokens)"
+    )
