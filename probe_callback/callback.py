@@ -9,15 +9,13 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
@@ -33,31 +31,27 @@ from .attach import (
 )
 from .capture.blocks import find_decoder_blocks, unwrap_parallel
 from .capture.rows import RowIndex
+from .checks import Checks
 from .config import ProbeOptions, check_output_dir
-from .decide.alerts import Alert
 from .decide.cadence import Cadence
 from .decide.policy import RegressionPolicy
-from .metrics import checkpoint_metrics, flagged_rows, learning_metrics
 from .monitor import Monitor, default_threshold
-from .publish.report import jsonable, summary_text, write_html, write_report
-from .publish.sinks import Publisher, make_publisher
+from .publish.report import jsonable, next_steps_text, summary_text, write_html, write_report
+from .publish.sinks import make_publisher
 from .run.fence import FaultRecordingSink, Faults, GuardedStore, RunLocks
 from .run.recording import Recorder
 from .run.resume import (
     model_identity,
     options_record,
-    remove_temp_files,
-    roll_back_alerts,
+    restart_alerts,
     saved_state,
-    set_aside,
-    stale_store,
+    store_folder,
     warn_changed_options,
 )
-from .run.sharding import RankMirror, from_rank0, gathered, on_every_rank
+from .run.sharding import RankMirror, from_rank0, gathered, on_every_rank, reference_model
 from .scoring.behaviours import fit_behaviour
 from .scoring.discovery import EmergentTracker
 from .scoring.watch import Watch
-from .store.files import atomic_write_text
 from .store.vectors import VectorStore
 
 logger = logging.getLogger("probe_callback")
@@ -106,10 +100,9 @@ class ProbeCallback(TrainerCallback, ExportableState):
         check_behaviours(self.options, self.ref_model, trainer)
         check_default_prompts(self.options, trainer)
         self.live: Live | None = None
-        self.publisher = Publisher([])
+        self.checks = Checks(trainer, self._reference, self._current, self.options.pause_on_regression)
         self.paused_at_step: int | None = None
         self.checkpoint_path: str | None = None
-        self._acknowledged: set[str] = set()
         self._step = 0
         self.faults = Faults()
         self._locks = RunLocks(self.output_dir)
@@ -139,42 +132,21 @@ class ProbeCallback(TrainerCallback, ExportableState):
     def is_main(self) -> bool:
         return bool(self.trainer.is_world_process_zero())
 
-    @contextlib.contextmanager
-    def _reference(self) -> Iterator[torch.nn.Module]:
-        """M0: the separate reference model; with PEFT, TRL's frozen "ref" copy of a pretrained adapter, else
-        the policy with its adapters disabled.
+    def _reference(self) -> AbstractContextManager[torch.nn.Module]:
+        """M0, ready for forwards (see :func:`~probe_callback.run.sharding.reference_model`)."""
+        return reference_model(self.trainer, self.ref_model)
 
-        Sharded (FSDP, ZeRO-3): every rank enters together; see :func:`~probe_callback.run.sharding.gathered`.
-        """
-        trainer = self.trainer
-        if trainer.ref_model is not None:
-            with gathered(trainer.ref_model, trainer.accelerator) as ref:
-                yield ref
-        elif self.ref_model is not unwrap_parallel(trainer.model):  # precompute: our frozen copy of the initial policy
-            yield self.ref_model
-        else:
-            with gathered(trainer.model_wrapped, trainer.accelerator) as peft_model:
-                model: Any = peft_model
-                if "ref" in model.peft_config:
-                    from trl.trainer.utils import use_adapter
-
-                    with use_adapter(model, "ref"):
-                        yield model
-                else:
-                    with model.disable_adapter():
-                        yield model
-
-    @contextlib.contextmanager
-    def _current(self) -> Iterator[torch.nn.Module]:
+    def _current(self) -> AbstractContextManager[torch.nn.Module]:
         """The model being trained, ready for forwards (sharded: every rank enters together)."""
-        with gathered(self.trainer.model_wrapped, self.trainer.accelerator) as model:
-            yield model
+        return gathered(self.trainer.model_wrapped, self.trainer.accelerator)
 
     # ----- trainer events -----------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         self._step, started = state.global_step, False
         try:
-            if self._fence(args, state):
+            if self._locks.fence(
+                self.trainer.accelerator, int(args.process_index), self.is_main, self.faults, state.global_step
+            ):
                 self._begin(args, state)
                 started = True
         except Exception as exc:  # a failure of ours never kills the user's run
@@ -183,21 +155,6 @@ class ProbeCallback(TrainerCallback, ExportableState):
             self.close()
             self._locks.release()
             self.live = None
-
-    def _fence(self, args: TrainingArguments, state: TrainerState) -> bool:
-        """Lock the output folder for this run; stand down (every rank) if another run holds it."""
-        held = self._locks.acquire(int(args.process_index), self.is_main, self.faults, state.global_step)
-        if not self._all(held):
-            logger.error(
-                "probe_callback: another run (or another ProbeCallback) is writing to %s; this run trains without "
-                "the callback. Give each run its own output_dir.",
-                self.output_dir,
-            )
-            self._locks.release()
-            return False
-        if self.is_main:
-            remove_temp_files(self.output_dir)
-        return True
 
     def _all(self, flag: bool) -> bool:
         """Whether ``flag`` holds on every rank."""
@@ -238,9 +195,10 @@ class ProbeCallback(TrainerCallback, ExportableState):
     def _start_recording(self, args: TrainingArguments, state: TrainerState, rows: RowIndex) -> Recorder:
         """The vector store of this run (a resume truncates it to its step) and the hooks that fill it."""
         guarded = GuardedStore(None, self.faults, lambda: self._step)
+        stamps = {"dataset": rows.fingerprint, "model": model_identity(self.ref_model)}  # another run's store: aside
         with self.faults.guard("vectors", state.global_step):
             store = VectorStore.create(
-                self._store_dir(state.global_step, rows),
+                store_folder(self.output_dir / "vectors", self.trainer, stamps, state.global_step),
                 layers=self.layers,
                 hidden=int(self.ref_model.config.get_text_config().hidden_size),
                 projection_dim=self.options.projection_dim,
@@ -250,7 +208,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
             guarded = GuardedStore(store, self.faults, lambda: self._step)
         if self.is_main:
             with self.faults.guard("alerts.jsonl", state.global_step):
-                self._roll_back_alerts(state.global_step)
+                restart_alerts(self.output_dir / "alerts.jsonl", state.global_step)
         guarded.truncate_steps_after(state.global_step)
         recorder = Recorder(rows, guarded, self.faults, lambda: self._step)
         folder = self.output_dir / "vectors" / f"rank-{int(args.process_index):05d}"
@@ -262,33 +220,6 @@ class ProbeCallback(TrainerCallback, ExportableState):
             mirror=RankMirror(folder, self.trainer.accelerator, per_node=args.save_on_each_node),
         )
         return recorder
-
-    def _store_dir(self, step: int, rows: RowIndex) -> Path:
-        """The store of this dataset and reference model. Another run's store (other data, say before a
-        mitigation; another model; or any store when this run starts fresh) is set aside as
-        ``vectors-before-step-N``, never mixed in."""
-        folder = self.output_dir / "vectors"
-        writes = self.trainer.args.should_save  # rank 0, or each node's first rank with per-node output folders
-        stamps = {"dataset": rows.fingerprint, "model": model_identity(self.ref_model)}
-        if writes:
-            why = stale_store(folder, stamps, step)
-            if why:
-                aside = set_aside(folder, f"before-step-{step}")
-                logger.warning("probe_callback: %s; the old vector store moves to %s", why, aside)
-        self.trainer.accelerator.wait_for_everyone()
-        folder.mkdir(parents=True, exist_ok=True)
-        if writes:
-            for name, text in stamps.items():
-                atomic_write_text(folder / f"{name}.txt", text)
-        return folder
-
-    def _roll_back_alerts(self, step: int) -> None:
-        """A resume raises the alerts after its step again, so they are dropped; a fresh run sets old ones aside."""
-        path = self.output_dir / "alerts.jsonl"
-        if step > 0:
-            roll_back_alerts(path, step)
-        elif path.exists():
-            set_aside(path, "before-step-0")
 
     def _start_monitor(self, args: TrainingArguments, state: TrainerState, rows: RowIndex) -> tuple[Watch, Monitor]:
         """The watched prompts with M0's answers, and the monitor (restored from the checkpoint on a resume)."""
@@ -327,9 +258,11 @@ class ProbeCallback(TrainerCallback, ExportableState):
             settings = {k: v for k, v in policy.state().items() if k != "tracks"}  # this run's policy wins
             monitor.policy = RegressionPolicy.from_state({**saved["monitor"]["policy"], **settings})
             warn_changed_options(saved, opts)
-            self._acknowledged = {b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]}
-        self.publisher = make_publisher(args, self.output_dir, self.is_main)
-        self.publisher.sinks = [FaultRecordingSink(s, self.faults, lambda: self._step) for s in self.publisher.sinks]  # type: ignore[misc]
+            self.checks.acknowledged = {
+                b["name"] for b in saved["monitor"]["behaviours"].values() if b["flagged_at_step"]
+            }
+        publisher = self.checks.publisher = make_publisher(args, self.output_dir, self.is_main)
+        publisher.sinks = [FaultRecordingSink(s, self.faults, lambda: self._step) for s in publisher.sinks]  # type: ignore[misc]
         return watch, monitor
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
@@ -346,75 +279,18 @@ class ProbeCallback(TrainerCallback, ExportableState):
         if not live.cadence.candidate(state.global_step):
             return
         if self._agree(live.cadence.within_budget()):
-            self._checkpoint(live, state, control)
+            self._settle(live, state, control, self.checks.probe(live, state.global_step))
         elif live.cadence.budget is not None:
-            self._light_check(live, state, control)
+            pause = self.checks.light(live, state.global_step)
+            if pause is not None:
+                self._settle(live, state, control, pause)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         """Between probes: what the learning record shows (free), as INFO alerts and metrics."""
         live = self.live
-        if not self.is_main or live is None or live.monitor.last_step == state.global_step:
-            return  # (a probe at this step already read the learning record)
-        try:
-            live.recorder.store.flush()
-            alerts = live.monitor.learning_check(state.global_step, self.trainer.processing_class)
-            for alert in alerts:
-                self.publisher.alert(alert)
-            self._publish_learning(live.monitor, state.global_step)
-        except Exception as exc:  # a failure of ours never kills the user's run
-            live.monitor.record_failure(state.global_step, "learning check", exc)
-
-    def _publish_learning(self, monitor: Monitor, step: int) -> None:
-        """What the learning record shows: a few metrics and the table of its patterns."""
-        self.publisher.metrics(step, learning_metrics(monitor.patterns))
-        if monitor.patterns:
-            self.publisher.patterns_table(step, [g.summary() for g in monitor.patterns[:20]])
-
-    def _checkpoint(self, live: Live, state: TrainerState, control: TrainerControl) -> None:
-        """Probe, decide, publish; ask the trainer to save and stop on a new regression."""
-        pause, started = False, time.perf_counter()
-        try:
-            # Every rank measures (a sharded model's forwards are collectives); rank 0 alone scores.
-            probe = live.watch.probe(state.global_step, self._current, self._reference, live.monitor.fitted)
-            live.recorder.sync()
-            if self.is_main:
-                alerts = live.monitor.checkpoint(probe, live.watch)
-                pause = self._pauses(alerts)
-                self._publish(live, state.global_step, alerts)
-        except Exception as exc:  # a failure of ours never kills the user's run
-            live.monitor.record_failure(state.global_step, "probe", exc)
-        live.cadence.record(time.perf_counter() - started)
-        self._settle(live, state, control, pause)
-
-    def _light_check(self, live: Live, state: TrainerState, control: TrainerControl) -> None:
-        """A candidate step whose probe the budget refuses: the learning record's patterns tested on the
-        watched prompts without generation (M0's answers read by the current model), when there are any."""
-        step, pause, tokens = state.global_step, False, list[int]()
-        if self.is_main:
-            try:
-                tokens = live.monitor.light_tokens(step, self.trainer.processing_class)
-            except Exception as exc:  # a failure of ours never kills the user's run
-                live.monitor.record_failure(step, "light check", exc)
-        tokens = self._from_main(tokens)
-        if not tokens or not self._agree(live.cadence.within_budget(light=True)):
-            return
-        started = time.perf_counter()
-        try:
-            now, before = live.watch.word_logprobs(tokens, self._current)
-            if self.is_main:
-                alerts = live.monitor.light_check(tokens, now, before, live.watch)
-                pause = self._pauses(alerts)
-                self._publish(live, step, alerts)
-        except Exception as exc:
-            live.monitor.record_failure(step, "light check", exc)
-        live.cadence.record(time.perf_counter() - started, light=True)
-        self._settle(live, state, control, pause)
-
-    def _pauses(self, alerts: list) -> bool:
-        """Whether ``alerts`` ask for a pause: a new ERROR, with ``pause_on_regression``."""
-        return self.options.pause_on_regression and any(
-            a.level == "ERROR" and a.behaviour not in self._acknowledged for a in alerts
-        )
+        # (a probe at this step already read the learning record)
+        if self.is_main and live is not None and live.monitor.last_step != state.global_step:
+            self.checks.learning(live, state.global_step)
 
     def _settle(self, live: Live, state: TrainerState, control: TrainerControl, pause: bool) -> None:
         """After a probe or light check: pause every rank when rank 0 asks; write the report."""
@@ -437,23 +313,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
 
     def _agree(self, flag: bool) -> bool:
         """Rank 0's decision, on every rank (so every rank stops at the same step)."""
-        return bool(self._from_main(flag))
-
-    def _from_main(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank (a picklable object)."""
-        return from_rank0(self.trainer.accelerator, value)
-
-    def _publish(self, live: Live, step: int, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            self.publisher.alert(alert)
-        self._publish_learning(live.monitor, step)
-        self.publisher.metrics(step, checkpoint_metrics(live.monitor, step, live.cadence.summary()["share"]))
-        flagged = flagged_rows(live.monitor, alerts, step)
-        if flagged:
-            self.publisher.rows_table(step, flagged)
-        drift = live.monitor.drift_map
-        if drift and drift["step"] == step:
-            self.publisher.drift(step, np.asarray(drift["points"]), drift["labels"], drift["prompts"])
+        return bool(from_rank0(self.trainer.accelerator, flag))
 
     def report(self) -> dict[str, Any]:
         """The current report as a dict (the content of ``report.json``)."""
@@ -507,20 +367,10 @@ class ProbeCallback(TrainerCallback, ExportableState):
         if self.is_main and self.live is not None:
             logger.warning("probe_callback report:\n%s", summary_text(self.report()))
             if self.paused_at_step is not None:
-                logger.warning(self._next_steps())
-        self.publisher.close()
+                logger.warning(next_steps_text(self.output_dir, self.paused_at_step, self.checkpoint_path))
+        self.checks.publisher.close()
         self.close()
         self._locks.release()
-
-    def _next_steps(self) -> str:
-        out = self.output_dir
-        return (
-            f"Training paused at step {self.paused_at_step}; checkpoint {self.checkpoint_path}.\n"
-            f"  See {out / 'report.html'}\n"
-            f"  Clean the data:  probe-callback mitigate --report {out / 'report.json'} --dataset TRAIN.jsonl "
-            "--action filter --top-frac 0.05 -o cleaned.jsonl\n"
-            f"  Resume:          trainer.train(resume_from_checkpoint={self.checkpoint_path!r})"
-        )
 
     def close(self) -> None:
         """Remove the hooks and close the store (also done at train end)."""

@@ -258,6 +258,23 @@ def summary_text(report: Report | dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def next_steps_text(output_dir: Path, paused_at_step: int | None, checkpoint: str | None) -> str:
+    """What to do after a pause: the report to read, the mitigation command, the resume call.
+
+    Example:
+        >>> print(next_steps_text(Path("out"), 40, "ckpt/checkpoint-40").splitlines()[0])
+        Training paused at step 40; checkpoint ckpt/checkpoint-40.
+    """
+    out = output_dir
+    return (
+        f"Training paused at step {paused_at_step}; checkpoint {checkpoint}.\n"
+        f"  See {out / 'report.html'}\n"
+        f"  Clean the data:  probe-callback mitigate --report {out / 'report.json'} --dataset TRAIN.jsonl "
+        "--action filter --top-frac 0.05 -o cleaned.jsonl\n"
+        f"  Resume:          trainer.train(resume_from_checkpoint={checkpoint!r})"
+    )
+
+
 def probes_text(report: Report | dict[str, Any]) -> str:
     """How many probes ran, and why none did when none did.
 

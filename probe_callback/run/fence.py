@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .resume import remove_temp_files
+from .sharding import on_every_rank
+
 logger = logging.getLogger("probe_callback")
 
 
@@ -154,6 +157,21 @@ class RunLocks:
             ok = ok and got
             self.held += [lock] if got else []
         return ok
+
+    def fence(self, accelerator: Any, rank: int, main: bool, faults: Faults, step: int) -> bool:
+        """Lock the folder for this run on every rank, or on none (False, logged: another run holds it and
+        every rank stands down); rank 0 then removes the temp files an interrupted write left there."""
+        if not on_every_rank(accelerator, self.acquire(rank, main, faults, step)):
+            logger.error(
+                "probe_callback: another run (or another ProbeCallback) is writing to %s; this run trains without "
+                "the callback. Give each run its own output_dir.",
+                self.folder,
+            )
+            self.release()
+            return False
+        if main:
+            remove_temp_files(self.folder)
+        return True
 
     def release(self) -> None:
         for lock in self.held:

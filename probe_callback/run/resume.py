@@ -83,6 +83,15 @@ def roll_back_alerts(path: Path, step: int) -> int:
     return len(kept)
 
 
+def restart_alerts(path: Path, step: int) -> None:
+    """A resume at ``step`` raises the alerts after it again, so they are dropped from ``alerts.jsonl``;
+    a fresh run (step 0) sets old ones aside."""
+    if step > 0:
+        roll_back_alerts(path, step)
+    elif path.exists():
+        set_aside(path, "before-step-0")
+
+
 def set_aside(path: Path, label: str) -> Path:
     """Rename ``path`` to a free ``<stem>-<label>[-k]<suffix>`` next to it; returns the new path."""
     path = Path(path)
@@ -103,6 +112,24 @@ def stale_store(folder: Path, stamps: dict[str, str], step: int) -> str | None:
     if step == 0 and folder.is_dir() and any(folder.iterdir()):
         return "this run starts at step 0"
     return None
+
+
+def store_folder(folder: Path, trainer: Any, stamps: dict[str, str], step: int) -> Path:
+    """The vector store ``folder`` of this dataset and reference model (``stamps``: their fingerprints). Another
+    run's store (other data, say before a mitigation; another model; or any store when this run starts
+    fresh) is set aside as ``vectors-before-step-N``, never mixed in. Every rank of ``trainer`` calls it."""
+    writes = trainer.args.should_save  # rank 0, or each node's first rank with per-node output folders
+    if writes:
+        why = stale_store(folder, stamps, step)
+        if why:
+            aside = set_aside(folder, f"before-step-{step}")
+            logger.warning("probe_callback: %s; the old vector store moves to %s", why, aside)
+    trainer.accelerator.wait_for_everyone()
+    folder.mkdir(parents=True, exist_ok=True)
+    if writes:
+        for name, text in stamps.items():
+            atomic_write_text(folder / f"{name}.txt", text)
+    return folder
 
 
 def model_identity(model: Any) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 from accelerate.utils import DistributedType, extract_model_from_parallel
 from torch import nn
 
+from ..capture.blocks import unwrap_parallel
+
 
 def is_sharded(accelerator: Any) -> bool:
     """True under FSDP or ZeRO-3 (parameters partitioned; with several processes a forward is a collective)."""
@@ -70,6 +72,36 @@ def gathered(model: nn.Module, accelerator: Any) -> Iterator[nn.Module]:
 
         with deepspeed.zero.GatheredParameters(list(model.parameters())):
             yield extract_model_from_parallel(model)
+
+
+@contextmanager
+def reference_model(trainer: Any, ref_model: nn.Module) -> Iterator[nn.Module]:
+    """M0 of ``trainer`` ready for forwards: the separate reference model; with PEFT, TRL's frozen "ref"
+    copy of a pretrained adapter, else the policy with its adapters disabled; ``ref_model``: the
+    callback's own frozen copy of the initial policy when DPO precomputes its reference log-probs.
+
+    Sharded (FSDP, ZeRO-3): every rank enters together; see :func:`gathered`.
+
+    Example:
+        >>> with reference_model(trainer, reference_module(trainer)) as ref:   # doctest: +SKIP
+        ...     ref(input_ids=ids)
+    """
+    if trainer.ref_model is not None:
+        with gathered(trainer.ref_model, trainer.accelerator) as ref:
+            yield ref
+    elif ref_model is not unwrap_parallel(trainer.model):  # precompute: our frozen copy of the initial policy
+        yield ref_model
+    else:
+        with gathered(trainer.model_wrapped, trainer.accelerator) as peft_model:
+            model: Any = peft_model
+            if "ref" in model.peft_config:
+                from trl.trainer.utils import use_adapter
+
+                with use_adapter(model, "ref"):
+                    yield model
+            else:
+                with model.disable_adapter():
+                    yield model
 
 
 class RankMirror:
