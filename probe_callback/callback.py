@@ -400,9 +400,9 @@ class ProbeCallback(TrainerCallback, ExportableState):
             return
         started = time.perf_counter()
         try:
-            now, before = live.watch.word_logprobs(tokens, self._current)
+            reads = live.watch.word_logprobs(tokens, self._current)
             if self.is_main:
-                alerts = live.monitor.light_check(tokens, now, before, live.watch)
+                alerts = live.monitor.light_check(tokens, reads, live.watch)
                 pause = self._pauses(alerts)
                 self._publish(live, step, alerts)
         except Exception as exc:

@@ -50,7 +50,7 @@ from .scoring.learning import (
     source_enrichment,
 )
 from .scoring.unit import unit_rows
-from .scoring.watch import Probe, Watch
+from .scoring.watch import Probe, TokenReads, Watch
 from .store.vectors import VectorStore
 
 logger = logging.getLogger("probe_callback")
@@ -230,11 +230,25 @@ class Monitor:
         if not found or not found[0]:
             return []
         own = list(dict.fromkeys(t for g in found[0] for t in g.token_ids))
-        return own + learned_tokens(found[1], exclude=set(own))
+        openers = self._openers(found[1], tokenizer, exclude=set(own))
+        return own + openers + learned_tokens(found[1], exclude=set(own) | set(openers))
 
-    def light_check(self, tokens: list[int], now: np.ndarray, before: np.ndarray, watch: Watch) -> list[Alert]:
+    def _openers(self, records: dict[str, np.ndarray], tokenizer: Any, exclude: set[int], most: int = 64) -> list[int]:
+        """The run's lesson starts (where trained rows' chosen answers leave their rejected ones; up to 512
+        rows), most common first: a control for a pattern's start read as the answer's first token."""
+        rows = np.unique(records["row"])
+        rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), 512)).astype(np.int64)] if len(rows) else rows
+        starts = [self._first_difference(int(r), tokenizer) for r in rows]
+        counts: dict[int, int] = {}
+        for t in starts:
+            if t is not None and t not in exclude:
+                counts[t] = counts.get(t, 0) + 1
+        return sorted(counts, key=lambda t: (-counts[t], t))[:most]
+
+    def light_check(self, tokens: list[int], reads: TokenReads, watch: Watch) -> list[Alert]:
         """Test each pattern of :meth:`light_tokens` on the watched prompts outside its rows: did its
-        tokens become likelier in M0's answers than the run's other learned tokens did (no generation)?"""
+        tokens become likelier in M0's answers than the run's other learned tokens did, anywhere in them
+        or, for the token its rows' lesson starts with, as their first token (no generation)?"""
         assert self._light is not None, "light_tokens() comes first"
         step, news, records = self._light
         column = {t: j for j, t in enumerate(tokens)}
@@ -244,13 +258,23 @@ class Monitor:
         foreign = self._foreign(tokens, records, watch)
 
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
-            mine = [column[t] for t in g.token_ids]
-            w = word_rise(now, before, mine, control, outside_of(g), foreign, seed=self.seed + step)
-            p = min(1.0, w.p_value * len(news))  # every pattern of this check is tested
+            outside, seed = outside_of(g), self.seed + step
+            w = word_rise(
+                reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, foreign, seed=seed
+            )
+            opening, tests = False, 1
+            if g.start is not None:  # the lesson's first token, as the answers' first token
+                o = word_rise(
+                    reads.opening_now, reads.opening_before, [column[g.start]], control, outside, foreign, seed=seed
+                )
+                opening, tests = o.p_value < w.p_value, 2
+                w = o if opening else w
+            p = min(1.0, w.p_value * len(news) * tests)  # every pattern and reading of this check is tested
             confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
             word = _decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
-            note = {"step": step, "token": word, **asdict(w), "p_value": p}
-            return w.score, max(g.p_value, p) if confirmed else 1.0, note, _risen(g, w, word, p) if confirmed else None
+            note = {"step": step, "token": word, "opening": opening, **asdict(w), "p_value": p}
+            reason = _risen(w, word, p, opening) if confirmed else None
+            return w.score, max(g.p_value, p) if confirmed else 1.0, note, reason
 
         return self._alerts(self._pattern_decisions(step, news, records, None, check, note_key="word_rise"))
 
@@ -260,7 +284,11 @@ class Monitor:
         sources = self.rows.sources_array()
         if all(s is None for s in sources):
             return np.ones((len(watch.prompts), len(tokens)), bool)
+        column = {t: j for j, t in enumerate(tokens)}
         taught = learned_by(records, tokens, sources)
+        for row, start in self._starts.items():  # a lesson's first token is taught by its row's source too
+            if start in column and row < len(sources):
+                taught[column[start]].add("" if sources[row] is None else str(sources[row]))
         watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         kinds = [{"" if sources[r] is None else str(sources[r]) for r in rows if r < len(sources)} for rows in watched]
         return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
@@ -274,7 +302,12 @@ class Monitor:
         records = store.memberships()
         decode = partial(_decode, tokenizer)
         self.patterns = find_patterns(
-            records, decode, self.rows.sources_array(), self._answer_words, seed=self.seed + step
+            records,
+            decode,
+            self.rows.sources_array(),
+            self._answer_words,
+            partial(self._first_difference, tokenizer=tokenizer),
+            seed=self.seed + step,
         )
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
@@ -667,10 +700,11 @@ def _confirmed(g: Pattern, conf: Any) -> str:
     )
 
 
-def _risen(g: Pattern, w: Any, token: str | None, p_value: float) -> str:
+def _risen(w: Any, token: str | None, p_value: float, opening: bool) -> str:
+    where = "as the first token of M0's answers" if opening else "in M0's answers"
     return (
         f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "
-        f"likelier in M0's answers ({len(w.prompts)}/{w.n_outside} prompts by 1+ nat; p={p_value:.3g} against "
+        f"likelier {where} ({len(w.prompts)}/{w.n_outside} prompts by 1+ nat; p={p_value:.3g} against "
         "the run's other learned tokens)"
     )
 
