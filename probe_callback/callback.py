@@ -311,6 +311,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
             opts.probe_batch_size,
             r0=saved["r0"] if saved else None,
         )
+        watch.grown = saved.get("grown", 0) if saved else 0
         policy = RegressionPolicy(**{**opts.policy, "overrides": overrides})
         monitor = Monitor(
             fitted,
@@ -389,17 +390,21 @@ class ProbeCallback(TrainerCallback, ExportableState):
     def _light_check(self, live: Live, state: TrainerState, control: TrainerControl) -> None:
         """A candidate step whose probe the budget refuses: the learning record's patterns tested on the
         watched prompts without generation (M0's answers read by the current model), when there are any."""
-        step, pause, tokens = state.global_step, False, list[int]()
+        step, pause, tokens, grow = state.global_step, False, list[int](), list[Any]()
         if self.is_main:
             try:
                 tokens = live.monitor.light_tokens(step, self.trainer.processing_class)
+                if tokens and self.options.probe_prompts is None:  # the default watch set grows
+                    grow = live.monitor.prompts_to_watch(live.watch, self.trainer.processing_class)
             except Exception as exc:  # a failure of ours never kills the user's run
                 live.monitor.record_failure(step, "light check", exc)
-        tokens = self._from_main(tokens)
+        tokens, grow = self._from_main((tokens, grow))
         if not tokens or not self._agree(live.cadence.within_budget(light=True)):
             return
         started = time.perf_counter()
         try:
+            if grow:
+                live.watch.grow(grow, self._reference)
             reads = live.watch.word_logprobs(tokens, self._current)
             if self.is_main:
                 alerts = live.monitor.light_check(tokens, reads, live.watch)
@@ -490,6 +495,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
                             "step": step,
                             "prompts": live.watch.prompts,
                             "r0": live.watch.r0,
+                            "grown": live.watch.grown,
                             "monitor": live.monitor.state(),
                             "options": options_record(self.options),
                         }

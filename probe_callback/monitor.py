@@ -59,6 +59,8 @@ MIN_THRESHOLD = 0.05  # nats/token
 PATTERN_ALPHA = 0.01  # a learning pattern is news at this level (corrected for every pattern tested)
 CONFIRM_ALPHA = 0.05  # the probe confirms it when its words are gained beyond this share of control words
 MIN_CONFIRMED = 2  # ... on at least this many watched prompts outside its rows
+GROW_PER_PATTERN = 8  # prompts of rows not trained on yet watched for each new pattern (the defaults)
+GROW_MOST = 64  # at most this many over a run
 
 
 def default_threshold(fitted: FittedBehaviour) -> float:
@@ -107,6 +109,7 @@ class Monitor:
         self._starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
         self._light: tuple[int, list[Pattern], dict[str, np.ndarray]] | None = None  # a light check's patterns
+        self.grown_for: list[str] = []  # the patterns whose like prompts joined the watch set
 
     # ----- per checkpoint -----------------------------------------------------------------------
     def checkpoint(self, probe: Probe, watch: Watch) -> list[Alert]:
@@ -244,6 +247,37 @@ class Monitor:
             if t is not None and t not in exclude:
                 counts[t] = counts.get(t, 0) + 1
         return sorted(counts, key=lambda t: (-counts[t], t))[:most]
+
+    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[Any]:
+        """After :meth:`light_tokens`: for each new pattern, prompts of up to ``GROW_PER_PATTERN`` rows not
+        trained on yet that teach what its rows teach (their lesson starts at its start token, or, without
+        one, their chosen answer holds its first word), once a pattern: does the learning reach prompts
+        like its rows' that the model has not seen? (Rows drawn from up to 512 untrained ones.)"""
+        if self._light is None or watch.grown >= GROW_MOST:
+            return []
+        step, news, records = self._light
+        wanted = [g for g in news if g.name not in self.grown_for]
+        self.grown_for += [g.name for g in wanted]
+        trained = np.zeros(self.rows.n_rows, bool)
+        trained[np.asarray(records["row"])[np.asarray(records["row"]) < len(trained)]] = True
+        fresh = np.random.default_rng(self.seed + step).permutation(np.flatnonzero(~trained))[:512]
+        seen, out = {to_text(p) for p in watch.prompts}, []
+        for g in wanted:
+            taken = 0
+            for row in fresh.tolist():
+                like = (
+                    self._first_difference(row, tokenizer) == g.start
+                    if g.start is not None
+                    else g.words[0] in self._answer_words(row)
+                )
+                prompt = self.rows.raw(row, "prompt") if like else None
+                if prompt is not None and to_text(prompt) not in seen:
+                    seen.add(to_text(prompt))
+                    out.append(prompt)
+                    taken += 1
+                if taken == GROW_PER_PATTERN:
+                    break
+        return out[: GROW_MOST - watch.grown]
 
     def light_check(self, tokens: list[int], reads: TokenReads, watch: Watch) -> list[Alert]:
         """Test each pattern of :meth:`light_tokens` on the watched prompts outside its rows: did its
@@ -596,6 +630,7 @@ class Monitor:
             "tracker": self.tracker.state(),
             "learning": self.learning,
             "pattern_names": self.pattern_names.known,
+            "grown_for": self.grown_for,
             "failures": self.failures,
             "policy": self.policy.state(),
         }
@@ -606,6 +641,7 @@ class Monitor:
         self.last_step = state["last_step"]
         self.learning = state.get("learning")
         self.pattern_names = PatternNames(state.get("pattern_names"))
+        self.grown_for = state.get("grown_for", [])
         self.failures = state.get("failures", [])
         self.tracker = EmergentTracker.from_state(state["tracker"])
         self.policy = RegressionPolicy.from_state(state["policy"])

@@ -110,6 +110,11 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
     assert len(planted_rows & set(top)) / N_PLANTED >= 0.9
     assert pattern["top_sources"][0]["source"] == "formatting"
+    watch = callback.watch
+    grown = watch.prompts[len(watch.prompts) - watch.grown :]
+    assert 0 < len(grown) <= 8 and all(p in [rows[i]["prompt"] for i in planted_rows] for p in grown), (
+        "the watch set grew with prompts of rows like the pattern's, not trained on yet"
+    )
 
 
 def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):

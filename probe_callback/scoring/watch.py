@@ -84,6 +84,7 @@ class Watch:
         self.reference_best = _vocab_matrix(base, "best")
         self.reference_opening = _vocab_matrix(base, "opening")
         self.base = [replace(t, best=None, opening=None) for t in base]
+        self.grown = 0  # prompts added by :meth:`grow` (the last ones)
 
     @classmethod
     def build(
@@ -103,6 +104,25 @@ class Watch:
                 r0 = greedy_responses(ref, tokenizer, ids, max_new_tokens, batch_size)
             base = teacher_forced(ref, ids, r0, layers, batch_size, vocab_best=True)
         return cls(prompts, tokenizer, layers, r0, base, max_new_tokens, batch_size)
+
+    def grow(self, prompts: Sequence[Any], reference: Reference) -> None:
+        """Watch ``prompts`` too from now on: M0's answers to them, read through M0 (every rank calls it).
+
+        Example:
+            >>> from contextlib import nullcontext
+            >>> watch = Watch.build(["Say hi", "Hello"], tok, lambda: nullcontext(ref_model), [2], max_new_tokens=4)
+            >>> watch.grow(["Count to three"], lambda: nullcontext(ref_model))
+            >>> len(watch.prompts), len(watch.r0), watch.reference_opening.shape[0], watch.grown
+            (3, 3, 3, 1)
+        """
+        more = Watch.build(prompts, self.tokenizer, reference, self.layers, self.max_new_tokens, self.batch_size)
+        self.prompts += more.prompts
+        self.prompt_ids += more.prompt_ids
+        self.r0 += more.r0
+        self.base += more.base
+        self.reference_best = np.concatenate([self.reference_best, more.reference_best])
+        self.reference_opening = np.concatenate([self.reference_opening, more.reference_opening])
+        self.grown += len(more.prompts)
 
     @property
     def texts(self) -> list[str]:
