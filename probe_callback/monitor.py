@@ -291,15 +291,17 @@ class Monitor:
         outside_of = self._outside(watch, watch.answered, records)
         foreign = self._foreign(tokens, records, watch)
 
+        watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
+
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
             outside, seed = outside_of(g), self.seed + step
-            w = word_rise(
-                reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, foreign, seed=seed
-            )
+            # on prompts of its own kind, its tokens compete with everything that kind learned
+            read = foreign | of_its_kind(g, watched, self.rows.sources_array())[:, None]
+            w = word_rise(reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
             opening, tests = False, 1
             if g.start is not None:  # the lesson's first token, as the answers' first token
                 o = word_rise(
-                    reads.opening_now, reads.opening_before, [column[g.start]], control, outside, foreign, seed=seed
+                    reads.opening_now, reads.opening_before, [column[g.start]], control, outside, read, seed=seed
                 )
                 opening, tests = o.p_value < w.p_value, 2
                 w = o if opening else w
@@ -681,12 +683,24 @@ def outside_prompts(
         array([False, False,  True,  True])
     """
     own = set(g.rows.tolist())
-    mine = {s for s, n in g.sources.items() if n >= 0.1 * len(g.rows)}
     not_own = np.array([not own.intersection(rows) for rows in watched], dtype=bool) & valid
-    other = np.array([not any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched], dtype=bool)
+    other = ~of_its_kind(g, watched, sources)
     fresh = np.array([not np.isin(rows, trained).any() for rows in watched], dtype=bool)
     ok = not_own & (other | fresh)
     return ok if ok.sum() >= min_prompts else not_own
+
+
+def of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources) -> np.ndarray:
+    """Which watched prompts come from the sources that hold a tenth or more of a pattern's rows.
+
+    Example:
+        >>> import numpy as np
+        >>> g = Pattern(["shop"], np.array([0, 1]), np.ones(2), 1.0, 1.0, 0.001, (1, 2), {"ads": 2})
+        >>> of_its_kind(g, [[0], [2], [], [4]], np.array(["ads", "qa", "ads", "qa", "qa"], dtype=object))
+        array([ True, False, False, False])
+    """
+    mine = {s for s, n in g.sources.items() if n >= 0.1 * len(g.rows)}
+    return np.array([any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched], dtype=bool)
 
 
 def _content(text: str) -> str:
