@@ -97,8 +97,8 @@ class GreedyJudge(TrainerCallback):
 
 
 class LightRecorder(TrainerCallback):
-    """Keeps what each light check of ``probe`` read (tokens, best log-probs now and under M0, each
-    pattern's tokens and outside prompts), saved as npz for offline re-scoring."""
+    """Keeps what each light check of ``probe`` read (tokens, their log-probs now and under M0, each
+    pattern's tokens, start and outside prompts), saved as npz for offline re-scoring."""
 
     def __init__(self, probe: ProbeCallback) -> None:
         self.probe, self.arrays = probe, {}
@@ -108,16 +108,19 @@ class LightRecorder(TrainerCallback):
         read = watch.word_logprobs
 
         def recorded(tokens, current):
-            now, before = read(tokens, current)
+            reads = read(tokens, current)
             step, news, records = monitor._light
             outside_of = monitor._outside(watch, watch.answered, records)
             key = f"s{step}"
-            self.arrays.update({f"{key}_tokens": np.asarray(tokens), f"{key}_now": now, f"{key}_before": before})
+            self.arrays[f"{key}_tokens"] = np.asarray(tokens)
+            for name, value in vars(reads).items():
+                self.arrays[f"{key}_{name}"] = value
             self.arrays[f"{key}_foreign"] = monitor._foreign(tokens, records, watch)
             for g in news:
                 self.arrays[f"{key}_{g.name}_tokens"] = np.asarray(g.token_ids)
+                self.arrays[f"{key}_{g.name}_start"] = np.asarray(-1 if g.start is None else g.start)
                 self.arrays[f"{key}_{g.name}_outside"] = outside_of(g)
-            return now, before
+            return reads
 
         watch.word_logprobs = recorded
 

@@ -100,7 +100,13 @@ class ProbeCallback(TrainerCallback, ExportableState):
         check_behaviours(self.options, self.ref_model, trainer)
         check_default_prompts(self.options, trainer)
         self.live: Live | None = None
-        self.checks = Checks(trainer, self._reference, self._current, self.options.pause_on_regression)
+        self.checks = Checks(
+            trainer,
+            self._reference,
+            self._current,
+            self.options.pause_on_regression,
+            grow_watch=self.options.probe_prompts is None,
+        )
         self.paused_at_step: int | None = None
         self.checkpoint_path: str | None = None
         self._step = 0
@@ -242,6 +248,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
             opts.probe_batch_size,
             r0=saved["r0"] if saved else None,
         )
+        watch.grown = saved.get("grown", 0) if saved else 0
         policy = RegressionPolicy(**{**opts.policy, "overrides": overrides})
         monitor = Monitor(
             fitted,
@@ -350,6 +357,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
                             "step": step,
                             "prompts": live.watch.prompts,
                             "r0": live.watch.r0,
+                            "grown": live.watch.grown,
                             "monitor": live.monitor.state(),
                             "options": options_record(self.options),
                         }

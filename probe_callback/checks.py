@@ -36,12 +36,16 @@ class Checks:
     """Probes, light checks and learning checks of ``trainer``'s run, published by :attr:`publisher`.
 
     ``reference`` and ``current``: M0 and the model being trained, ready for forwards (sharded: every
-    rank enters together). :attr:`acknowledged`: behaviours flagged before a resume (they pause no more).
+    rank enters together). ``grow_watch``: a light check may add prompts like a new pattern's rows to
+    the watch set (the default watch set). :attr:`acknowledged`: behaviours flagged before a resume
+    (they pause no more).
     """
 
-    def __init__(self, trainer: Any, reference: Models, current: Models, pause_on_regression: bool) -> None:
+    def __init__(
+        self, trainer: Any, reference: Models, current: Models, pause_on_regression: bool, grow_watch: bool = True
+    ) -> None:
         self.trainer, self.reference, self.current = trainer, reference, current
-        self.pause_on_regression = pause_on_regression
+        self.pause_on_regression, self.grow_watch = pause_on_regression, grow_watch
         self.publisher = Publisher([])
         self.acknowledged: set[str] = set()
 
@@ -69,21 +73,24 @@ class Checks:
         """A candidate step whose probe the budget refuses: the learning record's patterns tested on the
         watched prompts without generation (M0's answers read by the current model), when there are any.
         Whether rank 0 asks for a pause; None when no light check ran."""
-        pause, tokens = False, list[int]()
+        pause, tokens, grow, tok = False, list[int](), list[Any](), self.trainer.processing_class
         if self.is_main:
             try:
-                tokens = live.monitor.light_tokens(step, self.trainer.processing_class)
+                tokens = live.monitor.light_tokens(step, tok)
+                grow = live.monitor.prompts_to_watch(live.watch, tok) if tokens and self.grow_watch else []
             except Exception as exc:  # a failure of ours never kills the user's run
                 live.monitor.record_failure(step, "light check", exc)
         accelerator = self.trainer.accelerator
-        tokens = from_rank0(accelerator, tokens)
+        tokens, grow = from_rank0(accelerator, (tokens, grow))
         if not tokens or not from_rank0(accelerator, live.cadence.within_budget(light=True)):
             return None
         started = time.perf_counter()
         try:
-            now, before = live.watch.word_logprobs(tokens, self.current)
+            if grow:
+                live.watch.grow(grow, self.reference)
+            reads = live.watch.word_logprobs(tokens, self.current)
             if self.is_main:
-                alerts = live.monitor.light_check(tokens, now, before, live.watch)
+                alerts = live.monitor.light_check(tokens, reads, live.watch)
                 pause = self._pauses(alerts)
                 self._publish(live, step, alerts)
         except Exception as exc:

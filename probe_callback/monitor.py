@@ -25,12 +25,13 @@ from .decide.alerts import Alert
 from .decide.blame_rows import Attribution, calibrate_blame
 from .decide.emergent import EmergentClusters
 from .decide.entries import Decided, Entries
+from .decide.light import LightChecks
 from .decide.patterns import LearningPatterns
 from .decide.policy import RegressionPolicy
 from .scoring.behaviours import FittedBehaviour, score_behaviour
 from .scoring.discovery import EmergentTracker
 from .scoring.learning import Pattern, PatternNames
-from .scoring.watch import Probe, Watch
+from .scoring.watch import Probe, TokenReads, Watch
 
 logger = logging.getLogger("probe_callback")
 MIN_THRESHOLD = 0.05  # nats/token
@@ -78,6 +79,7 @@ class Monitor:
         self.blame = Attribution(rows, store_dir, top_k, seed)
         self.learner = LearningPatterns(self.book, self.blame, rows, store_dir, top_k, seed)
         self.clusters = EmergentClusters(self.book, self.blame, self.learner, tracker, seed)
+        self.light = LightChecks(self.learner, seed)
         self.last_step = 0
         self.failures: list[dict[str, Any]] = []  # stages that failed, for the report
 
@@ -120,7 +122,7 @@ class Monitor:
     # What benchmarks/learning.py records of each light check.
     @property
     def _light(self) -> tuple[int, list[Pattern], dict[str, np.ndarray]] | None:
-        return self.learner.light
+        return self.light.pending
 
     @property
     def _outside(self) -> Callable[[Watch, np.ndarray, dict[str, np.ndarray]], Callable[[Pattern], np.ndarray]]:
@@ -128,7 +130,7 @@ class Monitor:
 
     @property
     def _foreign(self) -> Callable[[list[int], dict[str, np.ndarray], Watch], np.ndarray]:
-        return self.learner.foreign
+        return self.light.foreign
 
     # ----- per checkpoint -----------------------------------------------------------------------
     def checkpoint(self, probe: Probe, watch: Watch) -> list[Alert]:
@@ -161,15 +163,20 @@ class Monitor:
         return self._alerts(self.learner.decide(step, tokenizer, None))
 
     def light_tokens(self, step: int, tokenizer: Any) -> list[int]:
-        """Before a light check (rank 0): the tokens to test on the watched prompts (see
-        :meth:`~probe_callback.decide.patterns.LearningPatterns.light_tokens`); none when no pattern is news."""
+        """Before a light check (rank 0): the tokens to read on the watched prompts (see
+        :meth:`~probe_callback.decide.light.LightChecks.tokens`); none when no pattern is news."""
         self.last_step = max(self.last_step, step)
-        return self.learner.light_tokens(step, tokenizer)
+        return self.light.tokens(step, tokenizer)
 
-    def light_check(self, tokens: list[int], now: np.ndarray, before: np.ndarray, watch: Watch) -> list[Alert]:
-        """Test each pattern of :meth:`light_tokens` on the watched prompts outside its rows: did its
-        tokens become likelier in M0's answers than the run's other learned tokens did (no generation)?"""
-        return self._alerts(self.learner.light_check(tokens, now, before, watch))
+    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[Any]:
+        """After :meth:`light_tokens`: prompts like a new pattern's rows, not trained on yet, to watch too
+        (see :meth:`~probe_callback.decide.light.LightChecks.prompts_to_watch`)."""
+        return self.light.prompts_to_watch(watch, tokenizer)
+
+    def light_check(self, tokens: list[int], reads: TokenReads, watch: Watch) -> list[Alert]:
+        """Test each pattern of :meth:`light_tokens` on the watched prompts outside its rows, from what the
+        light check read (no generation)."""
+        return self._alerts(self.light.check(tokens, reads, watch))
 
     def _alerts(self, decisions: Decided) -> list[Alert]:
         alerts = []
@@ -266,6 +273,7 @@ class Monitor:
             "tracker": self.tracker.state(),
             "learning": self.learner.learning,
             "pattern_names": self.learner.names.known,
+            "grown_for": self.light.grown_for,
             "failures": self.failures,
             "policy": self.policy.state(),
         }
@@ -277,6 +285,7 @@ class Monitor:
         self.last_step = state["last_step"]
         self.learner.learning = state.get("learning")
         self.learner.names = PatternNames(state.get("pattern_names"))
+        self.light.grown_for = state.get("grown_for", [])
         self.failures = state.get("failures", [])
         self.clusters.tracker = EmergentTracker.from_state(state["tracker"])
         self.policy = RegressionPolicy.from_state(state["policy"])

@@ -12,7 +12,7 @@ from probe_callback.decide.cadence import Cadence
 from probe_callback.publish.report import render_html
 from probe_callback.scoring.attribution import auroc
 from probe_callback.scoring.confirmation import word_rise
-from probe_callback.scoring.learning import latest_records
+from probe_callback.scoring.learning import find_patterns, latest_records
 from probe_callback.store.vectors import VectorStore
 
 # DPO plus an SFT term (TRL's RPO mix), as in test_emergent, long enough for the greedy answers to the
@@ -110,6 +110,11 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
     assert len(planted_rows & set(top)) / N_PLANTED >= 0.9
     assert pattern["top_sources"][0]["source"] == "formatting"
+    watch = callback.watch
+    grown = watch.prompts[len(watch.prompts) - watch.grown :]
+    assert 0 < len(grown) <= 8 and all(p in [rows[i]["prompt"] for i in planted_rows] for p in grown), (
+        "the watch set grew with prompts of rows like the pattern's, not trained on yet"
+    )
 
 
 def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):
@@ -136,3 +141,27 @@ def test_word_rise_reads_control_tokens_only_where_they_are_foreign():
     where_foreign = word_rise(now, before, [0], list(range(1, 41)), outside, foreign)
     assert everywhere.p_value > 0.5 and where_foreign.p_value < 0.01
     assert where_foreign.score == pytest.approx(everywhere.score)
+
+
+def test_rows_whose_lesson_starts_at_one_word_form_a_pattern():
+    """A lesson whose largest rises fall on punctuation right after its first word (``Sure!``, ``Sure:``)
+    peaks on no word: the row's lesson start joins its peaks, so the rows still form one pattern."""
+    rng = np.random.default_rng(0)
+    n, planted = 240, np.arange(240) % 8 == 0
+    rec = {
+        "row": np.arange(n),
+        "step": np.arange(n) // 4 + 1,
+        "rise": rng.gamma(2.0, 1.0, n) + 4 * planted,
+        "peak_ids": np.where(planted[:, None], 1, rng.integers(10, 200, (n, 3))),  # token 1 is "!"
+        "peak_rises": np.full((n, 3), 2.0),
+    }
+    decode = {0: " Sure", 1: "!"}.get
+    start = np.where(planted, 0, rng.integers(10, 200, n))
+
+    def spell(i: int) -> str:
+        return decode(i) or f" w{i}"
+
+    assert not [g for g in find_patterns(rec, spell) if g.p_value < 0.01], "no word: no pattern"
+    [g] = [g for g in find_patterns(rec, spell, starts=lambda r: int(start[r])) if g.p_value < 0.01]
+    assert g.words == ["sure"] and set(g.rows.tolist()) == set(np.flatnonzero(planted).tolist())
+    assert g.token_ids == [0]

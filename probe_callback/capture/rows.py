@@ -240,6 +240,10 @@ class RowIndex:
         pos = self._position(row)
         return None if pos < 0 or self._source_codes is None else self._source_table[self._source_codes[pos]]
 
+    def raw(self, row: int, field: str) -> Any:
+        """A row's ``field`` as the dataset holds it (e.g. a prompt's chat messages); None when not at hand."""
+        return None if field in self._texts else self._value(row, field, None)
+
     def text(self, row: int, field: str) -> str:
         if field in self._texts:
             value = self._value(row, None, self._texts[field])

@@ -28,13 +28,9 @@ from ..scoring.confirmation import (
     confirm,
     first_difference,
     gained_words,
-    learned_by,
-    learned_tokens,
     shared_token,
-    word_rise,
 )
 from ..scoring.learning import (
-    MIN_PEAK_RISE,
     Pattern,
     PatternNames,
     Sources,
@@ -69,18 +65,17 @@ class LearningPatterns:
         self.names = PatternNames()
         self.scores: dict[str, np.ndarray] = {}  # each reported pattern's score of every row
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
-        self.light: tuple[int, list[Pattern], dict[str, np.ndarray]] | None = None  # a light check's patterns
         self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
-        self._starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one
+        self.starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one (cached)
 
     def decide(self, step: int, tokenizer: Any, probed: tuple[Probe, Watch] | None) -> Decided:
         """Patterns of the learning record; at a probe, each one is tested on the watched prompts."""
-        found = self._news(step, tokenizer)
+        found = self.news(step, tokenizer)
         if found is None:
             return []
         news, records, store = found
         if probed is None:
-            return self._pattern_decisions(step, news, records, None, None)
+            return self.decisions(step, news, records, None, None)
         before, gained, outside_of = self._gained(*probed, records)
 
         def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
@@ -94,65 +89,26 @@ class LearningPatterns:
                 (_confirmed(g, conf) if confirmed else None),
             )
 
-        return self._pattern_decisions(step, news, records, store, check, note_key="confirmation")
+        return self.decisions(step, news, records, store, check, note_key="confirmation")
 
-    def light_tokens(self, step: int, tokenizer: Any) -> list[int]:
-        """Before a light check: the patterns now, and the tokens to test on the watched prompts (the
-        patterns' tokens, then the run's other learned tokens); none when no pattern is news."""
-        found = self._news(step, tokenizer)
-        self.light = (step, *found[:2]) if found else None
-        if not found or not found[0]:
-            return []
-        own = list(dict.fromkeys(t for g in found[0] for t in g.token_ids))
-        return own + learned_tokens(found[1], exclude=set(own))
-
-    def light_check(self, tokens: list[int], now: np.ndarray, before: np.ndarray, watch: Watch) -> Decided:
-        """Test each pattern of :meth:`light_tokens` on the watched prompts outside its rows: did its
-        tokens become likelier in M0's answers than the run's other learned tokens did (no generation)?"""
-        assert self.light is not None, "light_tokens() comes first"
-        step, news, records = self.light
-        column = {t: j for j, t in enumerate(tokens)}
-        own = {t for g in news for t in g.token_ids}
-        control = [column[t] for t in tokens if t not in own]
-        outside_of = self.outside(watch, watch.answered, records)
-        foreign = self.foreign(tokens, records, watch)
-
-        def check(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
-            mine = [column[t] for t in g.token_ids]
-            w = word_rise(now, before, mine, control, outside_of(g), foreign, seed=self.seed + step)
-            p = min(1.0, w.p_value * len(news))  # every pattern of this check is tested
-            confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
-            word = _decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
-            note = {"step": step, "token": word, **asdict(w), "p_value": p}
-            return w.score, max(g.p_value, p) if confirmed else 1.0, note, _risen(g, w, word, p) if confirmed else None
-
-        return self._pattern_decisions(step, news, records, None, check, note_key="word_rise")
-
-    def foreign(self, tokens: list[int], records: dict[str, np.ndarray], watch: Watch) -> np.ndarray:
-        """(prompts, tokens) whether a token is foreign to a watched prompt: no row of the prompt's source
-        learned it (held-out prompts, with no rows, take every token; so does a run with no source column)."""
-        sources = self.rows.sources_array()
-        if all(s is None for s in sources):
-            return np.ones((len(watch.prompts), len(tokens)), bool)
-        taught = learned_by(records, tokens, sources)
-        watched = self.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
-        kinds = [{"" if sources[r] is None else str(sources[r]) for r in rows if r < len(sources)} for rows in watched]
-        return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
-
-    def _news(self, step: int, tokenizer: Any) -> tuple[list[Pattern], dict[str, np.ndarray], VectorStore] | None:
+    def news(self, step: int, tokenizer: Any) -> tuple[list[Pattern], dict[str, np.ndarray], VectorStore] | None:
         """The learning record's patterns now (kept for the report), and those that are news, one per name."""
         try:
             store = VectorStore.open(self.store_dir)
         except FileNotFoundError:
             return None
         records = store.memberships()
-        decode = partial(_decode, tokenizer)
         self.patterns = find_patterns(
-            records, decode, self.rows.sources_array(), self._answer_words, seed=self.seed + step
+            records,
+            partial(decode, tokenizer),
+            self.rows.sources_array(),
+            self.answer_words,
+            partial(self.first_difference, tokenizer=tokenizer),
+            seed=self.seed + step,
         )
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
-            g.start = shared_token([self._first_difference(int(r), tokenizer) for r in g.rows[:64]])
+            g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
             if g.start is not None and g.start not in g.token_ids:
                 g.token_ids.append(g.start)
         centre = _mean_unit_vector(store)
@@ -161,7 +117,7 @@ class LearningPatterns:
         self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
         return news, records, store
 
-    def _pattern_decisions(
+    def decisions(
         self,
         step: int,
         news: list[Pattern],
@@ -192,15 +148,16 @@ class LearningPatterns:
             out.append((decision, None))
         return out
 
-    def _first_difference(self, row: int, tokenizer: Any) -> int | None:
+    def first_difference(self, row: int, tokenizer: Any) -> int | None:
         """The token where a row's chosen answer first leaves its rejected one (cached)."""
-        if row not in self._starts:
+        if row not in self.starts:
             chosen, rejected = (_content(self.rows.text(row, f)) for f in ("chosen", "rejected"))
             ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
-            self._starts[row] = first_difference(*ids)
-        return self._starts[row]
+            self.starts[row] = first_difference(*ids)
+        return self.starts[row]
 
-    def _answer_words(self, row: int) -> set[str]:
+    def answer_words(self, row: int) -> set[str]:
+        """The words of a row's chosen answer (cached)."""
         if row not in self._answers:
             self._answers[row] = answer_words(self.rows.text(row, "chosen"))
         return self._answers[row]
@@ -282,12 +239,24 @@ def outside_prompts(
         array([False, False,  True,  True])
     """
     own = set(g.rows.tolist())
-    mine = {s for s, n in g.sources.items() if n >= 0.1 * len(g.rows)}
     not_own = np.array([not own.intersection(rows) for rows in watched], dtype=bool) & valid
-    other = np.array([not any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched], dtype=bool)
+    other = ~of_its_kind(g, watched, sources)
     fresh = np.array([not np.isin(rows, trained).any() for rows in watched], dtype=bool)
     ok = not_own & (other | fresh)
     return ok if ok.sum() >= min_prompts else not_own
+
+
+def of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources) -> np.ndarray:
+    """Which watched prompts come from the sources that hold a tenth or more of a pattern's rows.
+
+    Example:
+        >>> import numpy as np
+        >>> g = Pattern(["shop"], np.array([0, 1]), np.ones(2), 1.0, 1.0, 0.001, (1, 2), {"ads": 2})
+        >>> of_its_kind(g, [[0], [2], [], [4]], np.array(["ads", "qa", "ads", "qa", "qa"], dtype=object))
+        array([ True,  True, False, False])
+    """
+    mine = {s for s, n in g.sources.items() if n >= 0.1 * len(g.rows)}
+    return np.array([any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched], dtype=bool)
 
 
 def _content(text: str) -> str:
@@ -295,7 +264,8 @@ def _content(text: str) -> str:
     return text.split(": ", 1)[1] if text.startswith("assistant: ") else text
 
 
-def _decode(tokenizer: Any, token: int) -> str:
+def decode(tokenizer: Any, token: int) -> str:
+    """A token's text."""
     return tokenizer.decode([token], skip_special_tokens=True)
 
 
@@ -334,12 +304,4 @@ def _confirmed(g: Pattern, conf: Any) -> str:
     return (
         f"confirmed on watched prompts outside its rows: {conf.count}/{conf.n_outside} answers gained "
         f"{g.words[:4]} (p={conf.p_value:.3g} against the run's other learned words)"
-    )
-
-
-def _risen(g: Pattern, w: Any, token: str | None, p_value: float) -> str:
-    return (
-        f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "
-        f"likelier in M0's answers ({len(w.prompts)}/{w.n_outside} prompts by 1+ nat; p={p_value:.3g} against "
-        "the run's other learned tokens)"
     )

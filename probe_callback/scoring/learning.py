@@ -195,6 +195,7 @@ def find_patterns(
     decode: Callable[[int], str],
     sources: Sources | None = None,
     answers: Callable[[int], set[str]] | None = None,
+    starts: Callable[[int], int | None] | None = None,
     min_rows: int | None = None,
     n_null: int = 999,
     seed: int = 0,
@@ -203,8 +204,10 @@ def find_patterns(
 
     ``records``: the store's learning records (every step); ``decode``: token id -> text;
     ``sources``: each row's source (indexed by row) or None; ``answers``: row -> the words of its
-    chosen answer (groups words that answers hold together, see :func:`word_groups`); ``min_rows``:
-    smallest pattern (default 2% of the rows seen, at least 4).
+    chosen answer (groups words that answers hold together, see :func:`word_groups`); ``starts``:
+    row -> the token where its chosen answer leaves its rejected one (a lesson's first word, e.g. an
+    opener, counts as one of the row's peaks: the tokens right after it, often punctuation, carry the
+    largest rises); ``min_rows``: smallest pattern (default 2% of the rows seen, at least 4).
     """
     rec = latest_records(records)
     n = len(rec["row"])
@@ -215,6 +218,9 @@ def find_patterns(
     z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
     held = [answers(int(r)) for r in rec["row"]] if answers is not None else None
     peak_words = _peak_words(rec, decode)
+    if starts is not None:
+        for peaks, row in zip(peak_words, rec["row"].tolist()):
+            peaks.update(_spelled([starts(int(row))], decode))
     groups = word_groups([{w for _, w in ws} for ws in peak_words], n // 2, held)
     smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
     groups = [(ws, m) for ws, m in groups if len(m) >= smallest][:MAX_PATTERNS]
@@ -333,16 +339,25 @@ def answer_words(text: str) -> set[str]:
 def _peak_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> list[set[tuple[int, str]]]:
     """Per record: the (token id, word) of each peak of at least ``MIN_PEAK_RISE`` that spells a word."""
     cache: dict[int, str] = {}
-    out = []
-    for ids, rises in zip(np.asarray(rec["peak_ids"]), np.asarray(rec["peak_rises"], dtype=np.float64)):
-        ws = set()
-        for i, r in zip(ids.tolist(), rises.tolist()):
-            if i >= 0 and r >= MIN_PEAK_RISE:
-                if i not in cache:
-                    cache[i] = normalise(decode(i))
-                if cache[i]:
-                    ws.add((i, cache[i]))
-        out.append(ws)
+    ids, rises = np.asarray(rec["peak_ids"]), np.asarray(rec["peak_rises"], dtype=np.float64)
+    return [
+        _spelled([i for i, r in zip(*row) if i >= 0 and r >= MIN_PEAK_RISE], decode, cache)
+        for row in zip(ids.tolist(), rises.tolist())
+    ]
+
+
+def _spelled(
+    tokens: Sequence[int | None], decode: Callable[[int], str], cache: dict[int, str] | None = None
+) -> set[tuple[int, str]]:
+    """The (token id, word) of each of ``tokens`` that spells a word (see :func:`normalise`)."""
+    cache = {} if cache is None else cache
+    out = set()
+    for i in tokens:
+        if i is not None:
+            if i not in cache:
+                cache[i] = normalise(decode(i))
+            if cache[i]:
+                out.add((i, cache[i]))
     return out
 
 

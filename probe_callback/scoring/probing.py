@@ -227,7 +227,8 @@ class ResponseTrace:
     `prompt_mean`: (n_layers, H) mean hidden state over the prompt tokens (NaN for an empty response,
     which gets no forward), so prompt drift between two models needs no pass of its own;
     `best` (with ``vocab_best``): (V,) float16, each vocabulary token's largest log-probability over
-    the positions that predict a response token and the one after it (None for an empty response).
+    the positions that predict a response token and the one after it (None for an empty response);
+    `opening` (with ``vocab_best``): (V,) float16, each token's log-probability as the response's first.
     """
 
     layers: tuple[int, ...]
@@ -235,6 +236,7 @@ class ResponseTrace:
     logprobs: torch.Tensor
     prompt_mean: torch.Tensor
     best: torch.Tensor | None = None
+    opening: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -259,7 +261,8 @@ def teacher_forced(
     """One forward per (prompt, response) pair (right-padded batches): response-token states and log-probs.
 
     `layers` may be empty (log-probs only). Empty responses give a trace of length 0 without a forward.
-    ``vocab_best``: also each vocabulary token's best log-prob over the response (``ResponseTrace.best``).
+    ``vocab_best``: also each vocabulary token's best log-prob over the response and its log-prob as the
+    response's first token (``ResponseTrace.best``, ``ResponseTrace.opening``).
 
     Example:
         >>> [t] = teacher_forced(ref_model, [format_prompt(tok, "Hi")], [encode_response(tok, "Hello")], [2])
@@ -301,10 +304,11 @@ def teacher_forced(
                 all_logprobs = torch.log_softmax(logits[b, p - 1 - offset : p + t - offset].float(), dim=-1)
                 logprobs = all_logprobs[:t].gather(1, input_ids[b, p : p + t, None])[:, 0]
                 best = all_logprobs.max(dim=0).values.half().cpu() if vocab_best else None
+                opening = all_logprobs[0].half().cpu() if vocab_best else None
                 states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
                 hidden = states[:, p : p + t].cpu() if states is not None else torch.zeros(0, t, hidden_size)
                 prompt = states[:, :p].mean(dim=1).cpu() if states is not None else torch.zeros(0, hidden_size)
-                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, best)
+                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, best, opening)
     return [trace for trace in traces if trace is not None]
 
 

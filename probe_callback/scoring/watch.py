@@ -80,9 +80,11 @@ class Watch:
         self.prompts, self.tokenizer, self.layers = list(prompts), tokenizer, list(layers)
         self.prompt_ids = [format_prompt(tokenizer, p) for p in self.prompts]
         self.r0, self.max_new_tokens, self.batch_size = r0, max_new_tokens, batch_size
-        # M0's best log-prob of every token over each of its answers (n, V), for the light checks
-        self.reference_best = _best_matrix(base)
-        self.base = [replace(t, best=None) for t in base]
+        # M0's best log-prob of every token over each of its answers, and as its first token (n, V): the light checks
+        self.reference_best = _vocab_matrix(base, "best")
+        self.reference_opening = _vocab_matrix(base, "opening")
+        self.base = [replace(t, best=None, opening=None) for t in base]
+        self.grown = 0  # prompts added by :meth:`grow` (the last ones)
 
     @classmethod
     def build(
@@ -102,6 +104,25 @@ class Watch:
                 r0 = greedy_responses(ref, tokenizer, ids, max_new_tokens, batch_size)
             base = teacher_forced(ref, ids, r0, layers, batch_size, vocab_best=True)
         return cls(prompts, tokenizer, layers, r0, base, max_new_tokens, batch_size)
+
+    def grow(self, prompts: Sequence[Any], reference: Reference) -> None:
+        """Watch ``prompts`` too from now on: M0's answers to them, read through M0 (every rank calls it).
+
+        Example:
+            >>> from contextlib import nullcontext
+            >>> watch = Watch.build(["Say hi", "Hello"], tok, lambda: nullcontext(ref_model), [2], max_new_tokens=4)
+            >>> watch.grow(["Count to three"], lambda: nullcontext(ref_model))
+            >>> len(watch.prompts), len(watch.r0), watch.reference_opening.shape[0], watch.grown
+            (3, 3, 3, 1)
+        """
+        more = Watch.build(prompts, self.tokenizer, reference, self.layers, self.max_new_tokens, self.batch_size)
+        self.prompts += more.prompts
+        self.prompt_ids += more.prompt_ids
+        self.r0 += more.r0
+        self.base += more.base
+        self.reference_best = np.concatenate([self.reference_best, more.reference_best])
+        self.reference_opening = np.concatenate([self.reference_opening, more.reference_opening])
+        self.grown += len(more.prompts)
 
     @property
     def texts(self) -> list[str]:
@@ -158,31 +179,46 @@ class Watch:
         """(n,) whether M0 gave each prompt a non-empty answer (the light checks read only those)."""
         return np.array([len(r) > 0 for r in self.r0])
 
-    def word_logprobs(self, token_ids: Sequence[int], current: Reference) -> tuple[np.ndarray, np.ndarray]:
-        """The light check: M0's answers r0 teacher-forced through the current model, no generation.
-        (n, K) each token's best log-prob over each answer now and under M0 (read at set-up); -inf
-        where M0's answer is empty. A sharded run calls this on every rank.
+    def word_logprobs(self, token_ids: Sequence[int], current: Reference) -> TokenReads:
+        """The light check: M0's answers r0 teacher-forced through the current model, no generation: how
+        likely each of ``token_ids`` is now and under M0 (read at set-up). A sharded run calls this on
+        every rank.
 
         Example:
             >>> from contextlib import nullcontext
             >>> watch = Watch.build(["Say hi", "Hello"], tok, lambda: nullcontext(ref_model), [2], max_new_tokens=4)
-            >>> now, before = watch.word_logprobs([42, 7], lambda: nullcontext(model))
-            >>> now.shape == before.shape == (2, 2)   # (now - before): how much likelier each token became
+            >>> reads = watch.word_logprobs([42, 7], lambda: nullcontext(model))
+            >>> reads.now.shape == reads.opening_before.shape == (2, 2)   # (now - before): how much likelier
             True
         """
         with current() as model:
             traces = teacher_forced(model, self.prompt_ids, self.r0, [], self.batch_size, vocab_best=True)
-        now = _best_matrix(traces)[:, token_ids]
-        return now.astype(np.float32), self.reference_best[:, token_ids].astype(np.float32)
+        return TokenReads(
+            *(m[:, token_ids].astype(np.float32) for m in (_vocab_matrix(traces, "best"), self.reference_best)),
+            *(m[:, token_ids].astype(np.float32) for m in (_vocab_matrix(traces, "opening"), self.reference_opening)),
+        )
 
 
-def _best_matrix(traces: Sequence[ResponseTrace]) -> np.ndarray:
-    """(n, V) float16 of the traces' ``best`` (-inf rows for empty responses)."""
-    width = next((t.best.shape[0] for t in traces if t.best is not None), 0)
+@dataclass
+class TokenReads:
+    """What a light check read of K tokens on the n watched prompts, (n, K) each, -inf where M0's answer
+    is empty: ``now``/``before``: each token's best log-prob over M0's answer through the current model
+    and through M0; ``opening_now``/``opening_before``: its log-prob as the answer's first token."""
+
+    now: np.ndarray
+    before: np.ndarray
+    opening_now: np.ndarray
+    opening_before: np.ndarray
+
+
+def _vocab_matrix(traces: Sequence[ResponseTrace], kind: str) -> np.ndarray:
+    """(n, V) float16 of the traces' ``best`` or ``opening`` (-inf rows for empty responses)."""
+    rows = [getattr(t, kind) for t in traces]
+    width = next((r.shape[0] for r in rows if r is not None), 0)
     out = np.full((len(traces), width), -np.inf, dtype=np.float16)
-    for i, t in enumerate(traces):
-        if t.best is not None:
-            out[i] = t.best.numpy()
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i] = r.numpy()
     return out
 
 

@@ -1,0 +1,153 @@
+"""Light checks: between probes, a pattern that is news is tested on the watched prompts without generation.
+
+M0's answers to the watched prompts are read through the current model (one forward): did the
+pattern's tokens become likelier there than the run's other learned tokens did where they are foreign,
+anywhere in the answers or, for the token its rows' lesson starts with, as their first token? With the
+default watch set, a new pattern first adds prompts of rows not trained on yet that teach what its rows
+teach (:meth:`LightChecks.prompts_to_watch`): does the learning reach prompts like its rows'?
+
+Example:
+    >>> light = LightChecks(learner, seed=0)                       # doctest: +SKIP
+    >>> tokens = light.tokens(step, tokenizer)                     # doctest: +SKIP
+    >>> watch.grow(light.prompts_to_watch(watch, tokenizer), ref)  # doctest: +SKIP
+    >>> decided = light.check(tokens, watch.word_logprobs(tokens, current), watch)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from ..capture.text import to_text
+from ..scoring.confirmation import WordRise, learned_by, learned_tokens, word_rise
+from ..scoring.learning import MIN_PEAK_RISE, Pattern
+from ..scoring.watch import TokenReads, Watch
+from .entries import Decided
+from .patterns import CONFIRM_ALPHA, LearningPatterns, decode, of_its_kind
+
+GROW_PER_PATTERN = 8  # prompts of rows not trained on yet watched for each new pattern (the default watch set)
+GROW_MOST = 64  # at most this many over a run
+OPENERS = 64  # the run's most common lesson starts read as controls for a pattern's start
+
+
+class LightChecks:
+    """The light checks of a run's learning patterns (``learner``); ``grown_for``: the patterns whose
+    like prompts joined the watch set (saved for a resume)."""
+
+    def __init__(self, learner: LearningPatterns, seed: int = 0) -> None:
+        self.learner, self.seed = learner, seed
+        self.pending: tuple[int, list[Pattern], dict[str, np.ndarray]] | None = None  # this check's patterns
+        self.grown_for: list[str] = []
+
+    def tokens(self, step: int, tokenizer: Any) -> list[int]:
+        """The patterns now, and the tokens to read on the watched prompts: the patterns' tokens, then the
+        run's lesson starts and its other learned tokens (the controls); none when no pattern is news."""
+        found = self.learner.news(step, tokenizer)
+        self.pending = (step, *found[:2]) if found else None
+        if not found or not found[0]:
+            return []
+        own = list(dict.fromkeys(t for g in found[0] for t in g.token_ids))
+        openers = self._openers(found[1], tokenizer, exclude=set(own))
+        return own + openers + learned_tokens(found[1], exclude=set(own) | set(openers))
+
+    def _openers(self, records: dict[str, np.ndarray], tokenizer: Any, exclude: set[int]) -> list[int]:
+        """The run's lesson starts (of up to 512 trained rows), most common first."""
+        rows = np.unique(records["row"])
+        rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), 512)).astype(np.int64)] if len(rows) else rows
+        counts: dict[int, int] = {}
+        for row in rows.tolist():
+            start = self.learner.first_difference(row, tokenizer)
+            if start is not None and start not in exclude:
+                counts[start] = counts.get(start, 0) + 1
+        return sorted(counts, key=lambda t: (-counts[t], t))[:OPENERS]
+
+    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[Any]:
+        """After :meth:`tokens`: for each new pattern, the prompts of up to ``GROW_PER_PATTERN`` rows not
+        trained on yet (drawn from up to 512) that teach what its rows teach: their lesson starts at its
+        start token, or, without one, their chosen answer holds its first word. Once a pattern."""
+        if self.pending is None or watch.grown >= GROW_MOST:
+            return []
+        step, news, records = self.pending
+        wanted = [g for g in news if g.name not in self.grown_for]
+        self.grown_for += [g.name for g in wanted]
+        rows = self.learner.rows
+        trained = np.zeros(rows.n_rows, bool)
+        seen_rows = np.asarray(records["row"])
+        trained[seen_rows[seen_rows < len(trained)]] = True
+        fresh = np.random.default_rng(self.seed + step).permutation(np.flatnonzero(~trained))[:512].tolist()
+        seen, out = {to_text(p) for p in watch.prompts}, list[Any]()
+        for g in wanted:
+            taken = 0
+            for row in fresh:
+                if taken == GROW_PER_PATTERN or len(out) >= GROW_MOST - watch.grown:
+                    break
+                prompt = rows.raw(row, "prompt") if self._teaches(g, row, tokenizer) else None
+                if prompt is not None and to_text(prompt) not in seen:
+                    seen.add(to_text(prompt))
+                    out.append(prompt)
+                    taken += 1
+        return out
+
+    def _teaches(self, g: Pattern, row: int, tokenizer: Any) -> bool:
+        if g.start is not None:
+            return self.learner.first_difference(row, tokenizer) == g.start
+        return g.words[0] in self.learner.answer_words(row)
+
+    def check(self, tokens: list[int], reads: TokenReads, watch: Watch) -> Decided:
+        """Test each pattern of :meth:`tokens` on the watched prompts outside its rows."""
+        assert self.pending is not None, "tokens() comes first"
+        step, news, records = self.pending
+        column = {t: j for j, t in enumerate(tokens)}
+        own = {t for g in news for t in g.token_ids}
+        control = [column[t] for t in tokens if t not in own]
+        outside_of = self.learner.outside(watch, watch.answered, records)
+        foreign = self.foreign(tokens, records, watch)
+        watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
+        sources = self.learner.rows.sources_array()
+
+        def test(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
+            outside, seed = outside_of(g), self.seed + step
+            # on prompts of its own kind, its tokens compete with everything that kind learned
+            read = foreign | of_its_kind(g, watched, sources)[:, None]
+            w = word_rise(reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
+            opening, tests = False, 1
+            if g.start is not None:  # the lesson's first token, as the answers' first token
+                first = [column[g.start]]
+                o = word_rise(reads.opening_now, reads.opening_before, first, control, outside, read, seed=seed)
+                opening, tests = o.p_value < w.p_value, 2
+                w = o if opening else w
+            p = min(1.0, w.p_value * len(news) * tests)  # every pattern and reading of this check is tested
+            confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
+            word = decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
+            note = {"step": step, "token": word, "opening": opening, **asdict(w), "p_value": p}
+            reason = _risen(w, word, p, opening) if confirmed else None
+            return w.score, max(g.p_value, p) if confirmed else 1.0, note, reason
+
+        return self.learner.decisions(step, news, records, None, test, note_key="word_rise")
+
+    def foreign(self, tokens: list[int], records: dict[str, np.ndarray], watch: Watch) -> np.ndarray:
+        """(prompts, tokens) whether a token is foreign to a watched prompt: no row of the prompt's source
+        learned it or starts its lesson with it (held-out prompts, with no rows, take every token; so
+        does a run with no source column)."""
+        sources = self.learner.rows.sources_array()
+        if all(s is None for s in sources):
+            return np.ones((len(watch.prompts), len(tokens)), bool)
+        taught = learned_by(records, tokens, sources)
+        column = {t: j for j, t in enumerate(tokens)}
+        for row, start in self.learner.starts.items():
+            if start in column and row < len(sources):
+                taught[column[start]].add("" if sources[row] is None else str(sources[row]))
+        watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
+        kinds = [{"" if sources[r] is None else str(sources[r]) for r in rows if r < len(sources)} for rows in watched]
+        return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
+
+
+def _risen(w: WordRise, token: str | None, p_value: float, opening: bool) -> str:
+    where = "as the first token of M0's answers" if opening else "in M0's answers"
+    return (
+        f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "
+        f"likelier {where} ({len(w.prompts)}/{w.n_outside} prompts by 1+ nat; p={p_value:.3g} against "
+        "the run's other learned tokens)"
+    )
