@@ -115,6 +115,9 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     assert 0 < len(grown) <= 8 and all(p in [rows[i]["prompt"] for i in planted_rows] for p in grown), (
         "the watch set grew with prompts of rows like the pattern's, not trained on yet"
     )
+    saved = json.loads((tmp_path / f"checkpoint-{report['paused_at_step']}" / "trainer_state.json").read_text())
+    state = saved["stateful_callbacks"]["ProbeCallback"]["attributes"]["probe_state"]
+    assert state["grown"] == watch.grown and state["prompts"][-watch.grown :] == grown, "a resume watches them too"
 
 
 def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):
