@@ -86,8 +86,10 @@ class Checks:
             return None
         started = time.perf_counter()
         try:
-            if grow:
+            if grow:  # a one-time cost: the next light check is not expected to pay it
                 live.watch.grow(grow, self.reference)
+                live.cadence.spend(time.perf_counter() - started)
+                started = time.perf_counter()
             reads = live.watch.word_logprobs(tokens, self.current)
             if self.is_main:
                 alerts = live.monitor.light_check(tokens, reads, live.watch)

@@ -75,6 +75,18 @@ class Cadence:
             self.probes += 1
         self.probe_seconds += seconds
 
+    def spend(self, seconds: float) -> None:
+        """Account for a one-time cost (e.g. growing the watch set): counted in the budget, not in the
+        expected cost of the next probe or light check.
+
+        Example:
+            >>> c = Cadence(every=5, budget=0.1)
+            >>> c.record(2.0, light=True); c.spend(10.0)
+            >>> c.light_seconds, c.probe_seconds
+            (2.0, 12.0)
+        """
+        self.probe_seconds += seconds
+
     def summary(self) -> dict[str, float | int | None]:
         """JSON-ready cost figures for the report."""
         train = self.train_seconds()
