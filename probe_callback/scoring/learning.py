@@ -4,7 +4,7 @@ Every training step records, per row, the chosen answer's largest per-token log-
 minus reference) and the tokens where it peaks (:mod:`probe_callback.capture`). A row's rise at the
 step it is trained in is measured *before* that step's update, so it tells how much the model has
 already learned its answer from other rows. Rises grow for every row as training goes on, so each
-row's rise is read against the rows recorded at similar steps (a robust z-score within step bins).
+row's rise is read against the rows recorded at similar steps (its rank's normal score within step bins).
 
 Rows whose peaks share a word form a *pattern* (``" Sure"`` and ``"sure"`` are one word). A pattern
 is news when its rows' mean z stands out against random groups of the run's own rows of the same
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.stats import hypergeom
+from scipy.stats import hypergeom, norm, rankdata
 
 MIN_PEAK_RISE = 1.0  # nats: a peak below this is no learning
 MAX_PATTERNS = 64  # most frequent words tested
@@ -185,9 +185,19 @@ def _bin_medians(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
 
 
 def learning_z(rise: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Robust z-score of each rise within its step bin (median and MAD)."""
-    dev = rise - _bin_medians(rise, bins)
-    return dev / (1.4826 * _bin_medians(np.abs(dev), bins) + 1e-3)
+    """Each rise's normal score within its step bin: the standard normal quantile of its rank (ties
+    share one). Rank-based, so a few rows learned very fast (a template, an advert) do not widen the
+    null for everyone else.
+
+    Example:
+        >>> learning_z(np.array([0.1, 5.0, 0.3, 90.0]), np.zeros(4, dtype=np.int64)).round(2).tolist()
+        [-1.15, 0.32, -0.32, 1.15]
+    """
+    out = np.zeros(len(rise))
+    for b in np.unique(bins):
+        inside = bins == b
+        out[inside] = norm.ppf((rankdata(rise[inside]) - 0.5) / inside.sum())
+    return out
 
 
 def find_patterns(
