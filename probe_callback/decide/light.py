@@ -30,6 +30,9 @@ from .patterns import CONFIRM_ALPHA, LearningPatterns, decode, of_its_kind
 GROW_PER_PATTERN = 8  # prompts of rows not trained on yet watched for each new pattern (the default watch set)
 GROW_MOST = 64  # at most this many over a run
 OPENERS = 64  # the run's most common lesson starts read as controls for a pattern's start
+# An answer's first token below this log-prob is no opener: read as this floor, so a rise counts only up to
+# a plausible opener (the vocabulary's tail moves by nats at any update).
+OPENING_FLOOR = -10.0
 
 
 class LightChecks:
@@ -114,8 +117,8 @@ class LightChecks:
             w = word_rise(reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
             opening, tests = False, 1
             if g.start is not None:  # the lesson's first token, as the answers' first token
-                first = [column[g.start]]
-                o = word_rise(reads.opening_now, reads.opening_before, first, control, outside, read, seed=seed)
+                now, before = (np.maximum(x, OPENING_FLOOR) for x in (reads.opening_now, reads.opening_before))
+                o = word_rise(now, before, [column[g.start]], control, outside, read, seed=seed)
                 opening, tests = o.p_value < w.p_value, 2
                 w = o if opening else w
             p = min(1.0, w.p_value * len(news) * tests)  # every pattern and reading of this check is tested
