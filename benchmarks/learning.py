@@ -193,6 +193,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "alarm_rows": rows_quality,
         "greedy_at_probes": judge.history,
         "learning_auroc_by_window": learning_auroc_by_window(records, planted) if planted.any() else None,
+        "learning_auroc_by_window_per_behaviour": {
+            kind: learning_auroc_by_window(records, np.array([r["planted"] == kind for r in rows]))
+            for kind in sorted({r["planted"] for r in rows if r["planted"] is not None})
+        },
         "patterns": report["learning"],
         "checks": {
             b["name"]: {k: b.get(k) for k in ("words", "confirmation", "word_rise", "flagged_at_step", "level")}
