@@ -31,7 +31,8 @@ GROW_PER_PATTERN = 8  # prompts of rows not trained on yet watched for each new 
 GROW_MOST = 64  # at most this many over a run
 OPENERS = 64  # the run's most common lesson starts read as controls for a pattern's start
 # An answer's first token below this log-prob is no opener: read as this floor, so a rise counts only up to
-# a plausible opener (the vocabulary's tail moves by nats at any update).
+# a plausible opener (the vocabulary's tail moves by nats at any update). The controls of a start read as the
+# first token are the tokens M0 held above it on a quarter or more of the prompts tested.
 OPENING_FLOOR = -10.0
 
 
@@ -118,7 +119,8 @@ class LightChecks:
             opening, tests = False, 1
             if g.start is not None:  # the lesson's first token, as the answers' first token
                 now, before = (np.maximum(x, OPENING_FLOOR) for x in (reads.opening_now, reads.opening_before))
-                o = word_rise(now, before, [column[g.start]], control, outside, read, seed=seed)
+                openers = [j for j in control if (reads.opening_before[outside, j] > OPENING_FLOOR).mean() >= 0.25]
+                o = word_rise(now, before, [column[g.start]], openers, outside, read, seed=seed)
                 opening, tests = o.p_value < w.p_value, 2
                 w = o if opening else w
             p = min(1.0, w.p_value * len(news) * tests)  # every pattern and reading of this check is tested
