@@ -185,9 +185,8 @@ def _bin_medians(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
 
 
 def learning_z(rise: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Each rise's normal score within its step bin: the standard normal quantile of its rank (ties
-    share one). Rank-based, so a few rows learned very fast (a template, an advert) do not widen the
-    null for everyone else.
+    """Each rise's normal score within its step bin (the normal quantile of its rank): a few very fast
+    rows (a template, an advert) do not widen the null for everyone else.
 
     Example:
         >>> learning_z(np.array([0.1, 5.0, 0.3, 90.0]), np.zeros(4, dtype=np.int64)).round(2).tolist()
@@ -215,9 +214,8 @@ def find_patterns(
     ``records``: the store's learning records (every step); ``decode``: token id -> text;
     ``sources``: each row's source (indexed by row) or None; ``answers``: row -> the words of its
     chosen answer (groups words that answers hold together, see :func:`word_groups`); ``starts``:
-    row -> the token where its chosen answer leaves its rejected one (a lesson's first word, e.g. an
-    opener, counts as one of the row's peaks: the tokens right after it, often punctuation, carry the
-    largest rises); ``min_rows``: smallest pattern (default 2% of the rows seen, at least 4).
+    row -> where its chosen answer leaves its rejected one, one of its peaks (a lesson's first word is
+    often followed by its largest rises, on punctuation); ``min_rows``: smallest pattern (2% of rows, min 4).
     """
     rec = latest_records(records)
     n = len(rec["row"])
@@ -230,7 +228,7 @@ def find_patterns(
     peak_words = _peak_words(rec, decode)
     if starts is not None:
         for peaks, row in zip(peak_words, rec["row"].tolist()):
-            peaks.update(_spelled([starts(int(row))], decode))
+            peaks.update(_spelled([starts(int(row))], decode, {}))
     groups = word_groups([{w for _, w in ws} for ws in peak_words], n // 2, held)
     smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
     groups = [(ws, m) for ws, m in groups if len(m) >= smallest][:MAX_PATTERNS]
@@ -356,19 +354,12 @@ def _peak_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> lis
     ]
 
 
-def _spelled(
-    tokens: Sequence[int | None], decode: Callable[[int], str], cache: dict[int, str] | None = None
-) -> set[tuple[int, str]]:
+def _spelled(tokens: Sequence[int | None], decode: Callable[[int], str], cache: dict[int, str]) -> set[tuple[int, str]]:
     """The (token id, word) of each of ``tokens`` that spells a word (see :func:`normalise`)."""
-    cache = {} if cache is None else cache
-    out = set()
     for i in tokens:
-        if i is not None:
-            if i not in cache:
-                cache[i] = normalise(decode(i))
-            if cache[i]:
-                out.add((i, cache[i]))
-    return out
+        if i is not None and i not in cache:
+            cache[i] = normalise(decode(i))
+    return {(i, cache[i]) for i in tokens if i is not None and cache[i]}
 
 
 def _tokens_of(words: set[str], peaks: list[set[tuple[int, str]]], most: int = 16) -> list[int]:
