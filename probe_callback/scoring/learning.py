@@ -225,10 +225,7 @@ def find_patterns(
     rise = np.asarray(rec["rise"], dtype=np.float64)
     z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
     held = [answers(int(r)) for r in rec["row"]] if answers is not None else None
-    peak_words = _peak_words(rec, decode)
-    if starts is not None:
-        for peaks, row in zip(peak_words, rec["row"].tolist()):
-            peaks.update(_spelled([starts(int(row))], decode, {}))
+    peak_words = _peak_words(rec, decode, starts)
     groups = word_groups([{w for _, w in ws} for ws in peak_words], n // 2, held)
     smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
     groups = [(ws, m) for ws, m in groups if len(m) >= smallest][:MAX_PATTERNS]
@@ -344,13 +341,16 @@ def answer_words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.lower()))
 
 
-def _peak_words(rec: dict[str, np.ndarray], decode: Callable[[int], str]) -> list[set[tuple[int, str]]]:
-    """Per record: the (token id, word) of each peak of at least ``MIN_PEAK_RISE`` that spells a word."""
+def _peak_words(
+    rec: dict[str, np.ndarray], decode: Callable[[int], str], starts: Callable[[int], int | None] | None
+) -> list[set[tuple[int, str]]]:
+    """Per record: the (token id, word) of its peaks (>= ``MIN_PEAK_RISE``) and its lesson start that spell words."""
     cache: dict[int, str] = {}
     ids, rises = np.asarray(rec["peak_ids"]), np.asarray(rec["peak_rises"], dtype=np.float64)
+    first = [starts(int(r)) if starts is not None else None for r in np.asarray(rec["row"]).tolist()]
     return [
-        _spelled([i for i, r in zip(*row) if i >= 0 and r >= MIN_PEAK_RISE], decode, cache)
-        for row in zip(ids.tolist(), rises.tolist())
+        _spelled([i for i, r in zip(*peaks) if i >= 0 and r >= MIN_PEAK_RISE] + [start], decode, cache)
+        for peaks, start in zip(zip(ids.tolist(), rises.tolist()), first)
     ]
 
 
