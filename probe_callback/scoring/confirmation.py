@@ -18,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom, norm, rankdata
+from scipy.stats import binom, norm
 
 from .learning import MIN_PEAK_RISE, latest_records, normalise
+
+MIN_RANKED = 16  # control tokens needed to rank a rise among them on each prompt (fewer: too coarse)
 
 
 def learned_tokens(records: dict[str, np.ndarray], exclude: set[int], most: int = 256) -> list[int]:
@@ -115,10 +117,10 @@ class WordRise:
     largest log-prob over the positions of M0's answer, current model minus M0), averaged over the
     quarter of prompts where it rose most; ``p_value``: the larger of two shares of random same-size
     sets of the run's other learned tokens: those whose best token rose as much (nats), and those whose
-    best token ranked as high among the tokens read on the same prompts (a token whose log-prob swings
-    widely has a long upper tail too: a rise counts only beyond what the other tokens did on the same
-    prompts); ``prompts``: where the best token rose by ``MIN_PEAK_RISE`` or more; ``column``: that
-    token's column.
+    best token ranked as high among the control tokens read on the same prompts (with ``MIN_RANKED`` or
+    more controls; a token whose log-prob swings widely has a long upper tail too: a rise counts only
+    beyond what the other tokens did on the same prompts); ``prompts``: where the best token rose by
+    ``MIN_PEAK_RISE`` or more; ``column``: that token's column.
     """
 
     score: float
@@ -165,8 +167,11 @@ def word_rise(
     best = mine[int(np.argmax(per_token[mine]))]
     score = float(per_token[best])
     draws = np.random.default_rng(seed).integers(0, len(others), (n_null, len(mine)))
+    stats = [per_token]
+    if len(others) >= MIN_RANKED:  # and a rise beyond the other tokens' on the same prompts: both must hold
+        stats.append(_top_quarter_means(_prompt_ranks(rises, others)))
     p = 0.0
-    for stat in (per_token, _top_quarter_means(_prompt_ranks(rises))):  # both must hold
+    for stat in stats:
         null = stat[others][draws].max(axis=1)
         p = max(p, float((1 + np.count_nonzero(null >= np.nanmax(stat[mine]))) / (1 + n_null)))
     rise = now[pool, best] - before[pool, best]
@@ -185,17 +190,26 @@ def _top_quarter_means(rise: np.ndarray) -> np.ndarray:
     return np.where(count >= 2, means, np.nan)
 
 
-def _prompt_ranks(rise: np.ndarray) -> np.ndarray:
-    """Each finite rise's normal score among the finite rises of its prompt (row); NaN elsewhere.
+def _prompt_ranks(rise: np.ndarray, control: np.ndarray) -> np.ndarray:
+    """Each finite rise's normal score among the finite rises of the ``control`` columns on its prompt
+    (row); a control column against the other controls. NaN where not finite.
 
     Example:
-        >>> _prompt_ranks(np.array([[0.0, 5.0, np.nan], [1.0, 1.0, 2.0]])).round(2).tolist()
-        [[-0.67, 0.67, nan], [-0.43, -0.43, 0.97]]
+        >>> _prompt_ranks(np.array([[9.0, 0.0, 1.0], [-9.0, 0.0, 1.0]]), np.array([1, 2])).round(2).tolist()
+        [[0.97, -0.67, 0.67], [-0.97, -0.67, 0.67]]
     """
     out = np.full(rise.shape, np.nan)
+    is_control = np.isin(np.arange(rise.shape[1]), control)
     for i, row in enumerate(rise):
         finite = np.isfinite(row)
-        out[i, finite] = norm.ppf((rankdata(row[finite]) - 0.5) / max(finite.sum(), 1))
+        ref = np.sort(row[control][np.isfinite(row[control])])
+        x = row[finite]
+        below = np.searchsorted(ref, x, "left") + 0.5 * (
+            np.searchsorted(ref, x, "right") - np.searchsorted(ref, x, "left")
+        )
+        own = is_control[finite]  # a control ties with itself: not counted
+        below, n = below - 0.5 * own, len(ref) - own
+        out[i, finite] = norm.ppf((below + 0.5) / (n + 1))
     return out
 
 
