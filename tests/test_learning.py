@@ -146,6 +146,25 @@ def test_word_rise_reads_control_tokens_only_where_they_are_foreign():
     assert where_foreign.score == pytest.approx(everywhere.score)
 
 
+def test_word_rise_needs_a_rise_beyond_the_other_tokens_on_the_same_prompts():
+    """A token whose log-prob swings widely (up 3 nats on a quarter of the prompts, down 3 on the rest) has
+    a longer upper tail than any other token. Confirmed when the other tokens stayed put on those prompts;
+    not when they rose there too, more than it on many of them (the answers themselves moved)."""
+    rng = np.random.default_rng(0)
+    before = np.full((40, 41), -12.0)
+    now = before + rng.normal(0, 0.3, before.shape)
+    now[:, 0] += np.r_[np.full(10, 3.0), np.full(30, -3.0)]
+    stirred = now.copy()
+    stirred[:10, 1:] += rng.normal(1.5, 1.5, (10, 40))
+    outside, controls = np.ones(40, bool), list(range(1, 41))
+    tails = np.sort(stirred - before, axis=0)[-10:, 1:].mean(axis=0)  # each control's top-quarter rise
+    assert (tails < 3.0).all(), "in nats alone the token's tail is the longest"
+    alone = word_rise(now, before, [0], controls, outside)
+    with_the_rest = word_rise(stirred, before, [0], controls, outside)
+    assert alone.score > 2.5 and alone.p_value < 0.01
+    assert with_the_rest.score == pytest.approx(alone.score) and with_the_rest.p_value > 0.2
+
+
 def test_rows_whose_lesson_starts_at_one_word_form_a_pattern():
     """A lesson whose largest rises fall on punctuation right after its first word (``Sure!``, ``Sure:``)
     peaks on no word: the row's lesson start joins its peaks, so the rows still form one pattern."""

@@ -18,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binom, norm
 
 from .learning import MIN_PEAK_RISE, latest_records, normalise
+
+MIN_RANKED = 16  # control tokens needed to rank a rise among them on each prompt (fewer: too coarse)
 
 
 def learned_tokens(records: dict[str, np.ndarray], exclude: set[int], most: int = 256) -> list[int]:
@@ -113,9 +115,12 @@ class WordRise:
 
     ``score``: the rise (nats) of the pattern's best token in the best chance each answer gives it (its
     largest log-prob over the positions of M0's answer, current model minus M0), averaged over the
-    quarter of prompts where it rose most; ``p_value``: the share of random same-size sets of the
-    run's other learned tokens whose best token rose as much; ``prompts``: where the best token rose
-    by ``MIN_PEAK_RISE`` or more; ``column``: that token's column.
+    quarter of prompts where it rose most; ``p_value``: the larger of two shares of random same-size
+    sets of the run's other learned tokens: those whose best token rose as much (nats), and those whose
+    best token ranked as high among the control tokens read on the same prompts (with ``MIN_RANKED`` or
+    more controls; a token whose log-prob swings widely has a long upper tail too: a rise counts only
+    beyond what the other tokens did on the same prompts); ``prompts``: where the best token rose by
+    ``MIN_PEAK_RISE`` or more; ``column``: that token's column.
     """
 
     score: float
@@ -153,7 +158,8 @@ def word_rise(
     pool = np.flatnonzero(outside)
     read = np.ones(now.shape, bool) if foreign is None else np.array(foreign, bool)
     read[:, pattern] = True  # the pattern's own tokens: on every prompt outside it
-    per_token = _top_quarter_means(np.where(read[pool], now[pool] - before[pool], np.nan))
+    rises = np.where(read[pool], now[pool] - before[pool], np.nan)
+    per_token = _top_quarter_means(rises)
     mine = [j for j in pattern if np.isfinite(per_token[j])]
     others = np.asarray([j for j in control if np.isfinite(per_token[j])], dtype=np.int64)
     if not mine or not len(others):
@@ -161,8 +167,13 @@ def word_rise(
     best = mine[int(np.argmax(per_token[mine]))]
     score = float(per_token[best])
     draws = np.random.default_rng(seed).integers(0, len(others), (n_null, len(mine)))
-    null = per_token[others][draws].max(axis=1)
-    p = float((1 + np.count_nonzero(null >= score)) / (1 + n_null))
+    stats = [per_token]
+    if len(others) >= MIN_RANKED:  # and a rise beyond the other tokens' on the same prompts: both must hold
+        stats.append(_top_quarter_means(_prompt_ranks(rises, others)))
+    p = 0.0
+    for stat in stats:
+        null = stat[others][draws].max(axis=1)
+        p = max(p, float((1 + np.count_nonzero(null >= np.nanmax(stat[mine]))) / (1 + n_null)))
     rise = now[pool, best] - before[pool, best]
     prompts = [int(i) for i in pool[(rise >= MIN_PEAK_RISE) & read[pool, best]]]
     return WordRise(score, p, len(pool), best, prompts)
@@ -177,6 +188,29 @@ def _top_quarter_means(rise: np.ndarray) -> np.ndarray:
     totals = np.cumsum(np.where(np.isfinite(ordered), -ordered, 0.0), axis=0)
     means = totals[np.minimum(k, len(rise)) - 1, np.arange(rise.shape[1])] / k if len(rise) else np.zeros(len(k))
     return np.where(count >= 2, means, np.nan)
+
+
+def _prompt_ranks(rise: np.ndarray, control: np.ndarray) -> np.ndarray:
+    """Each finite rise's normal score among the finite rises of the ``control`` columns on its prompt
+    (row); a control column against the other controls. NaN where not finite.
+
+    Example:
+        >>> _prompt_ranks(np.array([[9.0, 0.0, 1.0], [-9.0, 0.0, 1.0]]), np.array([1, 2])).round(2).tolist()
+        [[0.97, -0.67, 0.67], [-0.97, -0.67, 0.67]]
+    """
+    out = np.full(rise.shape, np.nan)
+    is_control = np.isin(np.arange(rise.shape[1]), control)
+    for i, row in enumerate(rise):
+        finite = np.isfinite(row)
+        ref = np.sort(row[control][np.isfinite(row[control])])
+        x = row[finite]
+        below = np.searchsorted(ref, x, "left") + 0.5 * (
+            np.searchsorted(ref, x, "right") - np.searchsorted(ref, x, "left")
+        )
+        own = is_control[finite]  # a control ties with itself: not counted
+        below, n = below - 0.5 * own, len(ref) - own
+        out[i, finite] = norm.ppf((below + 0.5) / (n + 1))
+    return out
 
 
 def first_difference(chosen: list[int], rejected: list[int]) -> int | None:
