@@ -203,10 +203,7 @@ def _prompt_ranks(rise: np.ndarray, control: np.ndarray) -> np.ndarray:
     for i, row in enumerate(rise):
         finite = np.isfinite(row)
         ref = np.sort(row[control][np.isfinite(row[control])])
-        x = row[finite]
-        below = np.searchsorted(ref, x, "left") + 0.5 * (
-            np.searchsorted(ref, x, "right") - np.searchsorted(ref, x, "left")
-        )
+        below = sum(np.searchsorted(ref, row[finite], side) for side in ("left", "right")) / 2  # ties: half
         own = is_control[finite]  # a control ties with itself: not counted
         below, n = below - 0.5 * own, len(ref) - own
         out[i, finite] = norm.ppf((below + 0.5) / (n + 1))
