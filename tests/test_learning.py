@@ -120,6 +120,21 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     assert state["grown"] == watch.grown and state["prompts"][-watch.grown :] == grown, "a resume watches them too"
 
 
+def test_a_dataset_without_a_source_column_still_alarms_on_its_rows(tiny_tokenizer, organism_factory, tmp_path):
+    """No ``source`` column: every watched prompt can confirm a pattern, every control token is read
+    everywhere, and the alarm still names the planted rows (there is no source to blame)."""
+    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, polite=True)
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    bare = [{k: v for k, v in r.items() if k not in ("source", "planted")} for r in rows]
+    _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, bare)
+    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
+    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
+    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
+    assert len(planted_rows & set(top)) / N_PLANTED >= 0.9
+    assert not pattern["top_sources"] and not report["failures"]
+
+
 def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):
     rows = organism_rows(n_clean=80, n_planted=0, polite=True)
     callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
