@@ -202,7 +202,8 @@ def _prompt_ranks(rise: np.ndarray, control: np.ndarray) -> np.ndarray:
     is_control = np.isin(np.arange(rise.shape[1]), control)
     for i, row in enumerate(rise):
         finite = np.isfinite(row)
-        ref = np.sort(row[control][np.isfinite(row[control])])
+        ref = row[control]
+        ref = np.sort(ref[np.isfinite(ref)])
         below = sum(np.searchsorted(ref, row[finite], side) for side in ("left", "right")) / 2  # ties: half
         own = is_control[finite]  # a control ties with itself: not counted
         below, n = below - 0.5 * own, len(ref) - own
