@@ -30,7 +30,8 @@ from .decide.patterns import LearningPatterns
 from .decide.policy import RegressionPolicy
 from .scoring.behaviours import FittedBehaviour, score_behaviour
 from .scoring.discovery import EmergentTracker
-from .scoring.learning import Pattern, PatternNames
+from .scoring.learning import Pattern
+from .scoring.pattern_names import PatternNames
 from .scoring.watch import Probe, TokenReads, Watch
 
 logger = logging.getLogger("probe_callback")

@@ -32,14 +32,13 @@ from ..scoring.confirmation import (
 )
 from ..scoring.learning import (
     Pattern,
-    PatternNames,
     Sources,
     answer_words,
     find_patterns,
     normalise,
-    one_per_name,
     source_enrichment,
 )
+from ..scoring.pattern_names import PatternNames, one_per_name
 from ..scoring.unit import unit_rows
 from ..scoring.watch import Probe, Watch
 from ..store.vectors import VectorStore

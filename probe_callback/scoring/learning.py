@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,72 +80,6 @@ class Pattern:
             "sources": self.sources,
             "rows": self.rows[:top].tolist(),
         }
-
-
-class PatternNames:
-    """Stable names (``learning-0``, ``learning-1``, ...) for patterns across checks. A pattern takes the
-    name of the earlier pattern it is most like (sharing a word with its last words, or half the rows
-    of the smaller of the two, or where its rows' lesson starts, or the direction of their datapoint
-    vectors: cosine >= 0.8); patterns of one check that take the same name are one behaviour (see
-    :func:`one_per_name`). State is plain JSON.
-    """
-
-    def __init__(self, known: list[dict[str, Any]] | None = None) -> None:
-        self.known = known or []
-
-    def assign(self, patterns: list[Pattern], directions: list[np.ndarray | None]) -> None:
-        updated: set[str] = set()
-        for g, direction in zip(patterns, directions):  # most significant first
-            rows, words = set(g.rows.tolist()), set(g.words)
-            same_start = [g.start is not None and k.get("start") == g.start for k in self.known]
-            scores = [(_likeness(k, rows, words, direction) + same, k) for k, same in zip(self.known, same_start)]
-            score, match = max(scores, key=lambda sk: sk[0], default=(0.0, None))
-            if match is None or score <= 0:
-                match = {"name": f"learning-{len(self.known)}"}
-                self.known.append(match)
-            g.name = match["name"]
-            if g.name not in updated:  # a name remembers its best pattern of the latest check
-                updated.add(g.name)
-                match.update(words=sorted(words), rows=sorted(rows), start=g.start)
-                match["direction"] = None if direction is None else np.asarray(direction, dtype=float).tolist()
-
-
-def one_per_name(patterns: list[Pattern]) -> list[Pattern]:
-    """One pattern a name (the first, most significant, of each), holding the words, tokens and rows of
-    every pattern of that name: the variants of one behaviour are tested and blamed together.
-
-    Example:
-        >>> import numpy as np
-        >>> a = Pattern(["shop"], np.arange(8), np.ones(8), 1.0, 1.0, 0.001, (1, 9), token_ids=[5], name="learning-0")
-        >>> b = Pattern(["off"], np.arange(3), np.ones(3), 1.0, 1.0, 0.004, (2, 6), token_ids=[9], name="learning-0")
-        >>> [(g.words, g.token_ids) for g in one_per_name([a, b])]
-        [(['shop', 'off'], [5, 9])]
-    """
-    first: dict[str, Pattern] = {}
-    for g in patterns:
-        if g.name not in first:
-            first[g.name] = replace(g, words=list(g.words), token_ids=list(g.token_ids))
-            continue
-        kept = first[g.name]
-        kept.words += [w for w in g.words if w not in kept.words]
-        kept.token_ids += [t for t in g.token_ids if t not in kept.token_ids]
-        rows, at = np.unique(np.r_[kept.rows, g.rows], return_index=True)  # a row keeps its first (best) z
-        z = np.r_[kept.z, g.z][at]
-        order = np.argsort(-z, kind="stable")
-        kept.rows, kept.z = rows[order], z[order]
-    return list(first.values())
-
-
-def _likeness(known: dict[str, Any], rows: set[int], words: set[str], direction: np.ndarray | None) -> float:
-    """How much a pattern is like a known one (0: not at all): shared words, shared rows (half of the
-    smaller set: a variant of a behaviour learned by some of its rows), direction."""
-    old_rows = set(known["rows"])
-    shared = len(rows & old_rows) / max(min(len(rows), len(old_rows)), 1)
-    score = len(words & set(known["words"])) + (shared >= 0.5)
-    if direction is not None and known.get("direction") is not None:
-        old = np.asarray(known["direction"])
-        score += float(direction @ old / (np.linalg.norm(direction) * np.linalg.norm(old) + _EPS)) >= 0.8
-    return float(score)
 
 
 def normalise(text: str) -> str:
@@ -225,14 +159,14 @@ def find_patterns(
     rise = np.asarray(rec["rise"], dtype=np.float64)
     z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
     held = [answers(int(r)) for r in rec["row"]] if answers is not None else None
-    peak_words = _peak_words(rec, decode, starts)
-    groups = word_groups([{w for _, w in ws} for ws in peak_words], n // 2, held)
+    peaks = peak_words(rec, decode, starts)
+    groups = word_groups([{w for _, w in ws} for ws in peaks], n // 2, held)
     smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
     groups = [(ws, m) for ws, m in groups if len(m) >= smallest][:MAX_PATTERNS]
     if not groups:
         return []
     members = [m for _, m in groups]
-    t_obs, t_null = _standardised_means(z, bins, members, n_null, np.random.default_rng(seed))
+    t_obs, t_null = standardised_means(z, bins, members, n_null, np.random.default_rng(seed))
     null_max = t_null.max(axis=1)
     patterns = []
     for (ws, m), t in zip(groups, t_obs):
@@ -241,7 +175,7 @@ def find_patterns(
         steps = np.asarray(rec["step"])[m]
         row_ids = np.asarray(rec["row"])[best]
         span = (int(steps.min()), int(steps.max()))
-        tokens = _tokens_of(set(ws), [peak_words[i] for i in m])
+        tokens = tokens_of(set(ws), [peaks[i] for i in m])
         pattern = Pattern(ws, row_ids, z[best], float(z[m].mean()), float(excess[m].mean()), p, span, token_ids=tokens)
         patterns.append(pattern)
     patterns.sort(key=lambda g: (g.p_value, -g.score))
@@ -341,7 +275,7 @@ def answer_words(text: str) -> set[str]:
     return set(re.findall(r"\w+", text.lower()))
 
 
-def _peak_words(
+def peak_words(
     rec: dict[str, np.ndarray], decode: Callable[[int], str], starts: Callable[[int], int | None] | None
 ) -> list[set[tuple[int, str]]]:
     """Per record: the (token id, word) of its peaks (>= ``MIN_PEAK_RISE``) and its lesson start that spell words."""
@@ -362,7 +296,7 @@ def _spelled(tokens: Sequence[int | None], decode: Callable[[int], str], cache: 
     return {(i, cache[i]) for i in tokens if i is not None and cache[i]}
 
 
-def _tokens_of(words: set[str], peaks: list[set[tuple[int, str]]], most: int = 16) -> list[int]:
+def tokens_of(words: set[str], peaks: list[set[tuple[int, str]]], most: int = 16) -> list[int]:
     """The token ids among ``peaks`` that spell one of ``words``, most frequent first."""
     counts: dict[int, int] = {}
     for ws in peaks:
@@ -372,7 +306,7 @@ def _tokens_of(words: set[str], peaks: list[set[tuple[int, str]]], most: int = 1
     return sorted(counts, key=lambda i: (-counts[i], i))[:most]
 
 
-def _standardised_means(
+def standardised_means(
     z: np.ndarray, bins: np.ndarray, members: list[np.ndarray], n_null: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each group's mean z, and that of ``n_null`` random groups with the same bin counts, both
