@@ -28,6 +28,9 @@ def test_append_read_roundtrip_across_ranks(tmp_path):
     np.testing.assert_allclose(np.stack([got[i] for i in range(10)]), vecs[:, 1], atol=1e-2)
     assert len(store.memberships()["row"]) == 12
     np.testing.assert_allclose(store.vectors_for(np.array([7, 1]), 0), vecs[[7, 1], 0], atol=1e-2)
+    np.testing.assert_allclose(store.vectors_for(np.array([9, 4, 0, 5]), 1), vecs[[9, 4, 0, 5], 1], atol=1e-2)
+    with pytest.raises(KeyError, match="10"):
+        store.vectors_for(np.array([3, 10]))
 
 
 def test_projection_is_seeded_and_shrinks_records(tmp_path):

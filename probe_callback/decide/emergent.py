@@ -2,8 +2,8 @@
 
 :class:`EmergentClusters` updates the :class:`~probe_callback.scoring.discovery.EmergentTracker` at each
 probe, keeps the drift map and the prompts' drift history, attributes each significant cluster and
-links it to the learning patterns that share its words (a cluster linked to a significant pattern
-takes the pattern's rows and confidence).
+links it to the learning patterns that share its words or its top rows (a cluster linked to a significant
+pattern takes the pattern's rows and confidence).
 
 Example:
     >>> clusters = EmergentClusters(book, blame, patterns, EmergentTracker())  # doctest: +SKIP
@@ -25,6 +25,9 @@ from .entries import Decided, Entries
 from .patterns import PATTERN_ALPHA, LearningPatterns
 
 SAMPLES = 3
+LINK_AGREEMENT = (
+    0.5  # a pattern sharing no word links to a cluster when its rows are this share of the cluster's top rows
+)
 
 
 class EmergentClusters:
@@ -80,19 +83,22 @@ class EmergentClusters:
         return out
 
     def _links(self, b: EmergentBehaviour, entry: dict[str, Any]) -> list[dict[str, Any]]:
-        """Learning patterns that share a word with the cluster's risen tokens, and how many of the
-        cluster's own top rows (by its activation direction) are the pattern's rows."""
+        """Learning patterns linked to the cluster: those that share a word with its risen tokens, and
+        those (of any kind, e.g. a datapoint-vector group that spells no word) whose rows are half or
+        more of the cluster's own top rows by its activation direction; with how many of those top
+        rows are the pattern's rows (``direction_agreement``)."""
         words = {normalise(t) for t in b.tokens} - {""}
         own = [r["row"] for r in entry.get("top_rows", [])]
         links = []
         for g in self.patterns.patterns:
             shared = sorted(words & set(g.words))
-            if shared:
-                k = min(len(g.rows), len(own))
-                agree = len(set(own[:k]) & set(g.rows.tolist())) / k if k else None
+            k = min(len(g.rows), len(own))
+            agree = len(set(own[:k]) & set(g.rows.tolist())) / k if k else None
+            if shared or (agree is not None and agree >= LINK_AGREEMENT):
                 links.append(
                     {
                         "pattern": g.name,
+                        "found_by": g.found_by,
                         "shared_words": shared,
                         "pattern_p_value": g.p_value,
                         "direction_agreement": agree,

@@ -97,7 +97,7 @@ class LightChecks:
     def _teaches(self, g: Pattern, row: int, tokenizer: Any) -> bool:
         if g.start is not None:
             return self.learner.first_difference(row, tokenizer) == g.start
-        return g.words[0] in self.learner.answer_words(row)
+        return bool(g.words) and g.words[0] in self.learner.answer_words(row)
 
     def check(self, tokens: list[int], reads: TokenReads, watch: Watch) -> Decided:
         """Test each pattern of :meth:`tokens` on the watched prompts outside its rows."""

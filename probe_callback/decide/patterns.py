@@ -40,6 +40,7 @@ from ..scoring.learning import (
 )
 from ..scoring.pattern_names import PatternNames, one_per_name
 from ..scoring.unit import unit_rows
+from ..scoring.vector_groups import find_vector_groups
 from ..scoring.watch import Probe, Watch
 from ..store.vectors import VectorStore
 from .blame_rows import Attribution, first_steps
@@ -97,14 +98,13 @@ class LearningPatterns:
         except FileNotFoundError:
             return None
         records = store.memberships()
-        self.patterns = find_patterns(
-            records,
-            partial(decode, tokenizer),
-            self.rows.sources_array(),
-            self.answer_words,
-            partial(self.first_difference, tokenizer=tokenizer),
-            seed=self.seed + step,
+        spell, sources = partial(decode, tokenizer), self.rows.sources_array()
+        starts = partial(self.first_difference, tokenizer=tokenizer)
+        by_words = find_patterns(records, spell, sources, self.answer_words, starts, seed=self.seed + step)
+        by_vectors = find_vector_groups(
+            records, store.vectors_for, spell, sources, starts, stored=store.row_ids(), seed=self.seed + step
         )
+        self.patterns = sorted(by_words + by_vectors, key=lambda g: (g.p_value, -g.score))
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
             g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
@@ -292,8 +292,13 @@ def _mean_unit_vector(store: VectorStore) -> np.ndarray:
 
 def _being_learned(g: Pattern) -> str:
     sources = ", ".join(f"{s} ({n})" for s, n in list(g.sources.items())[:3]) or "no source column"
+    rows = (
+        f"whose learning peaks on {g.words[:4]}"
+        if g.found_by == "peak words"
+        else f"whose datapoint vectors cluster together (peak words over-represented: {g.words[:4]})"
+    )
     return (
-        f"being learned: {len(g.rows)} rows whose learning peaks on {g.words[:4]} stand out "
+        f"being learned: {len(g.rows)} rows {rows} stand out "
         f"({g.excess:+.2f} nats above rows of the same steps, p={g.p_value:.3g} against random rows of the "
         f"same steps); sources {sources}"
     )

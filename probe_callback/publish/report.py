@@ -64,9 +64,10 @@ class SourceEntry(TypedDict, total=False):
 
 
 class LinkEntry(TypedDict):
-    """A learning pattern an emergent cluster shares words with."""
+    """A learning pattern linked to an emergent cluster: by shared words, or its rows among the cluster's top rows."""
 
     pattern: str
+    found_by: str
     shared_words: list[str]
     pattern_p_value: float
     direction_agreement: float | None

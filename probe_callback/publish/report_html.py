@@ -230,7 +230,7 @@ def _behaviour(b: BehaviourEntry | dict[str, Any]) -> str:
         count, changed, step, p = (number_text(confirmation.get(k)) for k in ("count", "changed", "step", "p_value"))
         meta.append(f"gained on <b>{count}</b> of {changed} changed answers outside it at step {step} (p {p})")
     for link in b.get("links") or []:
-        meta.append(f"linked to <b>{_e(link.get('pattern'))}</b> by {_e(', '.join(link.get('shared_words') or []))}")
+        meta.append(f"linked to <b>{_e(link.get('pattern'))}</b> by {_e(_link_text(link))}")
     sources = [dict(s, share=_share_bar(s.get("share_in_top"))) for s in b.get("top_sources") or []]
     steps = _table([("step", "n"), ("score", "n")], b.get("top_steps") or [], "no steps ranked")
     rows = _table(ROW_COLUMNS, b.get("top_rows") or [], "no rows ranked")
@@ -287,6 +287,13 @@ def _top_source(b: BehaviourEntry | dict[str, Any]) -> str | None:
     return sources[0].get("source") if sources else None
 
 
+def _link_text(link: Mapping[str, Any]) -> str:
+    """How a pattern is linked to a cluster: the words they share, or its rows among the cluster's top rows."""
+    if link.get("shared_words"):
+        return ", ".join(map(str, link["shared_words"]))
+    return f"its rows: {number_text(link.get('direction_agreement'))} of the cluster's top rows"
+
+
 def _learning(report: Report | dict[str, Any]) -> str:
     learning = report.get("learning") or {}
     patterns = [
@@ -299,11 +306,13 @@ def _learning(report: Report | dict[str, Any]) -> str:
     ]
     if not patterns:
         return ""
-    columns = [("name", "t"), ("words", "t"), ("n_rows", "n"), ("excess_rise", "n"), ("p_value", "n"), ("sources", "t")]
+    columns = [("name", "t"), ("found_by", "t"), ("words", "t"), ("n_rows", "n"), ("excess_rise", "n")]
+    columns += [("p_value", "n"), ("sources", "t")]
     return (
         f'<section class="card"><h2>What is being learned</h2><p class="meta">patterns of the learning record at '
-        f"step <b>{number_text(learning.get('step'))}</b>: rows whose learning peaks on the same words, against random "
-        f"rows of the same steps</p>{_table(columns, patterns, 'no patterns')}</section>"
+        f"step <b>{number_text(learning.get('step'))}</b>: rows whose learning peaks on the same words, or whose "
+        f"datapoint vectors cluster, against random rows of the same steps</p>"
+        f"{_table(columns, patterns, 'no patterns')}</section>"
     )
 
 

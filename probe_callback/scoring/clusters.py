@@ -59,7 +59,7 @@ def find_clusters(
         raise ValueError(f"need a (n >= 4, d) feature matrix, got shape {x.shape}")
     mcs = min_cluster_size or default_min_cluster_size(len(x))
     with threadpool_limits(1):  # hundreds of tiny decompositions: threads only contend
-        labels, clusters = _cluster(x, mcs, n_components)
+        labels, clusters = cluster_rows(x, mcs, n_components)
         if clusters:
             _null_p_values(x, clusters, mcs, n_components, n_null, np.random.default_rng(seed))
     return labels, clusters
@@ -79,7 +79,9 @@ def _prepare(x: np.ndarray, n_components: int) -> np.ndarray:
     return unit_rows(c)
 
 
-def _cluster(x: np.ndarray, mcs: int, n_components: int) -> tuple[np.ndarray, list[Cluster]]:
+def cluster_rows(x: np.ndarray, mcs: int, n_components: int = 10) -> tuple[np.ndarray, list[Cluster]]:
+    """HDBSCAN clusters (``mcs``: smallest) of the rows of ``x`` prepared as :func:`find_clusters` says, with
+    no significance: (labels, clusters)."""
     c = _prepare(x, n_components)
     chord = np.sqrt(np.maximum(2.0 - 2.0 * (c @ c.T), 0.0))  # euclidean between unit vectors
     fit = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=max(2, mcs // 2), metric="precomputed")
@@ -112,7 +114,7 @@ def _null_p_values(
     done = 0
     for _ in range(n_null):
         null_x = rng.permuted(x, axis=0)
-        _, null_clusters = _cluster(null_x, mcs, n_components)
+        _, null_clusters = cluster_rows(null_x, mcs, n_components)
         beaten += max((cl.strength for cl in null_clusters), default=0.0) >= observed
         done += 1
         if beaten.min() >= stop_after:

@@ -64,6 +64,7 @@ class Pattern:
     sources: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)  # the peak tokens that spell its words, most frequent first
     start: int | None = None  # the token where most of its rows' chosen answers leave the rejected ones
+    found_by: str = "peak words"  # or "datapoint vectors" (:mod:`probe_callback.scoring.vector_groups`)
 
     name: str = ""  # a stable name across checks, given by :class:`PatternNames`
 
@@ -71,6 +72,7 @@ class Pattern:
         """JSON-ready view for the report and W&B."""
         return {
             "name": self.name,
+            "found_by": self.found_by,
             "words": self.words,
             "n_rows": int(len(self.rows)),
             "score": round(self.score, 4),
@@ -111,7 +113,7 @@ def step_bins(steps: np.ndarray, n_bins: int = 8, min_rows: int = 16) -> np.ndar
     return np.minimum((before * n).astype(np.int64), n - 1)[inverse]
 
 
-def _bin_medians(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
+def bin_medians(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     out = np.zeros(len(values))
     for b in np.unique(bins):
         out[bins == b] = np.median(values[bins == b])
@@ -157,7 +159,7 @@ def find_patterns(
         return []
     bins = step_bins(np.asarray(rec["step"]))
     rise = np.asarray(rec["rise"], dtype=np.float64)
-    z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
+    z, excess = learning_z(rise, bins), rise - bin_medians(rise, bins)
     held = [answers(int(r)) for r in rec["row"]] if answers is not None else None
     peaks = peak_words(rec, decode, starts)
     groups = word_groups([{w for _, w in ws} for ws in peaks], n // 2, held)
@@ -180,7 +182,7 @@ def find_patterns(
         patterns.append(pattern)
     patterns.sort(key=lambda g: (g.p_value, -g.score))
     for g in patterns:
-        g.sources = _count_sources(g.rows, sources)
+        g.sources = count_sources(g.rows, sources)
     return patterns
 
 
@@ -193,7 +195,7 @@ def source_enrichment(rows: np.ndarray, sources: Sources, seen_rows: np.ndarray)
     total: dict[Any, int] = {s: 0 for s in {sources[r] for r in known}}
     for r in known:
         total[sources[r]] += 1
-    hits = _count_sources(rows, sources)
+    hits = count_sources(rows, sources)
     picked = sum(hits.values())
     out = [
         {
@@ -325,7 +327,7 @@ def standardised_means(
     return t_obs, t_null
 
 
-def _count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
+def count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in rows.tolist():
         s = sources[r] if sources is not None and r < len(sources) else None

@@ -256,17 +256,21 @@ class VectorStore:
                         yield r, v
 
     def vectors_for(self, rows: np.ndarray, layer_pos: int = 0) -> np.ndarray:
-        """Vectors (float32) of the given rows in that order; rows with no vector raise KeyError."""
-        out = np.zeros((len(rows), self.meta.dim), dtype=np.float32)
-        found = np.zeros(len(rows), dtype=bool)
+        """Vectors (float32) of the given rows in that order, read from where they lie (no pass over the
+        store); a row stored twice gives its first vector; rows with no vector raise KeyError."""
         want = np.asarray(rows, dtype=np.int64)
-        for r, v in self.iter_vectors(layer_pos):
-            hit = np.isin(want, r) & ~found
-            if hit.any():
-                pos = {int(x): i for i, x in enumerate(r)}
-                for i in np.flatnonzero(hit):
-                    out[i] = v[pos[int(want[i])]]
-                found |= hit
+        out = np.zeros((len(want), self.meta.dim), dtype=np.float32)
+        found = np.zeros(len(want), dtype=bool)
+        for folder in self._rank_folders():
+            ids, vecs = self._rank_vectors(folder)
+            if not len(ids) or found.all():
+                continue
+            order = np.argsort(np.asarray(ids), kind="stable")
+            ordered = np.asarray(ids)[order]
+            at = np.minimum(np.searchsorted(ordered, want), len(ordered) - 1)
+            hit = ~found & (ordered[at] == want)
+            out[hit] = vecs[order[at[hit]], layer_pos]
+            found |= hit
         if not found.all():
             raise KeyError(f"no stored vector for rows {want[~found][:10].tolist()}")
         return out

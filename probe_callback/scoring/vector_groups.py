@@ -1,0 +1,127 @@
+"""Rows that teach one lesson, found by their datapoint vectors, whose learning stands out.
+
+A word pattern (:func:`~probe_callback.scoring.learning.find_patterns`) needs rows whose learning
+peaks on one word. A lesson spread over many words (a tone, a format, a language) still moves its
+rows' datapoint vectors (chosen minus rejected activations, :mod:`probe_callback.capture.datapoints`)
+the same way. :func:`find_vector_groups` clusters the datapoint vectors of up to ``MAX_ROWS`` trained
+rows (HDBSCAN, prepared as discovery prepares behaviour vectors), then tests each cluster's mean
+learning z against random groups of the run's rows of the same size and mix of steps, corrected for
+every cluster. The clusters are found from the vectors alone, so the z test is fair: a group of rows
+that merely look alike, learned at the run's ordinary pace, is not news. A group is named by the
+peak words over-represented among its rows (none when no word is).
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> n = 240
+    >>> planted = np.arange(n) % 8 == 0                                    # 30 rows teach one lesson
+    >>> vectors = rng.normal(size=(n, 16)) + 6 * planted[:, None] * np.eye(16)[0]
+    >>> rec = {"row": np.arange(n), "step": np.arange(n) // 4 + 1,
+    ...        "rise": rng.gamma(2.0, 1.0, n) + 4 * planted,
+    ...        "peak_ids": np.where(planted[:, None], rng.integers(5, 8, (n, 3)), rng.integers(10, 60, (n, 3))),
+    ...        "peak_rises": np.full((n, 3), 2.0)}
+    >>> groups = find_vector_groups(rec, lambda rows: vectors[rows], decode=lambda i: f"w{i}")
+    >>> g = groups[0]
+    >>> round(float(planted[g.rows].mean()), 2), g.p_value < 0.01, g.words, g.found_by
+    (0.81, True, ['w5', 'w6', 'w7'], 'datapoint vectors')
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+
+from .clusters import cluster_rows
+from .learning import (
+    Pattern,
+    Sources,
+    bin_medians,
+    count_sources,
+    latest_records,
+    learning_z,
+    peak_words,
+    standardised_means,
+    step_bins,
+    tokens_of,
+)
+
+MAX_ROWS = 2048  # trained rows clustered (a seeded sample beyond it)
+MIN_ROWS = 32  # fewer trained rows: nothing to cluster yet
+NAME_SHARE = 0.25  # a word names a group when this share of its rows peak on it ...
+NAME_LIFT = 2.0  # ... and that share is this many times its share among the clustered rows
+
+
+def find_vector_groups(
+    records: dict[str, np.ndarray],
+    vectors: Callable[[np.ndarray], np.ndarray],
+    decode: Callable[[int], str],
+    sources: Sources | None = None,
+    starts: Callable[[int], int | None] | None = None,
+    stored: np.ndarray | None = None,
+    n_null: int = 999,
+    seed: int = 0,
+) -> list[Pattern]:
+    """Groups of rows by their datapoint vectors (see the module doc), most significant first, as
+    :class:`~probe_callback.scoring.learning.Pattern` with ``found_by="datapoint vectors"``.
+
+    ``records``: the store's learning records; ``vectors``: row ids -> their datapoint vectors;
+    ``decode``, ``sources``, ``starts``: as :func:`~probe_callback.scoring.learning.find_patterns`;
+    ``stored``: the rows that have a vector (None: every trained row).
+    """
+    rec = latest_records(records)
+    rows = np.asarray(rec["row"], dtype=np.int64)
+    pool = np.flatnonzero(np.isin(rows, stored)) if stored is not None else np.arange(len(rows))
+    if len(pool) < MIN_ROWS:
+        return []
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(pool, MAX_ROWS, replace=False)) if len(pool) > MAX_ROWS else pool
+    smallest = max(4, int(np.ceil(0.02 * len(take))))
+    labels, _ = cluster_rows(np.asarray(vectors(rows[take]), dtype=np.float64), smallest)
+    members = [take[labels == k] for k in range(labels.max() + 1)]
+    if not members:
+        return []
+    bins = step_bins(np.asarray(rec["step"]))
+    rise = np.asarray(rec["rise"], dtype=np.float64)
+    z, excess = learning_z(rise, bins), rise - bin_medians(rise, bins)
+    t_obs, t_null = standardised_means(z, bins, members, n_null, rng)
+    null_max = t_null.max(axis=1)
+    peaks = dict(zip(take.tolist(), peak_words({k: np.asarray(v)[take] for k, v in rec.items()}, decode, starts)))
+    groups = []
+    for m, t in zip(members, t_obs):
+        best = m[np.argsort(-z[m], kind="stable")]
+        steps = np.asarray(rec["step"])[m]
+        words = _named([peaks[i] for i in m.tolist()], list(peaks.values()))
+        g = Pattern(
+            words,
+            rows[best],
+            z[best],
+            float(z[m].mean()),
+            float(excess[m].mean()),
+            float((1 + np.count_nonzero(null_max >= t)) / (1 + len(null_max))),
+            (int(steps.min()), int(steps.max())),
+            count_sources(rows[best], sources),
+            tokens_of(set(words), [peaks[i] for i in m.tolist()]),
+            found_by="datapoint vectors",
+        )
+        groups.append(g)
+    return sorted(groups, key=lambda g: (g.p_value, -g.score))
+
+
+def _named(members: list[set[tuple[int, str]]], everyone: list[set[tuple[int, str]]], most: int = 4) -> list[str]:
+    """The words a group's rows peak on far more often than the clustered rows do, most over-represented first.
+
+    Example:
+        >>> a, b = {(1, "shop")}, {(2, "the")}
+        >>> _named([a | b, a | b, a], [a | b, a | b, a] + [b] * 9)
+        ['shop']
+    """
+    inside = Counter(w for ws in members for w in {w for _, w in ws})
+    overall = Counter(w for ws in everyone for w in {w for _, w in ws})
+    lift = {
+        w: c / len(members) - overall[w] / len(everyone)
+        for w, c in inside.items()
+        if c >= max(2, NAME_SHARE * len(members)) and c / len(members) >= NAME_LIFT * overall[w] / len(everyone)
+    }
+    return sorted(lift, key=lambda w: (-lift[w], w))[:most]
