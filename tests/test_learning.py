@@ -60,6 +60,16 @@ def test_pattern_found_early_as_info_then_confirmed_by_the_probes(planted):
     assert pattern["top_sources"][0]["source"] == "formatting" and pattern["top_sources"][0]["p_value"] < 1e-6
 
 
+def test_the_planted_rows_also_cluster_by_their_datapoint_vectors(planted):
+    rows, _, report, _ = planted
+    groups = [g for g in report["learning"]["patterns"] if g["found_by"] == "datapoint vectors"]
+    news = [g for g in groups if g["p_value"] <= 0.01]
+    assert news, f"no datapoint-vector group is news: {groups}"
+    best = max(news, key=lambda g: g["n_rows"])
+    assert best["sources"].get("formatting", 0) >= 0.9 * best["n_rows"] and best["n_rows"] >= N_PLANTED // 2
+    assert all(rows[r]["planted"] for r in best["rows"])
+
+
 def test_emergent_cluster_is_joined_to_the_pattern_and_takes_its_rows(planted):
     _, _, report, _ = planted
     [pattern] = [b for b in report["behaviours"] if b.get("found_by") == "learning record"]

@@ -95,16 +95,9 @@ class EmergentClusters:
             k = min(len(g.rows), len(own))
             agree = len(set(own[:k]) & set(g.rows.tolist())) / k if k else None
             if shared or (agree is not None and agree >= LINK_AGREEMENT):
-                links.append(
-                    {
-                        "pattern": g.name,
-                        "found_by": g.found_by,
-                        "shared_words": shared,
-                        "pattern_p_value": g.p_value,
-                        "direction_agreement": agree,
-                    }
-                )
-        return sorted(links, key=lambda link: link["pattern_p_value"])
+                link = {"pattern": g.name, "found_by": g.found_by, "shared_words": shared}
+                links.append({**link, "pattern_p_value": g.p_value, "direction_agreement": agree})
+        return _one_per_pattern(sorted(links, key=lambda link: link["pattern_p_value"]))
 
     def take_rows(self, entry: dict[str, Any]) -> None:
         """A cluster linked to a significant learning pattern takes the pattern's rows and confidence."""
@@ -132,3 +125,29 @@ class EmergentClusters:
             "labels": labels.tolist(),
             "prompts": [watch.texts[i] for i in ok],
         }
+
+
+def _one_per_pattern(links: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One link per named pattern (its kinds of grouping, words and best agreement together), best first.
+
+    Example:
+        >>> a = {"pattern": "learning-0", "found_by": "peak words", "shared_words": ["sure"],
+        ...      "pattern_p_value": 0.001, "direction_agreement": 0.9}
+        >>> b = {**a, "found_by": "datapoint vectors", "shared_words": [], "direction_agreement": 1.0}
+        >>> _one_per_pattern([a, b])
+        [{'pattern': 'learning-0', 'found_by': 'peak words, datapoint vectors', 'shared_words': ['sure'], \
+'pattern_p_value': 0.001, 'direction_agreement': 1.0}]
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for i, link in enumerate(links):
+        key = link["pattern"] or f"#{i}"  # an unnamed pattern is not news: kept apart
+        if key not in out:
+            out[key] = dict(link)
+            continue
+        kept = out[key]
+        if link["found_by"] not in kept["found_by"]:
+            kept["found_by"] += f", {link['found_by']}"
+        kept["shared_words"] = sorted(set(kept["shared_words"]) | set(link["shared_words"]))
+        agreements = [x for x in (kept["direction_agreement"], link["direction_agreement"]) if x is not None]
+        kept["direction_agreement"] = max(agreements, default=None)
+    return list(out.values())
