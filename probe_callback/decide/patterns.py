@@ -1,7 +1,9 @@
 """Decide on the learning record's patterns: news is INFO "being learned"; confirmed on the watched
 prompts (by a probe, or a light check without generation) a pattern is decided like any behaviour.
 
-:class:`LearningPatterns` finds the patterns (:func:`~probe_callback.scoring.learning.find_patterns`),
+:class:`LearningPatterns` finds the patterns (rows whose learning peaks on one word,
+:func:`~probe_callback.scoring.learning.find_patterns`, and rows whose datapoint vectors cluster,
+:func:`~probe_callback.scoring.vector_groups.vector_groups`),
 keeps their names across checks, writes their report entries (rows, steps, sources) and tests them
 on the watched prompts outside their rows (:func:`outside_prompts`).
 
@@ -40,7 +42,7 @@ from ..scoring.learning import (
 )
 from ..scoring.pattern_names import PatternNames, one_per_name
 from ..scoring.unit import unit_rows
-from ..scoring.vector_groups import find_vector_groups
+from ..scoring.vector_groups import lesson_clusters, vector_groups
 from ..scoring.watch import Probe, Watch
 from ..store.vectors import VectorStore
 from .blame_rows import Attribution, first_steps
@@ -49,6 +51,7 @@ from .entries import Decided, Entries
 PATTERN_ALPHA = 0.01  # a learning pattern is news at this level (corrected for every pattern tested)
 CONFIRM_ALPHA = 0.05  # the probe confirms it when its words are gained beyond this share of control words
 MIN_CONFIRMED = 2  # ... on at least this many watched prompts outside its rows
+RECLUSTER_GROWTH = 1.25  # the datapoint vectors are clustered again once the trained rows grew this much
 # pattern -> score, p-value, note for the report, reason when confirmed
 Check = Callable[[Pattern], tuple[float, float, dict[str, Any], str | None]]
 
@@ -67,6 +70,7 @@ class LearningPatterns:
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
         self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
         self.starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one (cached)
+        self._lessons: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None  # trained rows then, clusters
 
     def decide(self, step: int, tokenizer: Any, probed: tuple[Probe, Watch] | None) -> Decided:
         """Patterns of the learning record; at a probe, each one is tested on the watched prompts."""
@@ -101,9 +105,7 @@ class LearningPatterns:
         spell, sources = partial(decode, tokenizer), self.rows.sources_array()
         starts = partial(self.first_difference, tokenizer=tokenizer)
         by_words = find_patterns(records, spell, sources, self.answer_words, starts, seed=self.seed + step)
-        by_vectors = find_vector_groups(
-            records, store.vectors_for, spell, sources, starts, stored=store.row_ids(), seed=self.seed + step
-        )
+        by_vectors = vector_groups(records, self.lessons(records, store), spell, sources, starts, seed=self.seed + step)
         self.patterns = sorted(by_words + by_vectors, key=lambda g: (g.p_value, -g.score))
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
@@ -146,6 +148,14 @@ class LearningPatterns:
                 decision = replace(decision, reason=f"{decision.reason}; {reason}")
             out.append((decision, None))
         return out
+
+    def lessons(self, records: dict[str, np.ndarray], store: VectorStore) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The clusters of the trained rows' datapoint vectors (:func:`lesson_clusters`), found again only
+        once the trained rows grew by ``RECLUSTER_GROWTH`` (clustering is the dear part of a learning check)."""
+        n = len(np.unique(records["row"]))
+        if self._lessons is None or n >= RECLUSTER_GROWTH * self._lessons[0]:
+            self._lessons = (n, lesson_clusters(records, store.vectors_for, store.row_ids(), self.seed))
+        return self._lessons[1]
 
     def first_difference(self, row: int, tokenizer: Any) -> int | None:
         """The token where a row's chosen answer first leaves its rejected one (cached)."""

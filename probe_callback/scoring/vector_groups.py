@@ -63,30 +63,58 @@ def find_vector_groups(
     n_null: int = 999,
     seed: int = 0,
 ) -> list[Pattern]:
-    """Groups of rows by their datapoint vectors (see the module doc), most significant first, as
-    :class:`~probe_callback.scoring.learning.Pattern` with ``found_by="datapoint vectors"``.
+    """Groups of rows by their datapoint vectors (see the module doc), most significant first:
+    :func:`lesson_clusters`, then :func:`vector_groups`."""
+    lessons = lesson_clusters(records, vectors, stored, seed)
+    return vector_groups(records, lessons, decode, sources, starts, n_null, seed)
 
-    ``records``: the store's learning records; ``vectors``: row ids -> their datapoint vectors;
-    ``decode``, ``sources``, ``starts``: as :func:`~probe_callback.scoring.learning.find_patterns`;
-    ``stored``: the rows that have a vector (None: every trained row).
-    """
-    rec = latest_records(records)
-    rows = np.asarray(rec["row"], dtype=np.int64)
-    pool = np.flatnonzero(np.isin(rows, stored)) if stored is not None else np.arange(len(rows))
+
+def lesson_clusters(
+    records: dict[str, np.ndarray],
+    vectors: Callable[[np.ndarray], np.ndarray],
+    stored: np.ndarray | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The trained rows clustered (a seeded sample of ``MAX_ROWS`` beyond that) and the row ids of each
+    HDBSCAN cluster of their datapoint vectors (smallest: 2% of them, at least 4). ``records``: the
+    store's learning records; ``vectors``: row ids -> their datapoint vectors; ``stored``: the rows that
+    have a vector (None: every trained row)."""
+    rows = np.unique(np.asarray(records["row"], dtype=np.int64))
+    pool = rows[np.isin(rows, stored)] if stored is not None else rows
     if len(pool) < MIN_ROWS:
-        return []
+        return pool, []
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(pool, MAX_ROWS, replace=False)) if len(pool) > MAX_ROWS else pool
-    smallest = max(4, int(np.ceil(0.02 * len(take))))
-    labels, _ = cluster_rows(np.asarray(vectors(rows[take]), dtype=np.float64), smallest)
-    members = [take[labels == k] for k in range(labels.max() + 1)]
+    labels, _ = cluster_rows(np.asarray(vectors(take), dtype=np.float64), max(4, int(np.ceil(0.02 * len(take)))))
+    return take, [take[labels == k] for k in range(labels.max() + 1)]
+
+
+def vector_groups(
+    records: dict[str, np.ndarray],
+    lessons: tuple[np.ndarray, list[np.ndarray]],
+    decode: Callable[[int], str],
+    sources: Sources | None = None,
+    starts: Callable[[int], int | None] | None = None,
+    n_null: int = 999,
+    seed: int = 0,
+) -> list[Pattern]:
+    """Test each cluster of ``lessons`` (:func:`lesson_clusters`) by its rows' learning z against
+    random groups of the run's rows of the same size and mix of steps, corrected for every cluster;
+    most significant first. ``decode``, ``sources``, ``starts``: as
+    :func:`~probe_callback.scoring.learning.find_patterns`."""
+    rec = latest_records(records)
+    rows = np.asarray(rec["row"], dtype=np.int64)  # increasing
+    sample = lessons[0][np.isin(lessons[0], rows)]  # rows rolled back by a resume are gone
+    members = [np.searchsorted(rows, c[np.isin(c, rows)]) for c in lessons[1]]
+    members = [m for m in members if len(m) >= 4]
     if not members:
         return []
     bins = step_bins(np.asarray(rec["step"]))
     rise = np.asarray(rec["rise"], dtype=np.float64)
     z, excess = learning_z(rise, bins), rise - bin_medians(rise, bins)
-    t_obs, t_null = standardised_means(z, bins, members, n_null, rng)
+    t_obs, t_null = standardised_means(z, bins, members, n_null, np.random.default_rng(seed))
     null_max = t_null.max(axis=1)
+    take = np.searchsorted(rows, sample)
     peaks = dict(zip(take.tolist(), peak_words({k: np.asarray(v)[take] for k, v in rec.items()}, decode, starts)))
     groups = []
     for m, t in zip(members, t_obs):
