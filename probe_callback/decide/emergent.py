@@ -25,9 +25,7 @@ from .entries import Decided, Entries
 from .patterns import PATTERN_ALPHA, LearningPatterns
 
 SAMPLES = 3
-LINK_AGREEMENT = (
-    0.5  # a pattern sharing no word links to a cluster when its rows are this share of the cluster's top rows
-)
+LINK_AGREEMENT = 0.5  # a pattern that shares no word links when its rows are this share of the top rows
 
 
 class EmergentClusters:
