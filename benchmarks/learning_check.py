@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine, save
-from probe_callback.decide.patterns import _mean_unit_vector
+from probe_callback.decide.patterns import mean_unit_vector
 from probe_callback.scoring.learning import find_patterns
 from probe_callback.scoring.vector_groups import lesson_clusters, vector_groups
 from probe_callback.store.vectors import VectorStore
@@ -85,7 +85,7 @@ def measure(n: int, repeats: int) -> dict[str, Any]:
         words_s, _ = timed(lambda: find_patterns(records, decode), repeats)
         cluster_s, lessons = timed(lambda: lesson_clusters(records, store.vectors_for, store.row_ids()), repeats)
         groups_s, groups = timed(lambda: vector_groups(records, lessons, decode), repeats)
-        centre_s, _ = timed(lambda: _mean_unit_vector(store), repeats)
+        centre_s, _ = timed(lambda: mean_unit_vector(store), repeats)
         found = any(g.p_value <= 0.01 and planted[g.rows].mean() >= 0.9 for g in groups)
         return {
             "rows": n,

@@ -62,6 +62,14 @@ def test_only_rows_with_a_stored_vector_are_clustered():
     assert asked and best.p_value <= 0.01 and lesson[best.rows].mean() >= 0.9
 
 
+def test_rows_whose_vector_overflowed_are_left_out():
+    rec, vectors, lesson = _run(lesson_rise=4.0)
+    vectors[::7] = np.inf  # float16 overflow in the store
+    best = _groups(rec, vectors)[0]
+    assert best.p_value <= 0.01 and lesson[best.rows].mean() >= 0.9
+    assert not np.isin(best.rows, np.arange(0, N, 7)).any()
+
+
 def test_a_group_that_shares_no_word_links_to_a_cluster_whose_top_rows_are_its_rows():
     kind = {"found_by": "datapoint vectors"}
     group = Pattern([], np.arange(10), np.ones(10), 1.0, 1.0, 0.001, (1, 9), name="learning-0", **kind)

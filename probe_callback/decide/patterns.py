@@ -112,7 +112,7 @@ class LearningPatterns:
             g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
             if g.start is not None and g.start not in g.token_ids:
                 g.token_ids.append(g.start)
-        centre = _mean_unit_vector(store)
+        centre = mean_unit_vector(store)
         self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
         news = one_per_name(news)
         self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
@@ -198,7 +198,7 @@ class LearningPatterns:
         signal[seen[seen < len(signal)]] = -1e3  # trained on, not in the pattern: below every member
         signal[g.rows] = g.z
         scores = signal
-        direction = None if store is None else _rows_direction(store, g.rows, _mean_unit_vector(store))
+        direction = None if store is None else _rows_direction(store, g.rows, mean_unit_vector(store))
         if store is not None and direction is not None and np.linalg.norm(direction) > 0:
             cosine = rank_rows(store, direction, top_k=1, n_null=0, seed=self.seed).cosine
             scores = combine_scores(
@@ -291,7 +291,7 @@ def _rows_direction(store: VectorStore, rows: np.ndarray, centre: np.ndarray) ->
         return None
 
 
-def _mean_unit_vector(store: VectorStore) -> np.ndarray:
+def mean_unit_vector(store: VectorStore) -> np.ndarray:
     """Mean of every stored row's unit vector (one pass, a chunk at a time)."""
     total, n = np.zeros(store.dim), 0
     for _, vecs in store.iter_vectors():

@@ -85,7 +85,12 @@ def lesson_clusters(
         return pool, []
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(pool, MAX_ROWS, replace=False)) if len(pool) > MAX_ROWS else pool
-    labels, _ = cluster_rows(np.asarray(vectors(take), dtype=np.float64), max(4, int(np.ceil(0.02 * len(take)))))
+    x = np.asarray(vectors(take), dtype=np.float64)
+    finite = np.isfinite(x).all(axis=1)  # a float16 vector that overflowed says nothing: left out
+    take, x = take[finite], x[finite]
+    if len(take) < MIN_ROWS:
+        return take, []
+    labels, _ = cluster_rows(x, max(4, int(np.ceil(0.02 * len(take)))))
     return take, [take[labels == k] for k in range(labels.max() + 1)]
 
 
