@@ -2,7 +2,7 @@
 
 A learning check runs at every logging step between probes. Its parts, timed on a store of ``n``
 trained rows (float16 datapoint vectors of SmolLM2's width, 576; one learning record a row; rows from 8
-topics, each with its own direction, plus 2% of rows teaching one lesson that they learn faster):
+topics, each with its own direction, plus 4% of rows teaching one lesson that they learn faster):
 
 - ``read_records_s``: the store's learning records (``VectorStore.memberships``);
 - ``word_patterns_s``: :func:`~probe_callback.scoring.learning.find_patterns` (token ids spelled as
@@ -41,12 +41,13 @@ from probe_callback.store.vectors import VectorStore
 
 DIM = 576
 TOPICS = 8
+PLANTED = 0.04  # share of rows teaching the lesson (a group must hold 2% of the clustered rows)
 
 
 def build(path: Path, n: int, seed: int = 0) -> np.ndarray:
     """A store of ``n`` rows trained 8 a step; returns which rows are planted."""
     rng = np.random.default_rng(seed)
-    planted = rng.random(n) < 0.02
+    planted = rng.random(n) < PLANTED
     axes = rng.standard_normal((TOPICS + 1, DIM)).astype(np.float32) * 3
     store = VectorStore.create(path, layers=[12], hidden=DIM, projection_dim=None)
     for start in range(0, n, 65536):
