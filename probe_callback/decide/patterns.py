@@ -302,11 +302,9 @@ def mean_unit_vector(store: VectorStore) -> np.ndarray:
 
 def _being_learned(g: Pattern) -> str:
     sources = ", ".join(f"{s} ({n})" for s, n in list(g.sources.items())[:3]) or "no source column"
-    rows = (
-        f"whose learning peaks on {g.words[:4]}"
-        if g.found_by == "peak words"
-        else f"whose datapoint vectors cluster together (peak words over-represented: {g.words[:4]})"
-    )
+    rows = f"whose learning peaks on {g.words[:4]}"
+    if g.found_by != "peak words":
+        rows = "whose datapoint vectors cluster together" + (f" (over-represented: {g.words[:4]})" if g.words else "")
     return (
         f"being learned: {len(g.rows)} rows {rows} stand out "
         f"({g.excess:+.2f} nats above rows of the same steps, p={g.p_value:.3g} against random rows of the "
