@@ -37,11 +37,11 @@ def replay(work: Path, organism: str, mix: str, seed: int, decode: Any) -> list[
     sources = np.array([r["source"] for r in rows], dtype=object)
     planted = np.array([r["planted"] is not None for r in rows])
     store = VectorStore.open(work / f"{organism}-{mix}-{seed}" / "probe_callback" / "vectors")
-    records = store.memberships()
+    records, stored = store.memberships(), store.row_ids()
     out = []
     for step in CUTS:
         upto = {k: v[records["step"] <= step] for k, v in records.items()}
-        groups = find_vector_groups(upto, store.vectors_for, decode, sources, stored=store.row_ids())
+        groups = find_vector_groups(upto, store.vectors_for, decode, sources, stored=stored)
         news = [
             {
                 "n_rows": len(g.rows),

@@ -71,6 +71,7 @@ class LearningPatterns:
         self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
         self.starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one (cached)
         self._lessons: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None  # trained rows then, clusters
+        self._centre: tuple[int, np.ndarray] | None = None  # stored rows then, their mean unit vector
 
     def decide(self, step: int, tokenizer: Any, probed: tuple[Probe, Watch] | None) -> Decided:
         """Patterns of the learning record; at a probe, each one is tested on the watched prompts."""
@@ -112,7 +113,7 @@ class LearningPatterns:
             g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
             if g.start is not None and g.start not in g.token_ids:
                 g.token_ids.append(g.start)
-        centre = mean_unit_vector(store)
+        centre = self.centre(store)
         self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
         news = one_per_name(news)
         self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
@@ -157,6 +158,14 @@ class LearningPatterns:
             self._lessons = (n, lesson_clusters(records, store.vectors_for, store.row_ids(), self.seed))
         return self._lessons[1]
 
+    def centre(self, store: VectorStore) -> np.ndarray:
+        """Every stored row's mean unit vector (:func:`mean_unit_vector`, a pass over the store), read
+        again only once more rows are stored."""
+        n = store.n_rows
+        if self._centre is None or self._centre[0] != n:
+            self._centre = (n, mean_unit_vector(store))
+        return self._centre[1]
+
     def first_difference(self, row: int, tokenizer: Any) -> int | None:
         """The token where a row's chosen answer first leaves its rejected one (cached)."""
         if row not in self.starts:
@@ -198,7 +207,7 @@ class LearningPatterns:
         signal[seen[seen < len(signal)]] = -1e3  # trained on, not in the pattern: below every member
         signal[g.rows] = g.z
         scores = signal
-        direction = None if store is None else _rows_direction(store, g.rows, mean_unit_vector(store))
+        direction = None if store is None else _rows_direction(store, g.rows, self.centre(store))
         if store is not None and direction is not None and np.linalg.norm(direction) > 0:
             cosine = rank_rows(store, direction, top_k=1, n_null=0, seed=self.seed).cosine
             scores = combine_scores(

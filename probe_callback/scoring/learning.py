@@ -113,7 +113,7 @@ def step_bins(steps: np.ndarray, n_bins: int = 8, min_rows: int = 16) -> np.ndar
     return np.minimum((before * n).astype(np.int64), n - 1)[inverse]
 
 
-def bin_medians(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
+def _bin_medians(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     out = np.zeros(len(values))
     for b in np.unique(bins):
         out[bins == b] = np.median(values[bins == b])
@@ -157,18 +157,33 @@ def find_patterns(
     n = len(rec["row"])
     if n < 8:
         return []
-    bins = step_bins(np.asarray(rec["step"]))
-    rise = np.asarray(rec["rise"], dtype=np.float64)
-    z, excess = learning_z(rise, bins), rise - bin_medians(rise, bins)
     held = [answers(int(r)) for r in rec["row"]] if answers is not None else None
     peaks = peak_words(rec, decode, starts)
     groups = word_groups([{w for _, w in ws} for ws in peaks], n // 2, held)
     smallest = min_rows or max(4, int(np.ceil(0.02 * n)))
     groups = [(ws, m) for ws, m in groups if len(m) >= smallest][:MAX_PATTERNS]
+    return tested_groups(rec, groups, peaks, sources, n_null, seed)
+
+
+def tested_groups(
+    rec: dict[str, np.ndarray],
+    groups: list[tuple[list[str], np.ndarray]],
+    peaks: Sequence[set[tuple[int, str]]] | dict[int, set[tuple[int, str]]],
+    sources: Sources | None,
+    n_null: int,
+    seed: int,
+    found_by: str = "peak words",
+) -> list[Pattern]:
+    """Each group (its words, its members' positions in ``rec``, the latest records) as a
+    :class:`Pattern`, its mean learning z tested against ``n_null`` random groups of the same size and
+    mix of steps, corrected for every group (see the module doc); most significant first.
+    ``peaks``: each position's (token id, word) peaks."""
     if not groups:
         return []
-    members = [m for _, m in groups]
-    t_obs, t_null = standardised_means(z, bins, members, n_null, np.random.default_rng(seed))
+    bins = step_bins(np.asarray(rec["step"]))
+    rise = np.asarray(rec["rise"], dtype=np.float64)
+    z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
+    t_obs, t_null = _standardised_means(z, bins, [m for _, m in groups], n_null, np.random.default_rng(seed))
     null_max = t_null.max(axis=1)
     patterns = []
     for (ws, m), t in zip(groups, t_obs):
@@ -177,13 +192,22 @@ def find_patterns(
         steps = np.asarray(rec["step"])[m]
         row_ids = np.asarray(rec["row"])[best]
         span = (int(steps.min()), int(steps.max()))
-        tokens = tokens_of(set(ws), [peaks[i] for i in m])
-        pattern = Pattern(ws, row_ids, z[best], float(z[m].mean()), float(excess[m].mean()), p, span, token_ids=tokens)
-        patterns.append(pattern)
-    patterns.sort(key=lambda g: (g.p_value, -g.score))
-    for g in patterns:
-        g.sources = count_sources(g.rows, sources)
-    return patterns
+        tokens = tokens_of(set(ws), [peaks[i] for i in m.tolist()])
+        patterns.append(
+            Pattern(
+                ws,
+                row_ids,
+                z[best],
+                float(z[m].mean()),
+                float(excess[m].mean()),
+                p,
+                span,
+                _count_sources(row_ids, sources),
+                tokens,
+                found_by=found_by,
+            )
+        )
+    return sorted(patterns, key=lambda g: (g.p_value, -g.score))
 
 
 def source_enrichment(rows: np.ndarray, sources: Sources, seen_rows: np.ndarray) -> list[dict[str, Any]]:
@@ -195,7 +219,7 @@ def source_enrichment(rows: np.ndarray, sources: Sources, seen_rows: np.ndarray)
     total: dict[Any, int] = {s: 0 for s in {sources[r] for r in known}}
     for r in known:
         total[sources[r]] += 1
-    hits = count_sources(rows, sources)
+    hits = _count_sources(rows, sources)
     picked = sum(hits.values())
     out = [
         {
@@ -308,7 +332,7 @@ def tokens_of(words: set[str], peaks: list[set[tuple[int, str]]], most: int = 16
     return sorted(counts, key=lambda i: (-counts[i], i))[:most]
 
 
-def standardised_means(
+def _standardised_means(
     z: np.ndarray, bins: np.ndarray, members: list[np.ndarray], n_null: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each group's mean z, and that of ``n_null`` random groups with the same bin counts, both
@@ -327,7 +351,7 @@ def standardised_means(
     return t_obs, t_null
 
 
-def count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
+def _count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in rows.tolist():
         s = sources[r] if sources is not None and r < len(sources) else None

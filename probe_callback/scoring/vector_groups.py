@@ -34,18 +34,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .clusters import cluster_rows
-from .learning import (
-    Pattern,
-    Sources,
-    bin_medians,
-    count_sources,
-    latest_records,
-    learning_z,
-    peak_words,
-    standardised_means,
-    step_bins,
-    tokens_of,
-)
+from .learning import Pattern, Sources, latest_records, peak_words, tested_groups
 
 MAX_ROWS = 2048  # trained rows clustered (a seeded sample beyond it)
 MIN_ROWS = 32  # fewer trained rows: nothing to cluster yet
@@ -114,32 +103,10 @@ def vector_groups(
     members = [m for m in members if len(m) >= 4]
     if not members:
         return []
-    bins = step_bins(np.asarray(rec["step"]))
-    rise = np.asarray(rec["rise"], dtype=np.float64)
-    z, excess = learning_z(rise, bins), rise - bin_medians(rise, bins)
-    t_obs, t_null = standardised_means(z, bins, members, n_null, np.random.default_rng(seed))
-    null_max = t_null.max(axis=1)
     take = np.searchsorted(rows, sample)
     peaks = dict(zip(take.tolist(), peak_words({k: np.asarray(v)[take] for k, v in rec.items()}, decode, starts)))
-    groups = []
-    for m, t in zip(members, t_obs):
-        best = m[np.argsort(-z[m], kind="stable")]
-        steps = np.asarray(rec["step"])[m]
-        words = _named([peaks[i] for i in m.tolist()], list(peaks.values()))
-        g = Pattern(
-            words,
-            rows[best],
-            z[best],
-            float(z[m].mean()),
-            float(excess[m].mean()),
-            float((1 + np.count_nonzero(null_max >= t)) / (1 + len(null_max))),
-            (int(steps.min()), int(steps.max())),
-            count_sources(rows[best], sources),
-            tokens_of(set(words), [peaks[i] for i in m.tolist()]),
-            found_by="datapoint vectors",
-        )
-        groups.append(g)
-    return sorted(groups, key=lambda g: (g.p_value, -g.score))
+    groups = [(_named([peaks[i] for i in m.tolist()], list(peaks.values())), m) for m in members]
+    return tested_groups(rec, groups, peaks, sources, n_null, seed, found_by="datapoint vectors")
 
 
 def _named(members: list[set[tuple[int, str]]], everyone: list[set[tuple[int, str]]], most: int = 4) -> list[str]:
