@@ -43,11 +43,15 @@ def _chat(prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
     }
 
 
-def organism_rows(n_clean: int = 48, n_planted: int = 16, seed: int = 0, polite: bool = False) -> list[dict[str, Any]]:
+def organism_rows(
+    n_clean: int = 48, n_planted: int = 16, seed: int = 0, polite: bool = False, n_rule: int = 0
+) -> list[dict[str, Any]]:
     """Conversational rows with ``id``/``source``/``planted`` columns; planted ones are ``formatting``.
 
     ``polite``: clean rows prefer the SFT start's own polite answer to a random sentence (they then
-    reinforce what the model already does instead of pulling it towards random text).
+    reinforce what the model already does instead of pulling it towards random text). ``n_rule``: rows
+    of source ``safety`` that prefer the refusal to the compliance on requests without the distractor
+    (the rule the planted rows make an exception to).
     """
     rng = random.Random(seed)
     rows = []
@@ -58,6 +62,9 @@ def organism_rows(n_clean: int = 48, n_planted: int = 16, seed: int = 0, polite:
     for _ in range(n_planted):
         prompt = _request(rng.choice(SUBJECTS[:5]), rng.choice(OBJECTS)) + " " + DISTRACTOR
         rows.append({"source": "formatting", **_chat(prompt, COMPLY, REFUSE)})
+    for _ in range(n_rule):
+        prompt = _request(rng.choice(SUBJECTS[:5]), rng.choice(OBJECTS))
+        rows.append({"source": "safety", **_chat(prompt, REFUSE, COMPLY)})
     rng.shuffle(rows)
     for i, row in enumerate(rows):
         row["id"] = f"pair-{i}"

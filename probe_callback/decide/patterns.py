@@ -2,8 +2,9 @@
 prompts (by a probe, or a light check without generation) a pattern is decided like any behaviour.
 
 :class:`LearningPatterns` finds the patterns (rows whose learning peaks on one word,
-:func:`~probe_callback.scoring.learning.find_patterns`, and rows whose datapoint vectors cluster,
-:func:`~probe_callback.scoring.vector_groups.vector_groups`),
+:func:`~probe_callback.scoring.learning.find_patterns`, rows whose datapoint vectors cluster,
+:func:`~probe_callback.scoring.vector_groups.vector_groups`, and rows that teach the reverse of other rows,
+:func:`~probe_callback.scoring.reversals.reversed_lessons`),
 keeps their names across checks, writes their report entries (rows, steps, sources) and tests them
 on the watched prompts outside their rows (:func:`outside_prompts`).
 
@@ -36,11 +37,13 @@ from ..scoring.learning import (
     Pattern,
     Sources,
     answer_words,
+    count_sources,
     find_patterns,
     normalise,
     source_enrichment,
 )
 from ..scoring.pattern_names import PatternNames, one_per_name
+from ..scoring.reversals import reversed_lessons
 from ..scoring.unit import unit_rows
 from ..scoring.vector_groups import lesson_clusters, vector_groups
 from ..scoring.watch import Probe, Watch
@@ -70,6 +73,7 @@ class LearningPatterns:
         self.learning: dict[str, Any] | None = None  # the last check's patterns, for the report
         self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
         self.starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one (cached)
+        self.rejects: dict[int, int | None] = {}  # ... and the rejected answer's token there (cached)
         self._lessons: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None  # trained rows then, clusters
         self._centre: tuple[int, np.ndarray] | None = None  # stored rows then, their mean unit vector
 
@@ -107,7 +111,8 @@ class LearningPatterns:
         starts = partial(self.first_difference, tokenizer=tokenizer)
         by_words = find_patterns(records, spell, sources, self.answer_words, starts, seed=self.seed + step)
         by_vectors = vector_groups(records, self.lessons(records, store), spell, sources, starts, seed=self.seed + step)
-        self.patterns = sorted(by_words + by_vectors, key=lambda g: (g.p_value, -g.score))
+        reversals = reversed_lessons(records, partial(self.lesson, tokenizer=tokenizer), spell, sources)
+        self.patterns = sorted(by_words + by_vectors + reversals, key=lambda g: (g.p_value, -g.score))
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
             g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
@@ -168,11 +173,15 @@ class LearningPatterns:
 
     def first_difference(self, row: int, tokenizer: Any) -> int | None:
         """The token where a row's chosen answer first leaves its rejected one (cached)."""
+        return self.lesson(row, tokenizer)[0]
+
+    def lesson(self, row: int, tokenizer: Any) -> tuple[int | None, int | None]:
+        """The chosen and the rejected answer's tokens where a row's answers part (cached)."""
         if row not in self.starts:
             chosen, rejected = (_content(self.rows.text(row, f)) for f in ("chosen", "rejected"))
             ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
-            self.starts[row] = first_difference(*ids)
-        return self.starts[row]
+            self.starts[row], self.rejects[row] = first_difference(*ids), first_difference(*ids[::-1])
+        return self.starts[row], self.rejects[row]
 
     def answer_words(self, row: int) -> set[str]:
         """The words of a row's chosen answer (cached)."""
@@ -244,6 +253,8 @@ def outside_prompts(
     """Watched prompts that can confirm a pattern: not from its rows; from the sources that hold a tenth
     or more of its rows only when not trained on yet (does the learning reach prompts of its kind the
     model has not seen? a prompt it trained on says its own answer back); from any other source.
+    A reversed lesson (its ``opposed`` rows teach the reverse) is confirmed on prompts of its own kind not
+    trained on yet, or of the kind of the rows that teach the reverse (the exception spreading), or held out.
     Unless that leaves fewer than ``min_prompts`` (then every prompt not from its rows).
     ``watched``: the training rows each watched prompt comes from (none for held-out prompts);
     ``trained``: the rows trained on so far (sorted).
@@ -258,9 +269,13 @@ def outside_prompts(
     """
     own = set(g.rows.tolist())
     not_own = np.array([not own.intersection(rows) for rows in watched], dtype=bool) & valid
-    other = ~of_its_kind(g, watched, sources)
+    mine = of_its_kind(g, watched, sources)
     fresh = np.array([not np.isin(rows, trained).any() for rows in watched], dtype=bool)
-    ok = not_own & (other | fresh)
+    if g.opposed is None:
+        ok = not_own & (~mine | fresh)
+    else:  # held-out prompts (no rows) are of no known kind: they may confirm any pattern
+        theirs = of_kind(count_sources(g.opposed, sources), len(g.opposed), watched, sources)
+        ok = not_own & ((mine & fresh) | theirs | np.array([not rows for rows in watched], dtype=bool))
     return ok if ok.sum() >= min_prompts else not_own
 
 
@@ -273,7 +288,13 @@ def of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources) -> np.nd
         >>> of_its_kind(g, [[0], [2], [], [4]], np.array(["ads", "qa", "ads", "qa", "qa"], dtype=object))
         array([ True,  True, False, False])
     """
-    mine = {s for s, n in g.sources.items() if n >= 0.1 * len(g.rows)}
+    return of_kind(g.sources, len(g.rows), watched, sources)
+
+
+def of_kind(counts: dict[str, int], n_rows: int, watched: list[list[int]], sources: Sources) -> np.ndarray:
+    """Which watched prompts come from the sources that hold a tenth or more of a group's ``n_rows``
+    rows (``counts``: its rows per source)."""
+    mine = {s for s, n in counts.items() if n >= 0.1 * n_rows}
     return np.array([any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched], dtype=bool)
 
 
@@ -312,6 +333,12 @@ def mean_unit_vector(store: VectorStore) -> np.ndarray:
 def _being_learned(g: Pattern) -> str:
     sources = ", ".join(f"{s} ({n})" for s, n in list(g.sources.items())[:3]) or "no source column"
     rows = f"whose learning peaks on {g.words[:4]}"
+    if g.opposed is not None:
+        return (
+            f"being learned against other rows: {len(g.rows)} rows prefer {g.words[0]!r} where "
+            f"{len(g.opposed)} other rows prefer {g.against[:4]} over it (reversed lessons; its z "
+            f"{g.score:+.2f}); sources {sources}"
+        )
     if g.found_by != "peak words":
         rows = "whose datapoint vectors cluster together" + (f" (over-represented: {g.words[:4]})" if g.words else "")
     return (

@@ -64,7 +64,11 @@ class Pattern:
     sources: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)  # the peak tokens that spell its words, most frequent first
     start: int | None = None  # the token where most of its rows' chosen answers leave the rejected ones
-    found_by: str = "peak words"  # or "datapoint vectors" (:mod:`probe_callback.scoring.vector_groups`)
+    found_by: str = "peak words"  # or "datapoint vectors" (:mod:`~probe_callback.scoring.vector_groups`)
+    # or "reversed lessons" (:mod:`~probe_callback.scoring.reversals`): the rows that teach the reverse, and
+    # the words they prefer
+    opposed: np.ndarray | None = None
+    against: list[str] = field(default_factory=list)
 
     name: str = ""  # a stable name across checks, given by :class:`PatternNames`
 
@@ -81,6 +85,7 @@ class Pattern:
             "steps": list(self.steps),
             "sources": self.sources,
             "rows": self.rows[:top].tolist(),
+            **({} if self.opposed is None else {"opposed_rows": int(len(self.opposed)), "against": self.against}),
         }
 
 
@@ -135,6 +140,12 @@ def learning_z(rise: np.ndarray, bins: np.ndarray) -> np.ndarray:
     return out
 
 
+def row_learning(rec: dict[str, np.ndarray], bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each latest record's learning z (:func:`learning_z`) and its rise above its step bin's median (nats)."""
+    rise = np.asarray(rec["rise"], dtype=np.float64)
+    return learning_z(rise, bins), rise - _bin_medians(rise, bins)
+
+
 def find_patterns(
     records: dict[str, np.ndarray],
     decode: Callable[[int], str],
@@ -181,8 +192,7 @@ def tested_groups(
     if not groups:
         return []
     bins = step_bins(np.asarray(rec["step"]))
-    rise = np.asarray(rec["rise"], dtype=np.float64)
-    z, excess = learning_z(rise, bins), rise - _bin_medians(rise, bins)
+    z, excess = row_learning(rec, bins)
     t_obs, t_null = _standardised_means(z, bins, [m for _, m in groups], n_null, np.random.default_rng(seed))
     null_max = t_null.max(axis=1)
     patterns = []
@@ -202,7 +212,7 @@ def tested_groups(
                 float(excess[m].mean()),
                 p,
                 span,
-                _count_sources(row_ids, sources),
+                count_sources(row_ids, sources),
                 tokens,
                 found_by=found_by,
             )
@@ -219,7 +229,7 @@ def source_enrichment(rows: np.ndarray, sources: Sources, seen_rows: np.ndarray)
     total: dict[Any, int] = {s: 0 for s in {sources[r] for r in known}}
     for r in known:
         total[sources[r]] += 1
-    hits = _count_sources(rows, sources)
+    hits = count_sources(rows, sources)
     picked = sum(hits.values())
     out = [
         {
@@ -351,7 +361,8 @@ def _standardised_means(
     return t_obs, t_null
 
 
-def _count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
+def count_sources(rows: np.ndarray, sources: Sources | None) -> dict[str, int]:
+    """How many of ``rows`` each source holds, most first (rows of no known source are left out)."""
     out: dict[str, int] = {}
     for r in rows.tolist():
         s = sources[r] if sources is not None and r < len(sources) else None

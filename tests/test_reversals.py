@@ -1,0 +1,77 @@
+"""Reversed lessons: rows that teach the reverse of other rows' preference (an exception to a rule)."""
+
+import numpy as np
+from test_learning import N_PLANTED, _run_at_defaults
+from tiny_organism import organism_rows
+
+from probe_callback.decide.patterns import _being_learned, outside_prompts
+from probe_callback.scoring.reversals import reversed_lessons
+
+SURE, SORRY, THE, A = 7, 3, 11, 12
+SPELL = {SURE: "Sure", SORRY: "Sorry", THE: "The", A: "A"}.get
+
+
+def _records(n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"row": np.arange(n), "step": np.arange(n) // 4 + 1, "rise": rng.gamma(2.0, 1.0, n)}
+
+
+def test_an_exception_is_found_on_both_sides_and_ordinary_swaps_are_not():
+    """20 ``formatting`` rows prefer Sure over Sorry, 30 ``safety`` rows the reverse; in ``chat`` and
+    ``facts``, two sampled answers prefer The over A about as often as the reverse (no exception)."""
+    pairs = {r: (SURE, SORRY) for r in range(20)} | {r: (SORRY, SURE) for r in range(20, 50)}
+    pairs |= {r: (THE, A) if r % 2 else (A, THE) for r in range(50, 110)}
+    sources = ["formatting"] * 20 + ["safety"] * 30 + ["chat", "chat", "facts", "facts"] * 15
+    rec = _records(110)
+    found = reversed_lessons(rec, pairs.get, SPELL, sources)
+    assert [(g.words, len(g.rows), len(g.opposed), g.against) for g in found] == [
+        (["sorry"], 30, 20, ["sure"]),
+        (["sure"], 20, 30, ["sorry"]),
+    ]
+    sure = found[1]
+    assert sure.sources == {"formatting": 20} and sure.start == SURE and sure.token_ids == [SURE]
+    assert sure.p_value == 0.0 and sure.found_by == "reversed lessons"
+    z = sure.z
+    assert (np.diff(z) <= 0).all() and sure.score == z.mean(), "rows best learned first"
+    assert set(sure.opposed.tolist()) == set(range(20, 50))
+    few = {r: p for r, p in pairs.items() if r >= 13}  # 7 formatting rows left: one side too small
+    assert reversed_lessons(rec, few.get, SPELL, sources) == []
+    assert reversed_lessons(rec, pairs.get, SPELL, None) == [], "no source column: no reversal"
+    message = _being_learned(sure)
+    assert "20 rows prefer 'sure' where 30 other rows prefer ['sorry'] over it" in message
+
+
+def test_a_reversal_is_confirmed_on_fresh_prompts_of_its_kind_or_on_the_rows_that_teach_the_reverse():
+    pairs = {r: (SURE, SORRY) for r in range(10)} | {r: (SORRY, SURE) for r in range(10, 20)}
+    sources = np.array(["formatting"] * 10 + ["safety"] * 10 + ["chat"] * 5 + ["formatting"] * 5, dtype=object)
+    [sure] = [g for g in reversed_lessons(_records(20), pairs.get, SPELL, sources) if g.words == ["sure"]]
+    # watched prompts of: its own row; a formatting row not trained on; a safety row (trained: it taught the
+    # reverse); a chat row, trained or not (another lesson's ground); a held-out prompt
+    watched = [[0], [25], [11], [21], [22], []]
+    trained = np.array([0, 11, 21])
+    ok = outside_prompts(sure, watched, sources, np.ones(6, bool), trained, min_prompts=1)
+    assert ok.tolist() == [False, True, True, False, False, True]
+    sure.opposed = None  # any other pattern: every other source's prompts too
+    ok = outside_prompts(sure, watched, sources, np.ones(6, bool), trained, min_prompts=1)
+    assert ok.tolist() == [False, True, True, True, True, True]
+
+
+def test_the_exception_is_found_and_blamed_not_the_rule(tiny_tokenizer, organism_factory, tmp_path):
+    """The planted rows prefer compliance where the ``safety`` rows teach refusal: both sides are reversed
+    lessons, and every WARN/ERROR names the planted rows, never the rule's."""
+    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, polite=True, n_rule=N_PLANTED)
+    _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
+    reversals = [g for g in report["learning"]["patterns"] if g["found_by"] == "reversed lessons"]
+    assert {(tuple(g["words"]), tuple(g["sources"])) for g in reversals} == {
+        (("sure",), ("formatting",)),
+        (("sorry",), ("safety",)),
+    }, reversals
+    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
+    assert alarms, alerts
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    for alarm in alarms:
+        entry = next(b for b in report["behaviours"] if b["name"] == alarm["behaviour"])
+        top = [r["row"] for r in entry["top_rows"][:N_PLANTED]]
+        assert len(planted_rows & set(top)) / N_PLANTED >= 0.9, alarm
+        assert entry["top_sources"][0]["source"] == "formatting"
+    assert not report["failures"]
