@@ -371,6 +371,9 @@ class ProbeCallback(TrainerCallback, ExportableState):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         if self.live is not None:
             self.live.cadence.stop()
+            if self.is_main and self.paused_at_step is None:  # a pause ranked them already
+                with self.faults.guard("final ranking", self._step):
+                    self.live.monitor.reattribute()  # the final report ranks every stored row, not a light check's
         self._write_report()
         if self.is_main and self.live is not None:
             logger.warning("probe_callback report:\n%s", summary_text(self.report()))

@@ -90,11 +90,12 @@ def test_report_lists_the_patterns(planted):
     assert best["sources"] == {"formatting": best["n_rows"]} and best["p_value"] <= 0.01
 
 
-def _run_at_defaults(tokenizer, factory, out, rows):
-    """The one line and nothing else, on a run with an eval split; the budget is made to refuse every
-    probe and allow every light check (on CPU it depends on timing), so the light checks alone decide."""
+def _run_at_defaults(tokenizer, factory, out, rows, **options):
+    """The one line and nothing else (but ``options``), on a run with an eval split; the budget is made to
+    refuse every probe and allow every light check (on CPU it depends on timing), so the light checks
+    alone decide."""
     trainer = dpo_trainer(tokenizer, factory, rows, out, eval_rows=eval_rows(), **RPO)
-    callback = ProbeCallback(trainer)
+    callback = ProbeCallback(trainer, **options)
     trainer.add_callback(callback)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Cadence, "within_budget", lambda self, light=False: light)

@@ -60,7 +60,9 @@ def test_the_exception_is_found_and_blamed_not_the_rule(tiny_tokenizer, organism
     """The planted rows prefer compliance where the ``safety`` rows teach refusal: both sides are reversed
     lessons, and every WARN/ERROR names the planted rows, never the rule's."""
     rows = organism_rows(n_clean=48, n_planted=N_PLANTED, polite=True, n_rule=N_PLANTED)
-    _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
+    callback, report, alerts = _run_at_defaults(
+        tiny_tokenizer, organism_factory, tmp_path, rows, pause_on_regression=False
+    )
     reversals = [g for g in report["learning"]["patterns"] if g["found_by"] == "reversed lessons"]
     assert {(tuple(g["words"]), tuple(g["sources"])) for g in reversals} == {
         (("sure",), ("formatting",)),
@@ -74,4 +76,8 @@ def test_the_exception_is_found_and_blamed_not_the_rule(tiny_tokenizer, organism
         top = [r["row"] for r in entry["top_rows"][:N_PLANTED]]
         assert len(planted_rows & set(top)) / N_PLANTED >= 0.9, alarm
         assert entry["top_sources"][0]["source"] == "formatting"
-    assert not report["failures"]
+        # no pause, and the last check a light one: the final report still ranks by the datapoint vectors too
+        # (a light check scores its members by z and ties every other row at the bottom)
+        scores = callback.monitor.pattern_scores[alarm["behaviour"]]
+        assert len(np.unique(scores[np.isfinite(scores)])) > len(rows) // 2
+    assert not report["failures"] and not report["not_recorded"]

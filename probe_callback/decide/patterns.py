@@ -236,9 +236,12 @@ class LearningPatterns:
 
     def reattribute(self) -> None:
         """Rank the store again for every reported pattern (e.g. after more rows were stored)."""
+        reported = one_per_name([g for g in self.patterns if g.name in self.book.behaviours])
+        if not reported:
+            return
         store = VectorStore.open(self.store_dir)
         records = store.memberships()
-        for g in one_per_name([g for g in self.patterns if g.name in self.book.behaviours]):
+        for g in reported:
             self.book.behaviours[g.name].update(self.entry(g, records, store))
 
 
