@@ -64,10 +64,11 @@ def test_the_exception_is_found_and_blamed_not_the_rule(tiny_tokenizer, organism
         tiny_tokenizer, organism_factory, tmp_path, rows, pause_on_regression=False
     )
     reversals = [g for g in report["learning"]["patterns"] if g["found_by"] == "reversed lessons"]
-    assert {(tuple(g["words"]), tuple(g["sources"])) for g in reversals} == {
-        (("sure",), ("formatting",)),
-        (("sorry",), ("safety",)),
-    }, reversals
+    # each side named by the first token of the answer it prefers (the tiny tokenizer's "Su" of "Sure")
+    sides = {tuple(g["sources"]): g["words"] for g in reversals}
+    assert set(sides) == {("formatting",), ("safety",)}, reversals
+    assert "sure".startswith(sides[("formatting",)][0]) and "sorry".startswith(sides[("safety",)][0])
+    assert all(g["n_rows"] == g["opposed_rows"] == N_PLANTED for g in reversals)
     alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
     assert alarms, alerts
     planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
