@@ -11,10 +11,15 @@ topics, each with its own direction, plus 4% of rows teaching one lesson that th
   rows), which a run repeats only once the trained rows grew by a quarter;
 - ``vector_groups_s``: :func:`~probe_callback.scoring.vector_groups.vector_groups`, testing the clusters
   (every check);
-- ``centre_s``: the mean unit vector of every stored row (the pattern names' directions; one pass).
+- ``centre_s``: the mean unit vector of every stored row (the pattern names' directions; one pass);
+- ``reversals_s``: :func:`~probe_callback.scoring.reversals.reversed_lessons`, each row's lesson (the
+  tokens where its answers part) read from a dict, as the run's cache holds them (a row is tokenised
+  once, for the word patterns' lesson starts). The planted rows prefer token 1 over 2, one topic's
+  rows 2 over 1 (the rule), the others one of 50 openers over another in both orders.
 
 Each figure is the median of ``--repeats`` calls after one warm-up call. It also says whether the
-planted lesson was found (a vector group at p <= 0.01 that is 90% planted rows).
+planted lesson was found (a vector group at p <= 0.01 that is 90% planted rows), and whether the
+reversal was (its exception side is exactly the planted rows, and no other side is found).
 
 Run:
     python -m benchmarks.learning_check                  # n = 1,000 / 10,000 / 100,000 -> results/learning_check.json
@@ -36,6 +41,7 @@ import numpy as np
 from benchmarks.common import machine, save
 from probe_callback.decide.patterns import mean_unit_vector
 from probe_callback.scoring.learning import find_patterns
+from probe_callback.scoring.reversals import reversed_lessons
 from probe_callback.scoring.vector_groups import lesson_clusters, vector_groups
 from probe_callback.store.vectors import VectorStore
 
@@ -88,6 +94,9 @@ def measure(n: int, repeats: int) -> dict[str, Any]:
         groups_s, groups = timed(lambda: vector_groups(records, lessons, decode), repeats)
         centre_s, _ = timed(lambda: mean_unit_vector(store), repeats)
         found = any(g.p_value <= 0.01 and planted[g.rows].mean() >= 0.9 for g in groups)
+        lessons_of, sources = _lessons(planted)
+        reversals_s, sides = timed(lambda: reversed_lessons(records, lessons_of.get, decode, sources), repeats)
+        exception = [g for g in sides if g.words == ["w1"]]
         return {
             "rows": n,
             "read_records_s": round(read_s, 3),
@@ -97,7 +106,25 @@ def measure(n: int, repeats: int) -> dict[str, Any]:
             "centre_s": round(centre_s, 3),
             "clusters": len(lessons[1]),
             "planted_lesson_found": bool(found),
+            "reversals_s": round(reversals_s, 3),
+            "reversal_found": len(sides) == 2
+            and len(exception) == 1
+            and set(exception[0].rows.tolist()) == set(np.flatnonzero(planted).tolist()),
         }
+
+
+def _lessons(planted: np.ndarray) -> tuple[dict[int, tuple[int, int]], np.ndarray]:
+    """Each row's lesson and source: planted rows (source ``planted``) prefer 1 over 2, topic 0's rows 2
+    over 1, the other topics' rows one of 50 openers over another (both orders, every topic alike)."""
+    rng = np.random.default_rng(1)
+    n = len(planted)
+    topic = np.arange(n) % TOPICS
+    a, b = rng.integers(10, 60, n), rng.integers(10, 60, n)
+    lessons = {r: (int(a[r]), int(b[r])) for r in range(n)}
+    lessons |= {int(r): (2, 1) for r in np.flatnonzero(~planted & (topic == 0))}
+    lessons |= {int(r): (1, 2) for r in np.flatnonzero(planted)}
+    sources = np.where(planted, "planted", np.char.add("topic", topic.astype(str))).astype(object)
+    return lessons, sources
 
 
 def main() -> None:
