@@ -76,20 +76,21 @@ def reversed_lessons(
         word = normalise(decode(a) or "")
         if len(mine) < min_side or len(opposed) < min_side or not word:
             continue
-        at = np.asarray(mine)[np.argsort(-z[mine], kind="stable")]
-        if _apart(count_sources(rows[at], sources), count_sources(rows[opposed], sources)) < MIN_APART:
+        members = np.asarray(mine)[np.argsort(-z[mine], kind="stable")]
+        counts = count_sources(rows[members], sources)
+        if _apart(counts, count_sources(rows[opposed], sources)) < MIN_APART:
             continue
-        steps = np.asarray(rec["step"])[at]
+        steps = np.asarray(rec["step"])[members]
         out.append(
             Pattern(
                 [word],
-                rows[at],
-                z[at],
-                float(z[at].mean()),
-                float(excess[at].mean()),
+                rows[members],
+                z[members],
+                float(z[members].mean()),
+                float(excess[members].mean()),
                 0.0,
                 (int(steps.min()), int(steps.max())),
-                count_sources(rows[at], sources),
+                counts,
                 [a],
                 start=a,
                 found_by=FOUND_BY,
