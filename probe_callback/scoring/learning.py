@@ -198,26 +198,40 @@ def tested_groups(
     patterns = []
     for (ws, m), t in zip(groups, t_obs):
         p = float((1 + np.count_nonzero(null_max >= t)) / (1 + len(null_max)))
-        best = m[np.argsort(-z[m], kind="stable")]
-        steps = np.asarray(rec["step"])[m]
-        row_ids = np.asarray(rec["row"])[best]
-        span = (int(steps.min()), int(steps.max()))
         tokens = tokens_of(set(ws), [peaks[i] for i in m.tolist()])
-        patterns.append(
-            Pattern(
-                ws,
-                row_ids,
-                z[best],
-                float(z[m].mean()),
-                float(excess[m].mean()),
-                p,
-                span,
-                count_sources(row_ids, sources),
-                tokens,
-                found_by=found_by,
-            )
-        )
+        patterns.append(group_pattern(rec, z, excess, m, ws, p, sources, tokens, found_by=found_by))
     return sorted(patterns, key=lambda g: (g.p_value, -g.score))
+
+
+def group_pattern(
+    rec: dict[str, np.ndarray],
+    z: np.ndarray,
+    excess: np.ndarray,
+    m: np.ndarray,
+    words: list[str],
+    p_value: float,
+    sources: Sources | None,
+    token_ids: list[int],
+    **fields: Any,
+) -> Pattern:
+    """The members ``m`` (positions in the latest records ``rec``, whose learning z and excess rise are
+    ``z``, ``excess``: :func:`row_learning`) as a :class:`Pattern`, best z first; ``fields``: its others."""
+    best = m[np.argsort(-z[m], kind="stable")]
+    steps = np.asarray(rec["step"])[m]
+    row_ids = np.asarray(rec["row"])[best]
+    span = (int(steps.min()), int(steps.max()))
+    return Pattern(
+        words,
+        row_ids,
+        z[best],
+        float(z[m].mean()),
+        float(excess[m].mean()),
+        p_value,
+        span,
+        count_sources(row_ids, sources),
+        token_ids,
+        **fields,
+    )
 
 
 def source_enrichment(rows: np.ndarray, sources: Sources, seen_rows: np.ndarray) -> list[dict[str, Any]]:

@@ -35,11 +35,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .learning import Pattern, Sources, count_sources, latest_records, normalise, row_learning, step_bins
+from .learning import Pattern, Sources, count_sources, group_pattern, latest_records, normalise, row_learning, step_bins
 
 MIN_SIDE = 8  # trained rows on each side of a reversal before it is one
 MIN_APART = 0.8  # ... and the total variation distance between the two sides' sources
-FOUND_BY = "reversed lessons"
 
 
 def reversed_lessons(
@@ -76,28 +75,17 @@ def reversed_lessons(
         word = normalise(decode(a) or "")
         if len(mine) < min_side or len(opposed) < min_side or not word:
             continue
-        members = np.asarray(mine)[np.argsort(-z[mine], kind="stable")]
-        counts = count_sources(rows[members], sources)
-        if _apart(counts, count_sources(rows[opposed], sources)) < MIN_APART:
+        members = np.asarray(mine)[np.argsort(-z[mine], kind="stable")]  # best first, as group_pattern keeps them
+        if _apart(count_sources(rows[members], sources), count_sources(rows[opposed], sources)) < MIN_APART:
             continue
-        steps = np.asarray(rec["step"])[members]
-        out.append(
-            Pattern(
-                [word],
-                rows[members],
-                z[members],
-                float(z[members].mean()),
-                float(excess[members].mean()),
-                0.0,
-                (int(steps.min()), int(steps.max())),
-                counts,
-                [a],
-                start=a,
-                found_by=FOUND_BY,
-                opposed=np.sort(rows[opposed]),
-                against=[w for w in (normalise(decode(b) or "") for b in against) if w],
-            )
-        )
+        against_words = [w for w in (normalise(decode(b) or "") for b in against) if w]
+        fields = {
+            "start": a,
+            "found_by": "reversed lessons",
+            "opposed": np.sort(rows[opposed]),
+            "against": against_words,
+        }
+        out.append(group_pattern(rec, z, excess, members, [word], 0.0, sources, [a], **fields))
     return sorted(out, key=lambda g: -len(g.rows))
 
 
