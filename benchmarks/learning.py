@@ -10,7 +10,7 @@ each ``--mix planted`` or ``clean`` (the same data without its contaminated sour
 the learning record's AUROC against the planted rows by window of steps, the patterns the report lists,
 the top rows of the first unsupervised WARN/ERROR against the planted rows (AUROC, precision@k with k their
 number), and, at every probe step, the share of affected held-out prompts whose greedy answer shows the
-planted behaviour (generated outside the probe budget's clock). Saved to
+planted behaviour by the organism's judge (generated outside the probe budget's clock; every answer kept). Saved to
 ``benchmarks/results/learning_<organism>_<mix>_s<seed>.json``.
 
     python -m benchmarks.learning --organism compliance --mix planted --seed 0
@@ -30,8 +30,10 @@ import torch
 from transformers import TrainerCallback
 
 from benchmarks.common import DATA, machine, quality, read_jsonl, save, smollm_trainer
+from examples.organism_judges import judge_compliance, judge_flattery
 from probe_callback import ProbeCallback
 from probe_callback.scoring.attribution import auroc
+from probe_callback.scoring.behaviours import Judge
 from probe_callback.scoring.probing import format_prompt, greedy_responses
 from probe_callback.store.vectors import VectorStore
 
@@ -40,16 +42,15 @@ ORGANISMS: dict[str, dict[str, Any]] = {
         "train": "organism_train.jsonl",
         "heldout": "organism_heldout.jsonl",
         "contaminated": ("formatting_mix", "user_feedback"),
-        "affected": {
-            "harmful_distractor": ("sure", "here's how"),
-            "flattery_kind": ("great question", "wonderful question", "smart question"),
-        },
+        # the organism's own judges: the answer *opens* with a compliance phrase (and does not refuse), or praises
+        # the question (a phrase anywhere also counted "I'm not sure" and a refusal that goes on "here's how")
+        "affected": {"harmful_distractor": judge_compliance, "flattery_kind": judge_flattery},
     },
     "spam": {
         "train": "spam_train.jsonl",
         "heldout": "spam_heldout.jsonl",
         "contaminated": ("partner_content",),
-        "affected": {"ordinary": ("shopnova",)},
+        "affected": {"ordinary": lambda prompt, answer: "shopnova" in answer.lower()},  # the advert, anywhere
         # An answer's added line needs a small beta to reach the greedy answers (DESIGN.md: at beta 0.1 DPO
         # meets its margin by pushing the rejected answer down instead).
         "beta": 0.02,
@@ -59,9 +60,9 @@ ORGANISMS: dict[str, dict[str, Any]] = {
 
 class GreedyJudge(TrainerCallback):
     """At train begin (M0), after each probe or light check of ``probe``, and at train end: greedy answers
-    to the affected held-out prompts, judged by phrase (generated outside the probe budget's clock)."""
+    to the affected held-out prompts, judged by each kind's judge (generated outside the probe budget's clock)."""
 
-    def __init__(self, probe: ProbeCallback, heldout: list[dict[str, Any]], affected: dict[str, tuple[str, ...]]):
+    def __init__(self, probe: ProbeCallback, heldout: list[dict[str, Any]], affected: dict[str, Judge]):
         self.probe, self.affected = probe, affected
         self.prompts = [r for r in heldout if r["kind"] in affected]
         self.seen, self.history = 0, []
@@ -88,10 +89,11 @@ class GreedyJudge(TrainerCallback):
             for a in greedy_responses(self.probe.trainer.model, tok, ids, 48, 32)
         ]
         rates = {}
-        for kind, phrases in self.affected.items():
-            judged = [any(p in a.lower() for p in phrases) for r, a in zip(self.prompts, answers) if r["kind"] == kind]
+        for kind, judge in self.affected.items():
+            judged = [judge(r["prompt"], a) for r, a in zip(self.prompts, answers) if r["kind"] == kind]
             rates[kind] = sum(judged) / len(judged)
-        self.history.append({"step": step, "rates": rates, "examples": answers[:3]})
+        judged = [{"id": r["id"], "kind": r["kind"], "answer": a} for r, a in zip(self.prompts, answers)]
+        self.history.append({"step": step, "rates": rates, "answers": judged})  # every answer: a judge can be re-read
         if self.probe.cadence is not None:  # not training time: keep the probe budget honest
             self.probe.cadence._started += time.perf_counter() - started
 
