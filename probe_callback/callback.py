@@ -293,7 +293,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
                 self._settle(live, state, control, pause)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        """Between probes: what the learning record shows (free), as INFO alerts and metrics."""
+        """Between probes: what the learning record shows (no model call), as INFO alerts and metrics."""
         live = self.live
         # (a probe at this step already read the learning record)
         if self.is_main and live is not None and live.monitor.last_step != state.global_step:

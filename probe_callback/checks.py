@@ -2,8 +2,8 @@
 
 At a candidate step: a probe (every rank measures, rank 0 scores, decides and publishes), or, when
 the budget refuses it, a light check (M0's answers read by the current model, no generation); at
-each logging step between probes, the learning check (free). A probe or light check says whether
-rank 0 asks for a pause; the callback pauses every rank.
+each logging step between probes, the learning check (no model call; held to the same budget). A
+probe or light check says whether rank 0 asks for a pause; the callback pauses every rank.
 
 Example:
     >>> checks = Checks(trainer, reference, current, pause_on_regression=True)  # doctest: +SKIP
@@ -101,7 +101,11 @@ class Checks:
         return pause
 
     def learning(self, live: Live, step: int) -> None:
-        """Between probes (rank 0): what the learning record shows (free), as INFO alerts and metrics."""
+        """Between probes (rank 0): what the learning record shows (no model call), as INFO alerts and
+        metrics, when the probe budget allows it (its cost grows with the rows trained)."""
+        if not live.cadence.learning_due():
+            return
+        started = time.perf_counter()
         try:
             live.recorder.store.flush()
             alerts = live.monitor.learning_check(step, self.trainer.processing_class)
@@ -110,6 +114,7 @@ class Checks:
             self._publish_learning(live.monitor, step)
         except Exception as exc:  # a failure of ours never kills the user's run
             live.monitor.record_failure(step, "learning check", exc)
+        live.cadence.record_learning(time.perf_counter() - started)
 
     def _pauses(self, alerts: list[Alert]) -> bool:
         """Whether ``alerts`` ask for a pause: a new ERROR, with ``pause_on_regression``."""

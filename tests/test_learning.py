@@ -92,13 +92,14 @@ def test_report_lists_the_patterns(planted):
 
 def _run_at_defaults(tokenizer, factory, out, rows, **options):
     """The one line and nothing else (but ``options``), on a run with an eval split; the budget is made to
-    refuse every probe and allow every light check (on CPU it depends on timing), so the light checks
-    alone decide."""
+    refuse every probe and allow every light check and learning check (on CPU it depends on timing), so
+    the light checks alone decide."""
     trainer = dpo_trainer(tokenizer, factory, rows, out, eval_rows=eval_rows(), **RPO)
     callback = ProbeCallback(trainer, **options)
     trainer.add_callback(callback)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Cadence, "within_budget", lambda self, light=False: light)
+        patch.setattr(Cadence, "learning_due", lambda self: True)
         trainer.train()
     log = out / "probe_callback" / "alerts.jsonl"
     alerts = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -109,6 +110,7 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     rows = organism_rows(n_clean=48, n_planted=N_PLANTED, polite=True)
     callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
     assert callback.cadence.probes == 0 and callback.cadence.light_checks >= 2
+    assert report["cost"]["learning_checks"] >= RPO["max_steps"] // RPO["logging_steps"] // 2  # between them
     alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
     assert [a["level"] for a in alarms] == ["WARN", "ERROR"], alerts
     assert all("confirmed without generation" in a["message"] for a in alarms)

@@ -24,23 +24,27 @@ class Cadence:
     probes). The expected cost is the dearest probe's so far, or ``expected_seconds`` before the first.
     ``budget=None``: every candidate is probed. A candidate the budget refuses a probe may still get a
     light check (no generation), costed the same way (``light_seconds`` before the first) and counted
-    in the same budget.
+    in the same budget. So are the learning checks between them (:meth:`learning_due`): no model call,
+    but their cost grows with the rows trained.
     """
 
     every: int
     budget: float | None = None
     expected_seconds: float = 0.0
     light_seconds: float = 0.0
+    learning_seconds: float = 0.0  # the dearest learning check so far
     probes: int = 0
+    learning_checks: int = 0
     light_checks: int = 0
     probe_seconds: float = 0.0
     skipped: int = 0
     _started: float = field(default_factory=time.perf_counter, repr=False)
     _stopped: float | None = field(default=None, repr=False)
+    _learned_at: float = field(default=0.0, repr=False)  # training seconds at the last learning check
 
     def start(self) -> None:
         """Start the training clock (call when training starts or resumes)."""
-        self._started, self._stopped = time.perf_counter(), None
+        self._started, self._stopped, self._learned_at = time.perf_counter(), None, 0.0
 
     def stop(self) -> None:
         """Stop the training clock (at train end), so the figures no longer change."""
@@ -75,6 +79,27 @@ class Cadence:
             self.probes += 1
         self.probe_seconds += seconds
 
+    def learning_due(self) -> bool:
+        """Whether a learning check may run now: the dearest so far costs at most half the budget's share of
+        the training time since the last one (cheap checks run at every logging step; on a large store they
+        thin out instead of slowing training; a skipped one loses nothing, the next reads every record).
+
+        Example:
+            >>> c = Cadence(every=5, budget=0.1)
+            >>> c.learning_due(), c.record_learning(3.0), c.learning_due()   # 3 s wait for 60 s of training
+            (True, None, False)
+        """
+        if self.budget is None:
+            return True
+        return self.learning_seconds <= self.budget / 2 * (self.train_seconds() - self._learned_at)
+
+    def record_learning(self, seconds: float) -> None:
+        """Account for a learning check that took ``seconds`` (counted in the budget's share too)."""
+        self.learning_seconds = max(self.learning_seconds, seconds)
+        self.learning_checks += 1
+        self.probe_seconds += seconds
+        self._learned_at = self.train_seconds()
+
     def spend(self, seconds: float) -> None:
         """Account for a one-time cost (e.g. growing the watch set): counted in the budget, not in the
         expected cost of the next probe or light check.
@@ -95,6 +120,7 @@ class Cadence:
             "budget": self.budget,
             "probe_passes": self.probes,
             "light_checks": self.light_checks,
+            "learning_checks": self.learning_checks,
             "probe_seconds": round(self.probe_seconds, 3),
             "train_seconds": round(train, 3),
             "share": round(self.probe_seconds / train, 4) if train > 0 else None,

@@ -328,22 +328,27 @@ def answer_words(text: str) -> set[str]:
 def peak_words(
     rec: dict[str, np.ndarray], decode: Callable[[int], str], starts: Callable[[int], int | None] | None
 ) -> list[set[tuple[int, str]]]:
-    """Per record: the (token id, word) of its peaks (>= ``MIN_PEAK_RISE``) and its lesson start that spell words."""
-    cache: dict[int, str] = {}
-    ids, rises = np.asarray(rec["peak_ids"]), np.asarray(rec["peak_rises"], dtype=np.float64)
+    """Per record: the (token id, word) of its peaks (>= ``MIN_PEAK_RISE``) and its lesson start that spell words.
+
+    Example:
+        >>> import numpy as np
+        >>> rec = {"row": np.array([0, 1]), "peak_ids": np.array([[5, 6], [6, -1]]),
+        ...        "peak_rises": np.array([[2.0, 0.5], [3.0, 0.0]])}
+        >>> [sorted(p) for p in peak_words(rec, {5: " Sure", 6: " how", 7: "!"}.get, starts=lambda r: 7 if r else 6)]
+        [[(5, 'sure'), (6, 'how')], [(6, 'how')]]
+    """
+    ids = np.asarray(rec["peak_ids"], dtype=np.int64)
+    strong = np.asarray(rec["peak_rises"], dtype=np.float64) >= MIN_PEAK_RISE
     first = [starts(int(r)) if starts is not None else None for r in np.asarray(rec["row"]).tolist()]
-    return [
-        _spelled([i for i, r in zip(*peaks) if i >= 0 and r >= MIN_PEAK_RISE] + [start], decode, cache)
-        for peaks, start in zip(zip(ids.tolist(), rises.tolist()), first)
-    ]
-
-
-def _spelled(tokens: Sequence[int | None], decode: Callable[[int], str], cache: dict[int, str]) -> set[tuple[int, str]]:
-    """The (token id, word) of each of ``tokens`` that spells a word (see :func:`normalise`)."""
-    for i in tokens:
-        if i is not None and i not in cache:
-            cache[i] = normalise(decode(i))
-    return {(i, cache[i]) for i in tokens if i is not None and cache[i]}
+    tokens = np.column_stack([np.where(strong & (ids >= 0), ids, -1), [-1 if t is None else t for t in first]])
+    values, inverse = np.unique(tokens, return_inverse=True)
+    inverse = inverse.reshape(tokens.shape)
+    words = [normalise(decode(int(t))) if t >= 0 else "" for t in values.tolist()]  # each token decoded once
+    rows, k = np.nonzero(np.array([bool(w) for w in words])[inverse])
+    out: list[set[tuple[int, str]]] = [set() for _ in range(len(tokens))]
+    for row, token, word in zip(rows.tolist(), tokens[rows, k].tolist(), inverse[rows, k].tolist()):
+        out[row].add((token, words[word]))
+    return out
 
 
 def tokens_of(words: set[str], peaks: list[set[tuple[int, str]]], most: int = 16) -> list[int]:
