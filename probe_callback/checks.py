@@ -74,17 +74,20 @@ class Checks:
         watched prompts without generation (M0's answers read by the current model), when there are any.
         Whether rank 0 asks for a pause; None when no light check ran."""
         pause, tokens, grow, tok = False, list[int](), list[Any](), self.trainer.processing_class
+        accelerator = self.trainer.accelerator
+        if not from_rank0(accelerator, live.cadence.within_budget(light=True)):
+            return None
+        started = time.perf_counter()
         if self.is_main:
             try:
                 tokens = live.monitor.light_tokens(step, tok)
                 grow = live.monitor.prompts_to_watch(live.watch, tok) if tokens and self.grow_watch else []
             except Exception as exc:  # a failure of ours never kills the user's run
                 live.monitor.record_failure(step, "light check", exc)
-        accelerator = self.trainer.accelerator
         tokens, grow = from_rank0(accelerator, (tokens, grow))
-        if not tokens or not from_rank0(accelerator, live.cadence.within_budget(light=True)):
+        if not tokens:  # no pattern is news: what ran was a learning check
+            live.cadence.record_learning(time.perf_counter() - started)
             return None
-        started = time.perf_counter()
         try:
             if grow:  # a one-time cost: the next light check is not expected to pay it
                 live.watch.grow(grow, self.reference)

@@ -50,16 +50,16 @@ def test_without_budget_every_candidate_is_probed(clock):
 
 
 def test_budget_holds_back_probes_in_a_real_run(tiny_tokenizer, organism_factory, tmp_path):
-    """A budget no tiny run can afford: every default checkpoint is skipped, none probed, all counted; of
-    its 8 logging steps' learning checks only the first runs (the next would need its cost to be half the
-    budget's share of the training time since)."""
+    """A budget no tiny run can afford: every default checkpoint is skipped, none probed or light-checked,
+    all counted; of its 8 logging steps' learning checks only the first runs (the next would need its
+    cost to be half the budget's share of the training time since)."""
     trainer = dpo_trainer(tiny_tokenizer, organism_factory, organism_rows(n_planted=0), tmp_path, max_steps=8)
     trainer.add_callback(ProbeCallback(trainer, probe_prompts=watch_prompts(), max_new_tokens=8, probe_budget=1e-4))
     trainer.train()
     cost = load_report(tmp_path / "probe_callback")["cost"]
     candidates = 8 // cost["every_n_steps"]
     assert candidates >= 2
-    assert cost["probe_passes"] == 0 and cost["skipped_for_budget"] == candidates
+    assert cost["probe_passes"] == cost["light_checks"] == 0 and cost["skipped_for_budget"] == candidates
     assert cost["budget"] == 1e-4 and cost["train_seconds"] > 0
     assert cost["learning_checks"] == 1
 
