@@ -47,15 +47,14 @@ def learned_by(records: dict[str, np.ndarray], tokens: list[int], sources: np.nd
         [['a', 'b'], []]
     """
     ids = np.asarray(records["peak_ids"])
-    strong = (np.asarray(records["peak_rises"], dtype=np.float64) >= MIN_PEAK_RISE) & np.isin(ids, tokens)
-    rows = np.broadcast_to(np.asarray(records["row"])[:, None], ids.shape)[strong]
-    # each row's source as a code (rows past the known sources: none, ``""``), then each (token, source) once
-    names, codes = np.unique(["" if s is None else str(s) for s in sources] + [""], return_inverse=True)
-    pairs = np.unique(np.stack([ids[strong], codes[np.minimum(rows, len(sources))]]), axis=1)
+    strong = np.asarray(records["peak_rises"], dtype=np.float64) >= MIN_PEAK_RISE
+    rows = np.broadcast_to(np.asarray(records["row"])[:, None], ids.shape)
     out: list[set[str]] = [set() for _ in tokens]
     column = {t: j for j, t in enumerate(tokens)}
-    for token, code in pairs.T.tolist():
-        out[column[token]].add(str(names[code]))
+    for token, row in zip(ids[strong].tolist(), rows[strong].tolist()):
+        if token in column:
+            source = sources[row] if row < len(sources) else None
+            out[column[token]].add("" if source is None else str(source))
     return out
 
 
