@@ -224,8 +224,8 @@ def group_pattern(
         words,
         row_ids,
         z[best],
-        float(z[m].mean()),
-        float(excess[m].mean()),
+        float(z[best].mean()),  # the mean of the z it keeps
+        float(excess[best].mean()),
         p_value,
         span,
         count_sources(row_ids, sources),

@@ -75,17 +75,13 @@ def reversed_lessons(
         word = normalise(decode(a) or "")
         if len(mine) < min_side or len(opposed) < min_side or not word:
             continue
-        members = np.asarray(mine)[np.argsort(-z[mine], kind="stable")]  # best first, as group_pattern keeps them
+        members = np.asarray(mine)
         if _apart(count_sources(rows[members], sources), count_sources(rows[opposed], sources)) < MIN_APART:
             continue
-        against_words = [w for w in (normalise(decode(b) or "") for b in against) if w]
-        fields = {
-            "start": a,
-            "found_by": "reversed lessons",
-            "opposed": np.sort(rows[opposed]),
-            "against": against_words,
-        }
-        out.append(group_pattern(rec, z, excess, members, [word], 0.0, sources, [a], **fields))
+        found = group_pattern(rec, z, excess, members, [word], 0.0, sources, [a], start=a, found_by="reversed lessons")
+        found.opposed = np.sort(rows[opposed])
+        found.against = [w for w in (normalise(decode(b) or "") for b in against) if w]
+        out.append(found)
     return sorted(out, key=lambda g: -len(g.rows))
 
 
