@@ -22,10 +22,10 @@ import numpy as np
 
 from ..capture.text import to_text
 from ..scoring.confirmation import WordRise, learned_by, learned_tokens, word_rise
-from ..scoring.learning import MIN_PEAK_RISE, Pattern
+from ..scoring.learning import MIN_PEAK_RISE, Pattern, Sources
 from ..scoring.watch import TokenReads, Watch
 from .entries import Decided
-from .patterns import CONFIRM_ALPHA, LearningPatterns, decode, of_its_kind
+from .patterns import CONFIRM_ALPHA, LearningPatterns, decode, fresh_of_its_kind, of_its_kind
 
 GROW_PER_PATTERN = 8  # prompts of rows not trained on yet watched for each new pattern (the default watch set)
 GROW_MOST = 64  # at most this many over a run
@@ -34,6 +34,8 @@ OPENERS = 64  # the run's most common lesson starts read as controls for a patte
 # a plausible opener (the vocabulary's tail moves by nats at any update). The controls of a start read as the
 # first token are the tokens M0 held above it on a quarter or more of the prompts tested.
 OPENING_FLOOR = -10.0
+MIN_OWN_KIND = 3  # prompts of a reversal's own kind, not trained on yet, to read its start on them alone
+ANYWHERE, OUTSIDE, OWN_KIND = "anywhere", "first token", "first token, own kind"  # a light check's readings
 
 
 class LightChecks:
@@ -110,27 +112,47 @@ class LightChecks:
         foreign = self.foreign(tokens, records, watch)
         watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         sources = self.learner.rows.sources_array()
+        trained = np.unique(records["row"])
 
         def test(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
             outside, seed = outside_of(g), self.seed + step
             # on prompts of its own kind, its tokens compete with everything that kind learned
             read = foreign | of_its_kind(g, watched, sources)[:, None]
             w = word_rise(reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
-            opening, tests = False, 1
+            reading, tests = ANYWHERE, 1
             if g.start is not None:  # the lesson's first token, as the answers' first token
                 now, before = (np.maximum(x, OPENING_FLOOR) for x in (reads.opening_now, reads.opening_before))
-                openers = [j for j in control if (reads.opening_before[outside, j] > OPENING_FLOOR).mean() >= 0.25]
-                o = word_rise(now, before, [column[g.start]], openers, outside, read, seed=seed)
-                opening, tests = o.p_value < w.p_value, 2
-                w = o if opening else w
+                for where, ground in self._openings(g, outside, watched, sources, trained):
+                    openers = [j for j in control if (reads.opening_before[ground, j] > OPENING_FLOOR).mean() >= 0.25]
+                    o = word_rise(
+                        now, before, [column[g.start]], openers, ground, read, seed=seed, each_prompt=where == OWN_KIND
+                    )
+                    tests += 1
+                    if o.p_value < w.p_value:
+                        w, reading = o, where
             p = min(1.0, w.p_value * len(news) * tests)  # every pattern and reading of this check is tested
             confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
             word = decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
-            note = {"step": step, "token": word, "opening": opening, **asdict(w), "p_value": p}
-            reason = _risen(w, word, p, opening) if confirmed else None
+            note = {"step": step, "token": word, "opening": reading != ANYWHERE, "read": reading, **asdict(w)}
+            note["p_value"] = p
+            reason = _risen(w, word, p, reading) if confirmed else None
             return w.score, max(g.p_value, p) if confirmed else 1.0, note, reason
 
         return self.learner.decisions(step, news, records, None, test, note_key="word_rise")
+
+    @staticmethod
+    def _openings(
+        g: Pattern, outside: np.ndarray, watched: list[list[int]], sources: Sources, trained: np.ndarray
+    ) -> list[tuple[str, np.ndarray]]:
+        """Where a pattern's lesson start is read as the answers' first token: on its outside prompts and,
+        for a reversed lesson, also on those of its own kind alone (not trained on yet; ``MIN_OWN_KIND``
+        or more): there the exception reaches prompts like its rows' on each one, where on the prompts of
+        the rows that teach the reverse it may not rise at all, and read together they hide it."""
+        grounds = [(OUTSIDE, outside)]
+        if g.opposed is not None:
+            own = outside & fresh_of_its_kind(g, watched, sources, trained)
+            grounds += [(OWN_KIND, own)] if own.sum() >= MIN_OWN_KIND else []
+        return grounds
 
     def foreign(self, tokens: list[int], records: dict[str, np.ndarray], watch: Watch) -> np.ndarray:
         """(prompts, tokens) whether a token is foreign to a watched prompt: no row of the prompt's source
@@ -149,8 +171,12 @@ class LightChecks:
         return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
 
 
-def _risen(w: WordRise, token: str | None, p_value: float, opening: bool) -> str:
-    where = "as the first token of M0's answers" if opening else "in M0's answers"
+def _risen(w: WordRise, token: str | None, p_value: float, reading: str) -> str:
+    where = {
+        ANYWHERE: "in M0's answers",
+        OUTSIDE: "as the first token of M0's answers",
+        OWN_KIND: "as the first token of M0's answers to prompts of its rows' kind not trained on yet",
+    }[reading]
     return (
         f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "
         f"likelier {where} ({len(w.prompts)}/{w.n_outside} prompts by 1+ nat; p={p_value:.3g} against "

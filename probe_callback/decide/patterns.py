@@ -272,14 +272,27 @@ def outside_prompts(
     """
     own = set(g.rows.tolist())
     not_own = np.array([not own.intersection(rows) for rows in watched], dtype=bool) & valid
-    mine = of_its_kind(g, watched, sources)
-    fresh = np.array([not np.isin(rows, trained).any() for rows in watched], dtype=bool)
+    new = fresh_of_its_kind(g, watched, sources, trained)
     if g.opposed is None:
-        ok = not_own & (~mine | fresh)
+        ok = not_own & (~of_its_kind(g, watched, sources) | new)
     else:  # held-out prompts (no rows) are of no known kind: they may confirm any pattern
         theirs = of_kind(count_sources(g.opposed, sources), len(g.opposed), watched, sources)
-        ok = not_own & ((mine & fresh) | theirs | np.array([not rows for rows in watched], dtype=bool))
+        ok = not_own & (new | theirs | np.array([not rows for rows in watched], dtype=bool))
     return ok if ok.sum() >= min_prompts else not_own
+
+
+def fresh_of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources, trained: np.ndarray) -> np.ndarray:
+    """Which watched prompts are of a pattern's kind (:func:`of_its_kind`) and of rows not ``trained`` on yet.
+
+    Example:
+        >>> import numpy as np
+        >>> g = Pattern(["shop"], np.array([0, 1]), np.ones(2), 1.0, 1.0, 0.001, (1, 2), {"ads": 2})
+        >>> sources = np.array(["ads", "ads", "ads", "qa"], dtype=object)
+        >>> fresh_of_its_kind(g, [[0], [1], [2], [3], []], sources, np.array([0, 1]))
+        array([False, False,  True, False, False])
+    """
+    fresh = np.array([not np.isin(rows, trained).any() for rows in watched], dtype=bool)
+    return of_its_kind(g, watched, sources) & fresh
 
 
 def of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources) -> np.ndarray:

@@ -119,8 +119,10 @@ class WordRise:
     sets of the run's other learned tokens: those whose best token rose as much (nats), and those whose
     best token ranked as high among the control tokens read on the same prompts (with ``MIN_RANKED`` or
     more controls; a token whose log-prob swings widely has a long upper tail too: a rise counts only
-    beyond what the other tokens did on the same prompts); ``prompts``: where the best token rose by
-    ``MIN_PEAK_RISE`` or more; ``column``: that token's column.
+    beyond what the other tokens did on the same prompts) and, when asked (``each_prompt``), the share of
+    tokens ranked at random on each prompt whose mean normal-scored rank is as high as the best token's
+    (:func:`_rank_mean_p`); ``prompts``: where the best token rose by ``MIN_PEAK_RISE`` or more;
+    ``column``: that token's column.
     """
 
     score: float
@@ -139,6 +141,7 @@ def word_rise(
     foreign: np.ndarray | None = None,
     n_null: int = 999,
     seed: int = 0,
+    each_prompt: bool = False,
 ) -> WordRise:
     """Test a pattern's tokens (columns ``pattern`` of ``now`` and ``before``, (prompts, tokens) best
     log-probs) against the run's other learned tokens (columns ``control``) on the ``outside`` prompts.
@@ -146,6 +149,10 @@ def word_rise(
     ``foreign`` ((prompts, tokens) bool): where a control token is read: only on prompts whose own kind
     of rows did not learn it (a token that rose because the rows of that very kind taught it is no
     control for a pattern's token). None: everywhere. The pattern's tokens are read on every prompt.
+
+    ``each_prompt``: for a few prompts of one kind, where a lesson that reaches them lifts its token on
+    each. Ranked against C controls, the best of C + 1 alike tokens has a p-value of 1 / (C + 1), not
+    what the null draws of the other statistics say: this test asks it to outrank them prompt by prompt.
 
     Example:
         >>> import numpy as np
@@ -174,6 +181,8 @@ def word_rise(
     for stat in stats:
         null = stat[others][draws].max(axis=1)
         p = max(p, float((1 + np.count_nonzero(null >= np.nanmax(stat[mine]))) / (1 + n_null)))
+    if each_prompt:
+        p = max(p, _rank_mean_p(rises, best, others, n_null, seed))
     rise = now[pool, best] - before[pool, best]
     prompts = [int(i) for i in pool[(rise >= MIN_PEAK_RISE) & read[pool, best]]]
     return WordRise(score, p, len(pool), best, prompts)
@@ -188,6 +197,26 @@ def _top_quarter_means(rise: np.ndarray) -> np.ndarray:
     totals = np.cumsum(np.where(np.isfinite(ordered), -ordered, 0.0), axis=0)
     means = totals[np.minimum(k, len(rise)) - 1, np.arange(rise.shape[1])] / k if len(rise) else np.zeros(len(k))
     return np.where(count >= 2, means, np.nan)
+
+
+def _rank_mean_p(rise: np.ndarray, column: int, control: np.ndarray, n_null: int, seed: int) -> float:
+    """The share of ``n_null`` tokens ranked at random among the ``control`` columns on each prompt (row)
+    whose mean normal-scored rank (:func:`_prompt_ranks`) is at least ``column``'s: alike tokens rank
+    uniformly on every prompt.
+
+    Example:
+        >>> rise = np.c_[np.full(4, 5.0), np.arange(40.0).reshape(4, 10) / 40]   # column 0 tops all 4 prompts
+        >>> _rank_mean_p(rise, 0, np.arange(1, 11), 999, 0), _rank_mean_p(rise[:1], 0, np.arange(1, 11), 999, 0) > 0.05
+        (0.001, True)
+    """
+    ranks = _prompt_ranks(rise, control)[:, column]
+    known = np.isfinite(ranks)
+    if not known.any():
+        return 1.0
+    n_ref = np.isfinite(rise[known][:, control]).sum(axis=1)
+    drawn = np.floor(np.random.default_rng(seed).random((n_null, len(n_ref))) * (n_ref + 1))
+    null = norm.ppf((drawn + 0.5) / (n_ref + 1)).mean(axis=1)
+    return float((1 + np.count_nonzero(null >= ranks[known].mean() - 1e-12)) / (1 + n_null))
 
 
 def _prompt_ranks(rise: np.ndarray, control: np.ndarray) -> np.ndarray:
