@@ -195,6 +195,29 @@ def test_word_rise_needs_a_rise_beyond_the_other_tokens_on_the_same_prompts():
     assert with_the_rest.score == pytest.approx(alone.score) and with_the_rest.p_value > 0.2
 
 
+def test_word_rise_on_a_few_prompts_asks_for_a_rise_on_each():
+    """On 4 prompts of one kind, a token that tops 30 alike tokens on their best quarter has a chance of
+    1/31, not the 1/1000 the null draws of a single top token say: asked prompt by prompt, its p-value
+    keeps to its level on null data and still finds a token that tops them on every prompt."""
+    rng = np.random.default_rng(0)
+    before, outside, controls = np.full((4, 31), -8.0), np.ones(4, bool), list(range(1, 31))
+    trials = [before + rng.normal(0, 1, before.shape) for _ in range(300)]
+    drawn = np.array([word_rise(now, before, [0], controls, outside, seed=i).p_value for i, now in enumerate(trials)])
+    asked = np.array(
+        [
+            word_rise(now, before, [0], controls, outside, seed=i, each_prompt=True).p_value
+            for i, now in enumerate(trials)
+        ]
+    )
+    # calibrated, 0.6 of 300 null trials would reach 0.002: the draws alone claim 1/1000 for a token that tops
+    assert (drawn <= 0.002).sum() >= 3
+    assert (asked <= 0.002).mean() <= 0.005 and (asked <= 0.05).mean() <= 0.07
+    risen = trials[0].copy()
+    risen[:, 0] = risen[:, 1:].max(axis=1) + 1.5  # above every other token on each prompt
+    found = word_rise(risen, before, [0], controls, outside, each_prompt=True)
+    assert found.p_value <= 0.002 and len(found.prompts) >= 3
+
+
 def test_rows_whose_lesson_starts_at_one_word_form_a_pattern():
     """A lesson whose largest rises fall on punctuation right after its first word (``Sure!``, ``Sure:``)
     peaks on no word: the row's lesson start joins its peaks, so the rows still form one pattern."""

@@ -4,7 +4,9 @@ import numpy as np
 from test_learning import N_PLANTED, _run_at_defaults
 from tiny_organism import organism_rows
 
+from probe_callback.decide.light import OUTSIDE, OWN_KIND, LightChecks
 from probe_callback.decide.patterns import _being_learned, outside_prompts
+from probe_callback.scoring.confirmation import word_rise
 from probe_callback.scoring.reversals import reversed_lessons
 
 SURE, SORRY, THE, A = 7, 3, 11, 12
@@ -54,6 +56,35 @@ def test_a_reversal_is_confirmed_on_fresh_prompts_of_its_kind_or_on_the_rows_tha
     sure.opposed = None  # any other pattern: every other source's prompts too
     ok = outside_prompts(sure, watched, sources, np.ones(6, bool), trained, min_prompts=1)
     assert ok.tolist() == [False, True, True, True, True, True]
+
+
+def test_a_reversal_start_is_also_read_alone_on_fresh_prompts_of_its_kind():
+    """The exception lifts ``Sure`` on new prompts like its rows' while the rule's prompts still refuse:
+    read on all its outside prompts together the rise hides among the other openers; on its own kind
+    alone (3 or more prompts, each read) it stands out. Another pattern's start is read on one ground."""
+    pairs = {r: (SURE, SORRY) for r in range(10)} | {r: (SORRY, SURE) for r in range(10, 20)}
+    sources = np.array(["formatting"] * 10 + ["safety"] * 10 + ["formatting"] * 5, dtype=object)
+    [sure] = [g for g in reversed_lessons(_records(20), pairs.get, SPELL, sources) if g.words == ["sure"]]
+    watched = [[20], [21], [22], [23]] + [[r] for r in range(10, 20)] + [[]] * 10  # 4 fresh formatting, 10 safety
+    trained = np.arange(20)
+    outside = outside_prompts(sure, watched, sources, np.ones(24, bool), trained)
+    grounds = LightChecks._openings(sure, outside, watched, sources, trained)
+    assert [where for where, _ in grounds] == [OUTSIDE, OWN_KIND]
+    assert grounds[1][1].tolist() == [True] * 4 + [False] * 20
+    two_fresh = [[], []] + watched[2:]
+    assert [where for where, _ in LightChecks._openings(sure, outside, two_fresh, sources, trained)] == [OUTSIDE]
+    sure.opposed = None
+    assert [where for where, _ in LightChecks._openings(sure, outside, watched, sources, trained)] == [OUTSIDE]
+
+    rng = np.random.default_rng(1)
+    before = np.full((24, 31), -6.0)
+    now = before + rng.normal(0, 0.5, before.shape)
+    now[:4, 0] += 2.5  # Sure: up on the fresh formatting prompts, down where the rule is taught
+    now[4:, 0] -= 2.0
+    now[4:14, 1:4] += rng.uniform(1, 3, (10, 3))  # a few other openers rose on some prompts
+    together = word_rise(now, before, [0], list(range(1, 31)), outside)
+    alone = word_rise(now, before, [0], list(range(1, 31)), grounds[1][1], each_prompt=True)
+    assert together.p_value > 0.05 and alone.p_value <= 0.002 and alone.score >= 2.0
 
 
 def test_the_exception_is_found_and_blamed_not_the_rule(tiny_tokenizer, organism_factory, tmp_path):
