@@ -150,9 +150,10 @@ def word_rise(
     of rows did not learn it (a token that rose because the rows of that very kind taught it is no
     control for a pattern's token). None: everywhere. The pattern's tokens are read on every prompt.
 
-    ``each_prompt``: for a few prompts of one kind, where a lesson that reaches them lifts its token on
-    each. Ranked against C controls, the best of C + 1 alike tokens has a p-value of 1 / (C + 1), not
-    what the null draws of the other statistics say: this test asks it to outrank them prompt by prompt.
+    ``each_prompt``: also ask the best token to outrank the controls prompt by prompt, for a few prompts
+    of one kind, where a lesson that reaches them lifts its token on each. Of C + 1 alike tokens, one
+    tops the other C by chance 1 / (C + 1), while the null draws of the other two statistics then say
+    1 / (n_null + 1): with few prompts and few controls, only the ranks on each prompt can say more.
 
     Example:
         >>> import numpy as np
