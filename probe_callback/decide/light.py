@@ -113,6 +113,7 @@ class LightChecks:
         watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         sources = self.learner.rows.sources_array()
         trained = np.unique(records["row"])
+        now, before = (np.maximum(x, OPENING_FLOOR) for x in (reads.opening_now, reads.opening_before))
 
         def test(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
             outside, seed = outside_of(g), self.seed + step
@@ -121,7 +122,6 @@ class LightChecks:
             w = word_rise(reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
             reading, tests = ANYWHERE, 1
             if g.start is not None:  # the lesson's first token, as the answers' first token
-                now, before = (np.maximum(x, OPENING_FLOOR) for x in (reads.opening_now, reads.opening_before))
                 for where, ground in self._openings(g, outside, watched, sources, trained):
                     openers = [j for j in control if (reads.opening_before[ground, j] > OPENING_FLOOR).mean() >= 0.25]
                     o = word_rise(
@@ -133,8 +133,14 @@ class LightChecks:
             p = min(1.0, w.p_value * len(news) * tests)  # every pattern and reading of this check is tested
             confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
             word = decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
-            note = {"step": step, "token": word, "opening": reading != ANYWHERE, "read": reading, **asdict(w)}
-            note["p_value"] = p
+            note = {
+                "step": step,
+                "token": word,
+                "opening": reading != ANYWHERE,
+                "read": reading,
+                **asdict(w),
+                "p_value": p,
+            }
             reason = _risen(w, word, p, reading) if confirmed else None
             return w.score, max(g.p_value, p) if confirmed else 1.0, note, reason
 

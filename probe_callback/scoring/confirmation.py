@@ -175,15 +175,16 @@ def word_rise(
     best = mine[int(np.argmax(per_token[mine]))]
     score = float(per_token[best])
     draws = np.random.default_rng(seed).integers(0, len(others), (n_null, len(mine)))
+    ranks = _prompt_ranks(rises, others)
     stats = [per_token]
     if len(others) >= MIN_RANKED:  # and a rise beyond the other tokens' on the same prompts: both must hold
-        stats.append(_top_quarter_means(_prompt_ranks(rises, others)))
+        stats.append(_top_quarter_means(ranks))
     p = 0.0
     for stat in stats:
         null = stat[others][draws].max(axis=1)
         p = max(p, float((1 + np.count_nonzero(null >= np.nanmax(stat[mine]))) / (1 + n_null)))
     if each_prompt:
-        p = max(p, _rank_mean_p(rises, best, others, n_null, seed))
+        p = max(p, _rank_mean_p(ranks[:, best], np.isfinite(rises[:, others]).sum(axis=1), n_null, seed))
     rise = now[pool, best] - before[pool, best]
     prompts = [int(i) for i in pool[(rise >= MIN_PEAK_RISE) & read[pool, best]]]
     return WordRise(score, p, len(pool), best, prompts)
@@ -200,21 +201,20 @@ def _top_quarter_means(rise: np.ndarray) -> np.ndarray:
     return np.where(count >= 2, means, np.nan)
 
 
-def _rank_mean_p(rise: np.ndarray, column: int, control: np.ndarray, n_null: int, seed: int) -> float:
-    """The share of ``n_null`` tokens ranked at random among the ``control`` columns on each prompt (row)
-    whose mean normal-scored rank (:func:`_prompt_ranks`) is at least ``column``'s: alike tokens rank
-    uniformly on every prompt.
+def _rank_mean_p(ranks: np.ndarray, n_ref: np.ndarray, n_null: int, seed: int) -> float:
+    """The share of ``n_null`` tokens ranked at random on each prompt whose mean normal-scored rank is at
+    least the mean of ``ranks`` (a token's, per prompt, from :func:`_prompt_ranks`, among ``n_ref``
+    controls there): alike tokens rank uniformly on every prompt. Prompts where it is NaN are left out.
 
     Example:
-        >>> rise = np.c_[np.full(4, 5.0), np.arange(40.0).reshape(4, 10) / 40]   # column 0 tops all 4 prompts
-        >>> _rank_mean_p(rise, 0, np.arange(1, 11), 999, 0), _rank_mean_p(rise[:1], 0, np.arange(1, 11), 999, 0) > 0.05
+        >>> top = np.full(4, norm.ppf(10.5 / 11))   # first of 11 alike tokens on each of 4 prompts
+        >>> _rank_mean_p(top, np.full(4, 10), 999, 0), _rank_mean_p(top[:1], np.full(1, 10), 999, 0) > 0.05
         (0.001, True)
     """
-    ranks = _prompt_ranks(rise, control)[:, column]
     known = np.isfinite(ranks)
     if not known.any():
         return 1.0
-    n_ref = np.isfinite(rise[known][:, control]).sum(axis=1)
+    n_ref = n_ref[known]
     drawn = np.floor(np.random.default_rng(seed).random((n_null, len(n_ref))) * (n_ref + 1))
     null = norm.ppf((drawn + 0.5) / (n_ref + 1)).mean(axis=1)
     return float((1 + np.count_nonzero(null >= ranks[known].mean() - 1e-12)) / (1 + n_null))
