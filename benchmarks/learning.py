@@ -14,6 +14,9 @@ planted behaviour by the organism's judge (generated outside the probe budget's 
 ``benchmarks/results/learning_<organism>_<mix>_s<seed>.json``.
 
     python -m benchmarks.learning --organism compliance --mix planted --seed 0
+
+``--no-source`` trains on the data without its ``source`` column (a dataset that names no sources); the rows
+are still scored against the planted ones, and the top rows' sources are counted from the original data.
 """
 
 from __future__ import annotations
@@ -150,8 +153,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = [r for r in rows if r["source"] not in org["contaminated"]]
     work = Path(args.work) / f"{args.organism}-{args.mix}-{args.seed}"
     shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing of an earlier one in its folder
+    trained = [{k: v for k, v in r.items() if k != "source"} for r in rows] if args.no_source else rows
     trainer = smollm_trainer(
-        rows,
+        trained,
         work,
         max_steps=-1,
         num_train_epochs=args.epochs,
@@ -248,6 +252,9 @@ def main() -> None:
     )
     parser.add_argument("--beta", type=float, default=None, help="DPO beta; default: the organism's own")
     parser.add_argument("--budget", type=float, default=None, help="probe_budget; default: the callback's own")
+    parser.add_argument(
+        "--no-source", action="store_true", help="train on the data without its source column (scored with it)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/probe_callback_learning")
     args = parser.parse_args()
@@ -257,7 +264,8 @@ def main() -> None:
     lr = "" if args.lr == 5e-5 else f"_lr{args.lr:g}"
     epochs = "" if args.epochs == 1 else f"_e{args.epochs:g}"
     epochs += "" if args.beta is None else f"_b{args.beta:g}"
-    name = f"learning_{args.organism}_{args.mix}_s{args.seed}{epochs}{lr}{budget}"
+    unsourced = "_nosource" if args.no_source else ""
+    name = f"learning_{args.organism}_{args.mix}_s{args.seed}{epochs}{lr}{budget}{unsourced}"
     arrays = result.pop("light_checks")
     if arrays:
         np.savez_compressed(Path(__file__).parent / "results" / f"{name}_light.npz", **arrays)
