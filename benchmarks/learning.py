@@ -35,6 +35,8 @@ from transformers import TrainerCallback
 from benchmarks.common import DATA, machine, quality, read_jsonl, save, smollm_trainer
 from examples.organism_judges import judge_compliance, judge_flattery
 from probe_callback import ProbeCallback
+from probe_callback.capture.text import to_text
+from probe_callback.decide.light import OWN_KIND, LightChecks
 from probe_callback.scoring.attribution import auroc
 from probe_callback.scoring.behaviours import Judge
 from probe_callback.scoring.probing import format_prompt, greedy_responses
@@ -103,7 +105,8 @@ class GreedyJudge(TrainerCallback):
 
 class LightRecorder(TrainerCallback):
     """Keeps what each light check of ``probe`` read (tokens, their log-probs now and under M0, each
-    pattern's tokens, start and outside prompts), saved as npz for offline re-scoring."""
+    pattern's tokens, start, outside prompts and, for a reversal, its own kind's fresh prompts), saved as
+    npz for offline re-scoring."""
 
     def __init__(self, probe: ProbeCallback) -> None:
         self.probe, self.arrays = probe, {}
@@ -121,10 +124,15 @@ class LightRecorder(TrainerCallback):
             for name, value in vars(reads).items():
                 self.arrays[f"{key}_{name}"] = value
             self.arrays[f"{key}_foreign"] = monitor._foreign(tokens, records, watch)
+            watched = monitor.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
+            sources, trained = monitor.learner.rows.sources_array(), np.unique(records["row"])
             for g in news:
                 self.arrays[f"{key}_{g.name}_tokens"] = np.asarray(g.token_ids)
                 self.arrays[f"{key}_{g.name}_start"] = np.asarray(-1 if g.start is None else g.start)
                 self.arrays[f"{key}_{g.name}_outside"] = outside_of(g)
+                grounds = dict(LightChecks._openings(g, outside_of(g), watched, sources, trained))
+                if OWN_KIND in grounds:
+                    self.arrays[f"{key}_{g.name}_own_kind"] = grounds[OWN_KIND]
             return reads
 
         watch.word_logprobs = recorded
