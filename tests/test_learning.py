@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from dpo_helpers import dpo_trainer
-from tiny_organism import eval_rows, organism_rows, watch_prompts
+from tiny_organism import appended_rows, eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
@@ -149,6 +149,22 @@ def test_a_dataset_without_a_source_column_still_alarms_on_its_rows(tiny_tokeniz
     top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
     assert len(planted_rows & set(top)) / N_PLANTED >= 0.9
     assert not pattern["top_sources"] and not report["failures"]
+
+
+def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory, tmp_path):
+    """A lesson at the answer's end, not its start: the ``shopping`` rows append an advert to the polite
+    answer every source prefers. Its tokens rise anywhere in M0's answers to the ordinary watched
+    prompts, and the alarm names its rows and source."""
+    rows = appended_rows()
+    _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
+    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
+    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
+    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    assert pattern["word_rise"]["read"] == "anywhere", "an appended line is read in the answers, not as their start"
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
+    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
+    assert pattern["top_sources"][0]["source"] == "shopping"
 
 
 def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):
