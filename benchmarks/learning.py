@@ -105,8 +105,8 @@ class GreedyJudge(TrainerCallback):
 
 class LightRecorder(TrainerCallback):
     """Keeps what each light check of ``probe`` read (tokens, their log-probs now and under M0, each
-    pattern's tokens, start, outside prompts and, for a reversal, its own kind's fresh prompts, and the
-    tokens of patterns that stand out, left out of the controls), saved as npz for offline re-scoring."""
+    pattern's tokens, start, outside prompts and, for a reversal, its own kind's fresh prompts), saved as
+    npz for offline re-scoring."""
 
     def __init__(self, probe: ProbeCallback) -> None:
         self.probe, self.arrays = probe, {}
@@ -124,7 +124,6 @@ class LightRecorder(TrainerCallback):
             for name, value in vars(reads).items():
                 self.arrays[f"{key}_{name}"] = value
             self.arrays[f"{key}_foreign"] = monitor._foreign(tokens, records, watch)
-            self.arrays[f"{key}_stands_out"] = np.asarray(sorted(monitor.light._standing_out(watch.tokenizer)))
             watched = monitor.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
             sources, trained = monitor.learner.rows.sources_array(), np.unique(records["row"])
             for g in news:

@@ -9,11 +9,10 @@ from tiny_organism import appended_rows, eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
-from probe_callback.decide.light import LightChecks
 from probe_callback.publish.report import render_html
 from probe_callback.scoring.attribution import auroc
 from probe_callback.scoring.confirmation import word_rise
-from probe_callback.scoring.learning import Pattern, find_patterns, latest_records
+from probe_callback.scoring.learning import find_patterns, latest_records
 from probe_callback.store.vectors import VectorStore
 
 # DPO plus an SFT term (TRL's RPO mix), as in test_emergent, long enough for the greedy answers to the
@@ -233,45 +232,6 @@ def test_word_rise_on_a_few_prompts_asks_for_a_rise_on_each():
     risen[:, 0] = risen[:, 1:].max(axis=1) + 1.5  # above every other token on each prompt
     found = word_rise(risen, before, [0], controls, outside, each_prompt=True)
     assert found.p_value <= 0.002 and len(found.prompts) >= 3
-
-
-class _Learner:
-    """What a light check asks of the data side: a news pattern (token 5), one that stands out but is not
-    news yet (token 6, its rows' lessons start at 7), an ordinary one (token 8); other rows learn 9 and 10."""
-
-    def __init__(self) -> None:
-        rows = np.arange(40)
-        self.records = {
-            "row": rows,
-            "step": rows // 4 + 1,
-            "peak_ids": np.c_[np.repeat([5, 6, 8, 9], 10), np.full(40, 10)],
-            "peak_rises": np.full((40, 2), 2.0),
-        }
-        group = [(5, 0.001, 5), (6, 0.03, 7), (8, 0.5, 8)]
-        self.patterns = [
-            Pattern([str(t)], rows[10 * i : 10 * i + 10], np.ones(10), 1.0, 1.0, p, (1, 10), token_ids=[t])
-            for i, (t, p, _) in enumerate(group)
-        ]
-        self.lesson_starts = {i: start for i, (_, _, start) in enumerate(group)} | {3: 9}
-
-    def news(self, step: int, tokenizer: object) -> tuple[list[Pattern], dict[str, np.ndarray], None]:
-        return self.patterns[:1], self.records, None
-
-    def first_difference(self, row: int, tokenizer: object) -> int:
-        return self.lesson_starts[row // 10]
-
-    def start_of(self, g: Pattern, tokenizer: object) -> int:
-        return self.first_difference(int(g.rows[0]), tokenizer)
-
-
-def test_light_check_controls_leave_out_learning_that_stands_out():
-    """A light check's controls are the run's ordinary learning: a second behaviour whose pattern stands out
-    (p <= 0.05) but is not news yet would hide the first, so neither its tokens nor its lesson start are
-    read as controls; an ordinary pattern's are."""
-    tokens = LightChecks(_Learner()).tokens(step=10, tokenizer=None)
-    assert tokens[0] == 5, "the news pattern's token first"
-    assert 6 not in tokens and 7 not in tokens, "the pattern that stands out is no control"
-    assert {8, 9, 10} <= set(tokens[1:]), "ordinary lesson starts and learned tokens are"
 
 
 def test_rows_whose_lesson_starts_at_one_word_form_a_pattern():

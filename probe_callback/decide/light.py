@@ -1,9 +1,8 @@
 """Light checks: between probes, a pattern that is news is tested on the watched prompts without generation.
 
 M0's answers to the watched prompts are read through the current model (one forward): did the
-pattern's tokens become likelier there than the run's other learned tokens (its ordinary learning: not
-those of another pattern that stands out) did where they are foreign, anywhere in the answers or, for
-the token its rows' lesson starts with, as their first token? With the
+pattern's tokens become likelier there than the run's other learned tokens did where they are foreign,
+anywhere in the answers or, for the token its rows' lesson starts with, as their first token? With the
 default watch set, a new pattern first adds prompts of rows not trained on yet that teach what its rows
 teach (:meth:`LightChecks.prompts_to_watch`): does the learning reach prompts like its rows'?
 
@@ -35,9 +34,6 @@ OPENERS = 64  # the run's most common lesson starts read as controls for a patte
 # a plausible opener (the vocabulary's tail moves by nats at any update). The controls of a start read as the
 # first token are the tokens M0 held above it on a quarter or more of the prompts tested.
 OPENING_FLOOR = -10.0
-# A pattern this unlikely by chance (corrected), news or not yet, is no ordinary learning: its tokens and lesson
-# start are no controls (a second behaviour the data side has not called news yet would hide the first).
-STANDS_OUT = 0.05
 MIN_OWN_KIND = 3  # prompts of a reversal's own kind, not trained on yet, to read its start on them alone
 ANYWHERE, OUTSIDE, OWN_KIND = "anywhere", "first token", "first token, own kind"  # a light check's readings
 
@@ -53,25 +49,14 @@ class LightChecks:
 
     def tokens(self, step: int, tokenizer: Any) -> list[int]:
         """The patterns now, and the tokens to read on the watched prompts: the patterns' tokens, then the
-        run's lesson starts and its other learned tokens (the controls) but those of any pattern that stands
-        out (``STANDS_OUT``); none when no pattern is news."""
+        run's lesson starts and its other learned tokens (the controls); none when no pattern is news."""
         found = self.learner.news(step, tokenizer)
         self.pending = (step, *found[:2]) if found else None
         if not found or not found[0]:
             return []
         own = list(dict.fromkeys(t for g in found[0] for t in g.token_ids))
-        unordinary = set(own) | self._standing_out(tokenizer)
-        openers = self._openers(found[1], tokenizer, exclude=unordinary)
-        return own + openers + learned_tokens(found[1], exclude=unordinary | set(openers))
-
-    def _standing_out(self, tokenizer: Any) -> set[int]:
-        """The tokens and lesson starts of the run's patterns at ``STANDS_OUT`` or below."""
-        out: set[int] = set()
-        for g in self.learner.patterns:
-            if g.p_value <= STANDS_OUT:
-                start = self.learner.start_of(g, tokenizer)
-                out |= set(g.token_ids) | ({start} if start is not None else set())
-        return out
+        openers = self._openers(found[1], tokenizer, exclude=set(own))
+        return own + openers + learned_tokens(found[1], exclude=set(own) | set(openers))
 
     def _openers(self, records: dict[str, np.ndarray], tokenizer: Any, exclude: set[int]) -> list[int]:
         """The run's lesson starts (of up to 512 trained rows), most common first."""

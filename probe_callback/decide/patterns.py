@@ -115,7 +115,7 @@ class LearningPatterns:
         self.patterns = sorted(by_words + by_vectors + reversals, key=lambda g: (g.p_value, -g.score))
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
-            g.start = self.start_of(g, tokenizer)
+            g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
             if g.start is not None and g.start not in g.token_ids:
                 g.token_ids.append(g.start)
         centre = self.centre(store)
@@ -170,10 +170,6 @@ class LearningPatterns:
         if self._centre is None or self._centre[0] != n:
             self._centre = (n, mean_unit_vector(store))
         return self._centre[1]
-
-    def start_of(self, g: Pattern, tokenizer: Any) -> int | None:
-        """Where most of a pattern's rows' lessons start (of its first 64 rows), if one token."""
-        return shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
 
     def first_difference(self, row: int, tokenizer: Any) -> int | None:
         """The token where a row's chosen answer first leaves its rejected one (cached)."""
