@@ -120,6 +120,7 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     pattern = next(b for b in report["behaviours"] if b["name"] == alarms[-1]["behaviour"])
     rise = pattern["word_rise"]
     assert rise["score"] >= 1.0 and rise["p_value"] <= 0.01 and rise["token"].strip().lower() in pattern["words"]
+    assert rise["above"] == 0 and f"0 of the {rise['n_controls']} read there rose as much" in alarms[-1]["message"]
     assert set(rise["prompts"]) & set(range(9)), "the held-out distractor prompts say it"
     planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
     top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
@@ -232,6 +233,7 @@ def test_word_rise_on_a_few_prompts_asks_for_a_rise_on_each():
     risen[:, 0] = risen[:, 1:].max(axis=1) + 1.5  # above every other token on each prompt
     found = word_rise(risen, before, [0], controls, outside, each_prompt=True)
     assert found.p_value <= 0.002 and len(found.prompts) >= 3
+    assert (found.above, found.n_controls) == (0, 30), "the note says how coarse the controls are"
 
 
 def test_rows_whose_lesson_starts_at_one_word_form_a_pattern():

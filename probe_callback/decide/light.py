@@ -186,5 +186,5 @@ def _risen(w: WordRise, token: str | None, p_value: float, reading: str) -> str:
     return (
         f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "
         f"likelier {where} ({len(w.prompts)}/{w.n_outside} prompts by 1+ nat; p={p_value:.3g} against "
-        "the run's other learned tokens)"
+        f"the run's other learned tokens, {w.above} of the {w.n_controls} read there rose as much)"
     )

@@ -122,7 +122,9 @@ class WordRise:
     beyond what the other tokens did on the same prompts) and, when asked (``each_prompt``), the share of
     tokens ranked at random on each prompt whose mean normal-scored rank is as high as the best token's
     (:func:`_rank_mean_p`); ``prompts``: where the best token rose by ``MIN_PEAK_RISE`` or more;
-    ``column``: that token's column.
+    ``column``: that token's column; ``above``: how many of the ``n_controls`` control tokens read
+    reached its statistic (on either): with none, alike tokens would top them all by chance about
+    1 / (``n_controls`` + 1), coarser than ``p_value`` when the controls are few.
     """
 
     score: float
@@ -130,6 +132,8 @@ class WordRise:
     n_outside: int
     column: int | None
     prompts: list[int]
+    above: int = 0
+    n_controls: int = 0
 
 
 def word_rise(
@@ -179,15 +183,16 @@ def word_rise(
     stats = [per_token]
     if len(others) >= MIN_RANKED:  # and a rise beyond the other tokens' on the same prompts: both must hold
         stats.append(_top_quarter_means(ranks))
-    p = 0.0
+    p, above = 0.0, 0
     for stat in stats:
         null = stat[others][draws].max(axis=1)
         p = max(p, float((1 + np.count_nonzero(null >= np.nanmax(stat[mine]))) / (1 + n_null)))
+        above = max(above, int(np.count_nonzero(stat[others] >= np.nanmax(stat[mine]))))
     if each_prompt:
         p = max(p, _rank_mean_p(ranks[:, best], np.isfinite(rises[:, others]).sum(axis=1), n_null, seed))
     rise = now[pool, best] - before[pool, best]
     prompts = [int(i) for i in pool[(rise >= MIN_PEAK_RISE) & read[pool, best]]]
-    return WordRise(score, p, len(pool), best, prompts)
+    return WordRise(score, p, len(pool), best, prompts, above, len(others))
 
 
 def _top_quarter_means(rise: np.ndarray) -> np.ndarray:
