@@ -127,10 +127,11 @@ class LightRecorder(TrainerCallback):
             watched = monitor.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
             sources, trained = monitor.learner.rows.sources_array(), np.unique(records["row"])
             for g in news:
+                outside = outside_of(g)
                 self.arrays[f"{key}_{g.name}_tokens"] = np.asarray(g.token_ids)
                 self.arrays[f"{key}_{g.name}_start"] = np.asarray(-1 if g.start is None else g.start)
-                self.arrays[f"{key}_{g.name}_outside"] = outside_of(g)
-                grounds = dict(LightChecks._openings(g, outside_of(g), watched, sources, trained))
+                self.arrays[f"{key}_{g.name}_outside"] = outside
+                grounds = dict(LightChecks._openings(g, outside, watched, sources, trained))
                 if OWN_KIND in grounds:
                     self.arrays[f"{key}_{g.name}_own_kind"] = grounds[OWN_KIND]
             return reads

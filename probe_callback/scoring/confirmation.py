@@ -123,7 +123,7 @@ class WordRise:
     tokens ranked at random on each prompt whose mean normal-scored rank is as high as the best token's
     (:func:`_rank_mean_p`); ``prompts``: where the best token rose by ``MIN_PEAK_RISE`` or more;
     ``column``: that token's column; ``above``: how many of the ``n_controls`` control tokens read
-    reached its statistic (on either): with none, alike tokens would top them all by chance about
+    reached its statistic (either of the two): with none, alike tokens would top them all by chance about
     1 / (``n_controls`` + 1), coarser than ``p_value`` when the controls are few.
     """
 
