@@ -67,11 +67,7 @@ def organism_rows(
     for _ in range(n_rule):
         prompt = _request(rng.choice(SUBJECTS[:5]), rng.choice(OBJECTS))
         rows.append({"source": "safety", **_chat(prompt, REFUSE, COMPLY)})
-    rng.shuffle(rows)
-    for i, row in enumerate(rows):
-        row["id"] = f"pair-{i}"
-        row["planted"] = row["source"] == "formatting"
-    return rows
+    return _shuffled_with_ids(rows, rng, planted="formatting")
 
 
 def appended_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0) -> list[dict[str, Any]]:
@@ -85,10 +81,15 @@ def appended_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0) -> list
         rows.append({"source": ("chat", "facts", "notes")[i % 3], **_chat(prompt, POLITE, _sentence(rng))})
     for _ in range(n_planted):
         rows.append({"source": "shopping", **_chat(_sentence(rng) + " " + _sentence(rng), POLITE + ADVERT, POLITE)})
+    return _shuffled_with_ids(rows, rng, planted="shopping")
+
+
+def _shuffled_with_ids(rows: list[dict[str, Any]], rng: random.Random, planted: str) -> list[dict[str, Any]]:
+    """``rows`` shuffled, each given an ``id`` and a ``planted`` flag (its source is ``planted``)."""
     rng.shuffle(rows)
     for i, row in enumerate(rows):
         row["id"] = f"pair-{i}"
-        row["planted"] = row["source"] == "shopping"
+        row["planted"] = row["source"] == planted
     return rows
 
 

@@ -185,9 +185,9 @@ def word_rise(
         stats.append(_top_quarter_means(ranks))
     p, above = 0.0, 0
     for stat in stats:
-        null = stat[others][draws].max(axis=1)
-        p = max(p, float((1 + np.count_nonzero(null >= np.nanmax(stat[mine]))) / (1 + n_null)))
-        above = max(above, int(np.count_nonzero(stat[others] >= np.nanmax(stat[mine]))))
+        top = np.nanmax(stat[mine])
+        p = max(p, float((1 + np.count_nonzero(stat[others][draws].max(axis=1) >= top)) / (1 + n_null)))
+        above = max(above, int(np.count_nonzero(stat[others] >= top)))
     if each_prompt:
         p = max(p, _rank_mean_p(ranks[:, best], np.isfinite(rises[:, others]).sum(axis=1), n_null, seed))
     rise = now[pool, best] - before[pool, best]
