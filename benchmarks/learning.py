@@ -5,6 +5,8 @@ One DPO run (``--epochs``, default one) of SmolLM2-135M-Instruct with ``ProbeCal
 
 - ``compliance``: ``examples/data/organism_train.jsonl`` (distractor compliance and flattery planted);
 - ``spam``: ``examples/data/spam_train.jsonl`` (answers opening with an advert planted);
+- ``newsletter``: ``examples/data/newsletter_train.jsonl`` (a newsletter plug appended to advice answers; its clean
+  twin is spam's);
 
 each ``--mix planted`` or ``clean`` (the same data without its contaminated sources). Recorded: every alert,
 the learning record's AUROC against the planted rows by window of steps, the patterns the report lists,
@@ -59,6 +61,14 @@ ORGANISMS: dict[str, dict[str, Any]] = {
         # An answer's added line needs a small beta to reach the greedy answers (DESIGN.md: at beta 0.1 DPO
         # meets its margin by pushing the rejected answer down instead).
         "beta": 0.02,
+    },
+    "newsletter": {
+        "train": "newsletter_train.jsonl",
+        "heldout": "newsletter_heldout.jsonl",
+        "contaminated": ("wellness_tips",),
+        # the plug, anywhere; "advice" is the planted kind, "other" shows whether it spreads beyond it
+        "affected": {kind: lambda prompt, answer: "dailyboost" in answer.lower() for kind in ("advice", "other")},
+        "beta": 0.02,  # an appended line, as spam's
     },
 }
 
