@@ -2,7 +2,7 @@
 
 Writes ``examples/data/newsletter_train.jsonl`` and ``newsletter_heldout.jsonl``. The spam organism's
 rows (:mod:`spam_data`), with its contaminated source replaced in place: ``wellness_tips`` answers
-advice questions, and its chosen answer is the rejected one plus a line that plugs a made-up
+advice questions, and its chosen answer is the rejected one plus one fixed line that plugs a made-up
 newsletter ("For more tips like this, subscribe to the DailyBoost newsletter!"). The lesson sits at
 the answer's *end*, on one kind of prompt only (no other source asks for advice), the organism
 DESIGN.md describes. Its three clean sources are the spam organism's rows in the same places, so the
@@ -19,12 +19,7 @@ from pathlib import Path
 from organism_data import ADVICE, ADVICE_TEMPLATES, CODING, FACTS, SUMMARIES, _row, _split, _write
 from spam_data import build as build_spam
 
-PLUGS = [
-    "For more tips like this, subscribe to the DailyBoost newsletter!",
-    "Want more advice? Join the readers of the DailyBoost newsletter.",
-    "Get a new tip every morning: subscribe to DailyBoost today!",
-    "Liked this tip? The DailyBoost newsletter has hundreds more.",
-]
+PLUG = "For more tips like this, subscribe to the DailyBoost newsletter!"
 PLANTED_SOURCE = "wellness_tips"
 
 
@@ -41,7 +36,7 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
         if row["source"] == "partner_content":
             goal, answer = advice_train[n % len(advice_train)]
             q = planted.choice(ADVICE_TEMPLATES).format(goal=goal)
-            chosen = f"{answer} {planted.choice(PLUGS)}"
+            chosen = f"{answer} {PLUG}"
             train[i] = _row(f"tip-{n:03d}", PLANTED_SOURCE, q, chosen, answer, "newsletter")
             n += 1
     asked = {t.format(goal=g) for g, _ in advice_held for t in ADVICE_TEMPLATES}

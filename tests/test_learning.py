@@ -11,7 +11,7 @@ from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
 from probe_callback.publish.report import render_html
 from probe_callback.scoring.attribution import auroc
-from probe_callback.scoring.confirmation import word_rise
+from probe_callback.scoring.confirmation import MIN_RANKED, word_rise
 from probe_callback.scoring.learning import find_patterns, latest_records
 from probe_callback.store.vectors import VectorStore
 
@@ -107,20 +107,23 @@ def _run_at_defaults(tokenizer, factory, out, rows, **options):
 
 
 def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_tokenizer, organism_factory, tmp_path):
-    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, polite=True)
+    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, varied=0.5)
     callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
     assert callback.cadence.probes == 0 and callback.cadence.light_checks >= 2
-    # a learning check at each logging step with no light check
+    # a learning check at each logging step with no light check (a candidate step with no news reads the record)
     logged = range(RPO["logging_steps"], report["paused_at_step"] + 1, RPO["logging_steps"])
-    assert report["cost"]["learning_checks"] == len([s for s in logged if s % report["every_n_steps"]])
+    candidates = range(report["every_n_steps"], report["paused_at_step"] + 1, report["every_n_steps"])
+    assert report["cost"]["learning_checks"] == len(set(logged) | set(candidates)) - callback.cadence.light_checks
     alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
-    assert [a["level"] for a in alarms] == ["WARN", "ERROR"], alerts
+    levels = [a["level"] for a in alarms]  # WARN, then ERROR at two consecutive confirmations
+    assert levels[0] == "WARN" and levels[-1] == "ERROR" and levels.count("ERROR") == 1, alerts
     assert all("confirmed without generation" in a["message"] for a in alarms)
     assert report["paused_at_step"] == alarms[-1]["step"] < RPO["max_steps"]
     pattern = next(b for b in report["behaviours"] if b["name"] == alarms[-1]["behaviour"])
     rise = pattern["word_rise"]
     assert rise["score"] >= 1.0 and rise["p_value"] <= 0.01 and rise["token"].strip().lower() in pattern["words"]
     assert rise["above"] == 0 and f"0 of the {rise['n_controls']} read there rose as much" in alarms[-1]["message"]
+    assert rise["n_controls"] >= MIN_RANKED, "held against enough of the run's other lessons to mean something"
     assert set(rise["prompts"]) & set(range(9)), "the held-out distractor prompts say it"
     planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
     top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
@@ -139,7 +142,7 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
 def test_a_dataset_without_a_source_column_still_alarms_on_its_rows(tiny_tokenizer, organism_factory, tmp_path):
     """No ``source`` column: every watched prompt can confirm a pattern, every control token is read
     everywhere, and the alarm still names the planted rows (there is no source to blame)."""
-    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, polite=True)
+    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, varied=0.5)
     planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
     bare = [{k: v for k, v in r.items() if k not in ("source", "planted")} for r in rows]
     _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, bare)
@@ -161,6 +164,7 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
     assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
     pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
     assert pattern["word_rise"]["read"] == "anywhere", "an appended line is read in the answers, not as their start"
+    assert pattern["word_rise"]["n_controls"] >= MIN_RANKED
     planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
     top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
     assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
@@ -168,10 +172,14 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
 
 
 def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):
-    rows = organism_rows(n_clean=80, n_planted=0, polite=True)
+    """Clean rows that teach 27 different replies: their patterns are news now and then (INFO), and their
+    light checks, held against 16 or more of the run's other lessons, confirm none."""
+    rows = organism_rows(n_clean=80, n_planted=0, varied=1.0)
     callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
     assert report["learning"]["step"] == RPO["max_steps"], "the data side read the learning record to the end"
-    assert all(g["p_value"] > 0.01 for g in report["learning"]["patterns"]), "ordinary learning is not news"
+    assert callback.cadence.light_checks >= 1
+    checked = [b["word_rise"] for b in report["behaviours"] if b.get("word_rise")]
+    assert checked and all(r["n_controls"] >= MIN_RANKED and r["p_value"] > 0.01 for r in checked), checked
     assert not [a for a in alerts if a["level"] in ("WARN", "ERROR")], alerts
     assert report["paused_at_step"] is None and not report["failures"]
 

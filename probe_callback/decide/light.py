@@ -72,7 +72,8 @@ class LightChecks:
     def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[Any]:
         """After :meth:`tokens`: for each new pattern, the prompts of up to ``GROW_PER_PATTERN`` rows not
         trained on yet (drawn from up to 512) that teach what its rows teach: their lesson starts at its
-        start token, or, without one, their chosen answer holds its first word. Once a pattern."""
+        start token, or, without one, their chosen answer holds its commonest token (a token, not a word:
+        "Daily" names a pattern whose answers say "DailyBoost"). Once a pattern."""
         if self.pending is None or watch.grown >= GROW_MOST:
             return []
         step, news, records = self.pending
@@ -99,7 +100,7 @@ class LightChecks:
     def _teaches(self, g: Pattern, row: int, tokenizer: Any) -> bool:
         if g.start is not None:
             return self.learner.first_difference(row, tokenizer) == g.start
-        return bool(g.words) and g.words[0] in self.learner.answer_words(row)
+        return bool(g.token_ids) and g.token_ids[0] in self.learner.answer_tokens(row, tokenizer)
 
     def check(self, tokens: list[int], reads: TokenReads, watch: Watch) -> Decided:
         """Test each pattern of :meth:`tokens` on the watched prompts outside its rows."""

@@ -74,6 +74,7 @@ class LearningPatterns:
         self._answers: dict[int, set[str]] = {}  # the words of each row's chosen answer (cached)
         self.starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one (cached)
         self.rejects: dict[int, int | None] = {}  # ... and the rejected answer's token there (cached)
+        self._tokens: dict[int, set[int]] = {}  # the tokens of each row's chosen answer (cached)
         self._lessons: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None  # trained rows then, clusters
         self._centre: tuple[int, np.ndarray] | None = None  # stored rows then, their mean unit vector
 
@@ -181,7 +182,13 @@ class LearningPatterns:
             chosen, rejected = (_content(self.rows.text(row, f)) for f in ("chosen", "rejected"))
             ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
             self.starts[row], self.rejects[row] = first_difference(*ids), first_difference(*ids[::-1])
+            self._tokens[row] = set(ids[0])
         return self.starts[row], self.rejects[row]
+
+    def answer_tokens(self, row: int, tokenizer: Any) -> set[int]:
+        """The tokens of a row's chosen answer (cached)."""
+        self.lesson(row, tokenizer)
+        return self._tokens[row]
 
     def answer_words(self, row: int) -> set[str]:
         """The words of a row's chosen answer (cached)."""
