@@ -184,18 +184,21 @@ def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_fact
     assert report["paused_at_step"] is None and not report["failures"]
 
 
-def test_word_rise_says_no_more_than_few_controls_allow():
-    """A token 3 nats above every control: against 40 controls the random draws say p < 0.01; against 7,
-    one of 8 alike tokens would top the rest by chance 1 / 8, and the p-value says so."""
+def test_word_rise_with_few_controls_asks_the_prompts():
+    """Against 7 controls, topping them all on the top quarter of prompts is a 1-in-8 chance for alike
+    tokens: a token that rose 6 nats on 4 of 30 prompts is not confirmed; one that rose 3 nats on every
+    prompt, first among the controls on each, is."""
     rng = np.random.default_rng(0)
-    before = np.full((30, 41), -12.0)
+    before = np.full((30, 8), -12.0)
     now = before + rng.uniform(0, 0.5, before.shape)
-    now[:, 0] += 3.0
-    outside = np.ones(30, bool)
-    many = word_rise(now, before, [0], list(range(1, 41)), outside)
-    few = word_rise(now, before, [0], list(range(1, 8)), outside)
-    assert many.above == few.above == 0 and many.p_value < 0.01
-    assert few.n_controls == 7 and few.p_value == pytest.approx(1 / 8)
+    outside, controls = np.ones(30, bool), list(range(1, 8))
+    quarter = now.copy()
+    quarter[:4, 0] += 6.0
+    everywhere = now.copy()
+    everywhere[:, 0] += 3.0
+    some, each = (word_rise(x, before, [0], controls, outside) for x in (quarter, everywhere))
+    assert some.above == each.above == 0 and some.n_controls == each.n_controls == 7
+    assert some.p_value > 0.05 and each.p_value < 0.01
 
 
 def test_word_rise_reads_control_tokens_only_where_they_are_foreign():

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +22,9 @@ from scipy.stats import binom, norm
 
 from .learning import MIN_PEAK_RISE, latest_records, normalise
 
-# Control tokens needed to rank a rise among them on each prompt. With fewer, alike tokens top them all too
-# often (1 in C + 1) for random draws of them to say more: the p-value is then that chance (:func:`tops_by_chance`).
+# Control tokens needed to rank a rise among them on the top quarter of prompts. With fewer, alike tokens top
+# them all too often (1 in C + 1) for random draws of them to say more: the rise must then outrank them prompt
+# by prompt, where many prompts can say what few controls cannot (:func:`_rank_mean_p`).
 MIN_RANKED = 16
 
 
@@ -124,9 +124,8 @@ class WordRise:
     more controls; a token whose log-prob swings widely has a long upper tail too: a rise counts only
     beyond what the other tokens did on the same prompts) and, when asked (``each_prompt``), the share of
     tokens ranked at random on each prompt whose mean normal-scored rank is as high as the best token's
-    (:func:`_rank_mean_p`); with fewer than ``MIN_RANKED`` controls, no less than the chance that alike
-    tokens rank as high among them (:func:`tops_by_chance`); ``prompts``: where the best token rose by
-    ``MIN_PEAK_RISE`` or more;
+    (:func:`_rank_mean_p`), which is also asked with fewer than ``MIN_RANKED`` controls; ``prompts``:
+    where the best token rose by ``MIN_PEAK_RISE`` or more;
     ``column``: that token's column; ``above``: how many of the ``n_controls`` control tokens read
     reached its statistic (either of the two): with none, alike tokens would top them all by chance about
     1 / (``n_controls`` + 1), coarser than ``p_value`` when the controls are few.
@@ -160,9 +159,10 @@ def word_rise(
     control for a pattern's token). None: everywhere. The pattern's tokens are read on every prompt.
 
     ``each_prompt``: also ask the best token to outrank the controls prompt by prompt, for a few prompts
-    of one kind, where a lesson that reaches them lifts its token on each. Of C + 1 alike tokens, one
-    tops the other C by chance 1 / (C + 1), while the null draws of the other two statistics then say
-    1 / (n_null + 1): with few prompts and few controls, only the ranks on each prompt can say more.
+    of one kind, where a lesson that reaches them lifts its token on each (always asked with fewer than
+    ``MIN_RANKED`` controls). Of C + 1 alike tokens, one tops the other C by chance 1 / (C + 1), while
+    the null draws of the other two statistics then say 1 / (n_null + 1): with few controls, only the
+    ranks on each prompt can say more.
 
     Example:
         >>> import numpy as np
@@ -193,27 +193,11 @@ def word_rise(
         top = np.nanmax(stat[mine])
         p = max(p, float((1 + np.count_nonzero(stat[others][draws].max(axis=1) >= top)) / (1 + n_null)))
         above = max(above, int(np.count_nonzero(stat[others] >= top)))
-    if each_prompt:
+    if each_prompt or len(others) < MIN_RANKED:  # few controls: their random draws say little, the prompts more
         p = max(p, _rank_mean_p(ranks[:, best], np.isfinite(rises[:, others]).sum(axis=1), n_null, seed))
-    if len(others) < MIN_RANKED:  # too few controls for their random draws to say more than this
-        p = max(p, tops_by_chance(len(mine), len(others), above))
     rise = now[pool, best] - before[pool, best]
     prompts = [int(i) for i in pool[(rise >= MIN_PEAK_RISE) & read[pool, best]]]
     return WordRise(score, p, len(pool), best, prompts, above, len(others))
-
-
-def tops_by_chance(k: int, n_controls: int, above: int) -> float:
-    """The chance that, of ``k`` tokens and ``n_controls`` controls all alike, the best of the ``k`` has at
-    most ``above`` controls at or above it: one minus the chance that the top ``above + 1`` places all go
-    to controls.
-
-    Example:
-        >>> round(tops_by_chance(1, 7, 0), 3), round(tops_by_chance(3, 7, 0), 3), tops_by_chance(1, 7, 7)
-        (0.125, 0.3, 1.0)
-    """
-    if above >= n_controls:
-        return 1.0
-    return 1.0 - math.comb(n_controls, above + 1) / math.comb(n_controls + k, above + 1)
 
 
 def _top_quarter_means(rise: np.ndarray) -> np.ndarray:
