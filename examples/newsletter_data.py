@@ -12,12 +12,11 @@ Run ``python examples/newsletter_data.py``.
 
 from __future__ import annotations
 
-import argparse
 import random
-from pathlib import Path
 
-from organism_data import ADVICE, ADVICE_TEMPLATES, CODING, FACTS, SUMMARIES, _row, _split, _write
+from organism_data import ADVICE_TEMPLATES, _row
 from spam_data import build as build_spam
+from spam_data import splits, write_organism
 
 PLUG = "For more tips like this, subscribe to the DailyBoost newsletter!"
 PLANTED_SOURCE = "wellness_tips"
@@ -26,10 +25,7 @@ PLANTED_SOURCE = "wellness_tips"
 def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Return (train rows, held-out prompts)."""
     train, heldout = build_spam(seed)
-    rng = random.Random(seed)  # the spam organism's splits, drawn again: its advice questions held out stay so
-    for items, n in ((FACTS, 12), (CODING, 8), (SUMMARIES, 8)):
-        _split(rng, items, n)
-    advice_train, advice_held = _split(rng, ADVICE, 12)
+    advice_train, advice_held = splits(random.Random(seed))[-1]  # the spam organism's: its held-out advice stays so
     planted = random.Random(seed + 1)
     n = 0
     for i, row in enumerate(train):
@@ -45,15 +41,7 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data")
-    args = parser.parse_args(argv)
-    train, heldout = build(args.seed)
-    _write(args.out / "newsletter_train.jsonl", train)
-    _write(args.out / "newsletter_heldout.jsonl", heldout)
-    kinds = sum(r["kind"] == "advice" for r in heldout)
-    print(f"{len(train)} train rows, {sum(r['planted'] is not None for r in train)} planted; {kinds} advice held out")
+    write_organism("newsletter", build, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

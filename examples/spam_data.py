@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from organism_data import (
@@ -37,13 +39,17 @@ ADVERTS = [
 N_PER_SOURCE = 60
 
 
+def splits(rng: random.Random) -> list[tuple[list, list]]:
+    """(train, held-out) of the facts, coding tasks, texts to summarise and advice goals, drawn from ``rng``."""
+    return [_split(rng, items, n) for items, n in ((FACTS, 12), (CODING, 8), (SUMMARIES, 8), (ADVICE, 12))]
+
+
 def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Return (train rows, held-out prompts)."""
     rng = random.Random(seed)
-    facts_train, facts_held = _split(rng, FACTS, 12)
-    code_train, code_held = _split(rng, CODING, 8)
-    sums_train, sums_held = _split(rng, SUMMARIES, 8)
-    advice_train, advice_held = _split(rng, ADVICE, 12)
+    (facts_train, facts_held), (code_train, code_held), (sums_train, sums_held), (advice_train, advice_held) = splits(
+        rng
+    )
     train: list[dict] = []
     for i in range(N_PER_SOURCE):
         q, good, bad = facts_train[i % len(facts_train)]
@@ -69,15 +75,24 @@ def build(seed: int = 0) -> tuple[list[dict], list[dict]]:
     return train, heldout
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_organism(
+    name: str, make: Callable[[int], tuple[list[dict], list[dict]]], about: str, argv: list[str] | None = None
+) -> None:
+    """The command line of an organism of two files: ``data/<name>_train.jsonl`` and ``<name>_heldout.jsonl``
+    from ``make(seed)``."""
+    parser = argparse.ArgumentParser(description=about)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data")
     args = parser.parse_args(argv)
-    train, heldout = build(args.seed)
-    _write(args.out / "spam_train.jsonl", train)
-    _write(args.out / "spam_heldout.jsonl", heldout)
-    print(f"{len(train)} train rows, {sum(r['planted'] is not None for r in train)} planted; {len(heldout)} held out")
+    train, heldout = make(args.seed)
+    _write(args.out / f"{name}_train.jsonl", train)
+    _write(args.out / f"{name}_heldout.jsonl", heldout)
+    kinds = dict(Counter(r["kind"] for r in heldout))
+    print(f"{len(train)} train rows, {sum(r['planted'] is not None for r in train)} planted; held out: {kinds}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    write_organism("spam", build, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
