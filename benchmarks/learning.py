@@ -114,9 +114,9 @@ class GreedyJudge(TrainerCallback):
 
 
 class LightRecorder(TrainerCallback):
-    """Keeps what each light check of ``probe`` read (tokens, their log-probs now and under M0, each
-    pattern's tokens, start, outside prompts and, for a reversal, its own kind's fresh prompts), saved as
-    npz for offline re-scoring."""
+    """Keeps what each light check of ``probe`` read (tokens, their log-probs now and under M0, which M0
+    answers ended, each pattern's tokens, start, appended line's first tokens, outside prompts and, for a
+    reversal, its own kind's fresh prompts), saved as npz for offline re-scoring."""
 
     def __init__(self, probe: ProbeCallback) -> None:
         self.probe, self.arrays = probe, {}
@@ -136,12 +136,14 @@ class LightRecorder(TrainerCallback):
             self.arrays[f"{key}_foreign"] = monitor._foreign(tokens, records, watch)
             watched = monitor.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
             sources, trained = monitor.learner.rows.sources_array(), np.unique(records["row"])
+            self.arrays[f"{key}_ended"] = watch.ended
             for g in news:
                 outside = outside_of(g)
                 self.arrays[f"{key}_{g.name}_tokens"] = np.asarray(g.token_ids)
                 self.arrays[f"{key}_{g.name}_start"] = np.asarray(-1 if g.start is None else g.start)
                 self.arrays[f"{key}_{g.name}_outside"] = outside
-                grounds = dict(LightChecks._openings(g, outside, watched, sources, trained))
+                self.arrays[f"{key}_{g.name}_closers"] = np.asarray(g.closers, dtype=np.int64)
+                grounds = dict(LightChecks._openings(g, outside, watched, sources, trained, watch.ended))
                 if OWN_KIND in grounds:
                     self.arrays[f"{key}_{g.name}_own_kind"] = grounds[OWN_KIND]
             return reads

@@ -4,7 +4,7 @@ import numpy as np
 from test_learning import N_PLANTED, _run_at_defaults
 from tiny_organism import organism_rows
 
-from probe_callback.decide.light import OUTSIDE, OWN_KIND, LightChecks
+from probe_callback.decide.light import CLOSING, OUTSIDE, OWN_KIND, LightChecks
 from probe_callback.decide.patterns import _being_learned, outside_prompts
 from probe_callback.scoring.confirmation import word_rise
 from probe_callback.scoring.reversals import reversed_lessons
@@ -68,13 +68,20 @@ def test_a_reversal_start_is_also_read_alone_on_fresh_prompts_of_its_kind():
     watched = [[20], [21], [22], [23]] + [[r] for r in range(10, 20)] + [[]] * 10  # 4 fresh formatting, 10 safety
     trained = np.arange(20)
     outside = outside_prompts(sure, watched, sources, np.ones(24, bool), trained)
-    grounds = LightChecks._openings(sure, outside, watched, sources, trained)
+    ended = np.ones(24, bool)
+    grounds = LightChecks._openings(sure, outside, watched, sources, trained, ended)
     assert [where for where, _ in grounds] == [OUTSIDE, OWN_KIND]
     assert grounds[1][1].tolist() == [True] * 4 + [False] * 20
     two_fresh = [[], []] + watched[2:]
-    assert [where for where, _ in LightChecks._openings(sure, outside, two_fresh, sources, trained)] == [OUTSIDE]
+    assert [where for where, _ in LightChecks._openings(sure, outside, two_fresh, sources, trained, ended)] == [OUTSIDE]
     sure.opposed = None
-    assert [where for where, _ in LightChecks._openings(sure, outside, watched, sources, trained)] == [OUTSIDE]
+    assert [where for where, _ in LightChecks._openings(sure, outside, watched, sources, trained, ended)] == [OUTSIDE]
+    sure.closers = [SURE]  # an appended line is read right after M0's answers that ended, and only there
+    ended[:-2] = False
+    assert LightChecks._openings(sure, outside, watched, sources, trained, ended) == []
+    ended[:] = True
+    [(where, ground)] = LightChecks._openings(sure, outside, watched, sources, trained, ended)
+    assert where == CLOSING and ground.tolist() == outside.tolist()
 
     rng = np.random.default_rng(1)
     before = np.full((24, 31), -6.0)

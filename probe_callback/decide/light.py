@@ -35,7 +35,8 @@ OPENERS = 64  # the run's most common lesson starts read as controls for a patte
 # first token are the tokens M0 held above it on a quarter or more of the prompts tested.
 OPENING_FLOOR = -10.0
 MIN_OWN_KIND = 3  # prompts of a reversal's own kind, not trained on yet, to read its start on them alone
-ANYWHERE, OUTSIDE, OWN_KIND = "anywhere", "first token", "first token, own kind"  # a light check's readings
+MIN_ENDED = 3  # outside prompts whose M0 answer ended, to read an appended line's first token after it
+ANYWHERE, OUTSIDE, OWN_KIND, CLOSING = "anywhere", "first token", "first token, own kind", "after the answer"
 
 
 class LightChecks:
@@ -114,7 +115,13 @@ class LightChecks:
         watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         sources = self.learner.rows.sources_array()
         trained = np.unique(records["row"])
-        now, before = (np.maximum(x, OPENING_FLOOR) for x in (reads.opening_now, reads.opening_before))
+        floored = {
+            where: (np.maximum(now, OPENING_FLOOR), np.maximum(before, OPENING_FLOOR), before)
+            for where, now, before in (
+                (OUTSIDE, reads.opening_now, reads.opening_before),
+                (CLOSING, reads.closing_now, reads.closing_before),
+            )
+        }
 
         def test(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
             outside, seed = outside_of(g), self.seed + step
@@ -122,15 +129,16 @@ class LightChecks:
             read = foreign | of_its_kind(g, watched, sources)[:, None]
             w = word_rise(reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
             reading, tests = ANYWHERE, 1
-            if g.start is not None:  # the lesson's first token, as the answers' first token
-                for where, ground in self._openings(g, outside, watched, sources, trained):
-                    openers = [j for j in control if (reads.opening_before[ground, j] > OPENING_FLOOR).mean() >= 0.25]
-                    o = word_rise(
-                        now, before, [column[g.start]], openers, ground, read, seed=seed, each_prompt=where == OWN_KIND
-                    )
-                    tests += 1
-                    if o.p_value < w.p_value:
-                        w, reading = o, where
+            # the lesson's first token where an answer begins, or, for an appended line, where it ends
+            for where, ground in self._openings(g, outside, watched, sources, trained, watch.ended):
+                now, before, raw = floored[CLOSING if where == CLOSING else OUTSIDE]
+                # the controls: tokens M0 held above the floor there on a quarter or more of the prompts
+                plausible = [j for j in control if (raw[ground, j] > OPENING_FLOOR).mean() >= 0.25]
+                mine = [column[t] for t in g.closers] if where == CLOSING else [column[g.start]]
+                o = word_rise(now, before, mine, plausible, ground, read, seed=seed, each_prompt=where == OWN_KIND)
+                tests += 1
+                if o.p_value < w.p_value:
+                    w, reading = o, where
             p = min(1.0, w.p_value * len(news) * tests)  # every pattern and reading of this check is tested
             confirmed = w.score >= MIN_PEAK_RISE and p <= CONFIRM_ALPHA
             word = decode(watch.tokenizer, tokens[w.column]) if w.column is not None else None
@@ -149,12 +157,23 @@ class LightChecks:
 
     @staticmethod
     def _openings(
-        g: Pattern, outside: np.ndarray, watched: list[list[int]], sources: Sources, trained: np.ndarray
+        g: Pattern,
+        outside: np.ndarray,
+        watched: list[list[int]],
+        sources: Sources,
+        trained: np.ndarray,
+        ended: np.ndarray,
     ) -> list[tuple[str, np.ndarray]]:
-        """Where a pattern's lesson start is read as the answers' first token: on its outside prompts and,
-        for a reversed lesson, also on those of its own kind alone (not trained on yet; ``MIN_OWN_KIND``
-        or more): there the exception reaches prompts like its rows' on each one, where on the prompts of
-        the rows that teach the reverse it may not rise at all, and read together they hide it."""
+        """Where a pattern's lesson start is read: a line appended to the answers right after M0's answers
+        that ended (``ended``; ``MIN_ENDED`` or more outside prompts), where such a line would begin; any
+        other as the answers' first token on its outside prompts and, for a reversed lesson, also on
+        those of its own kind alone (not trained on yet; ``MIN_OWN_KIND`` or more): there the exception
+        reaches prompts like its rows' on each one, where on the prompts of the rows that teach the reverse
+        it may not rise at all, and read together they hide it."""
+        if g.closers:
+            return [(CLOSING, outside & ended)] if (outside & ended).sum() >= MIN_ENDED else []
+        if g.start is None:
+            return []
         grounds = [(OUTSIDE, outside)]
         if g.opposed is not None:
             own = outside & fresh_of_its_kind(g, watched, sources, trained)
@@ -183,6 +202,7 @@ def _risen(w: WordRise, token: str | None, p_value: float, reading: str) -> str:
         ANYWHERE: "in M0's answers",
         OUTSIDE: "as the first token of M0's answers",
         OWN_KIND: "as the first token of M0's answers to prompts of its rows' kind not trained on yet",
+        CLOSING: "right after M0's answers that ended",
     }[reading]
     return (
         f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "

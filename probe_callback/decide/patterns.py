@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import partial
@@ -116,9 +117,10 @@ class LearningPatterns:
         self.patterns = sorted(by_words + by_vectors + reversals, key=lambda g: (g.p_value, -g.score))
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
-            g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
-            if g.start is not None and g.start not in g.token_ids:
-                g.token_ids.append(g.start)
+            lessons = [self.lesson(int(r), tokenizer) for r in g.rows[:64]]
+            g.start = shared_token([start for start, _ in lessons])
+            g.closers = appended_starts(lessons)
+            g.token_ids += [t for t in dict.fromkeys([g.start, *g.closers]) if t is not None and t not in g.token_ids]
         centre = self.centre(store)
         self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
         news = one_per_name(news)
@@ -286,6 +288,19 @@ def outside_prompts(
         theirs = of_kind(count_sources(g.opposed, sources), len(g.opposed), watched, sources)
         ok = not_own & (new | theirs | np.array([not rows for rows in watched], dtype=bool))
     return ok if ok.sum() >= min_prompts else not_own
+
+
+def appended_starts(lessons: list[tuple[int | None, int | None]], most: int = 4) -> list[int]:
+    """The commonest first tokens of a line appended to the answers, when most of the ``lessons`` (each row's
+    chosen and rejected token where its answers part, :meth:`LearningPatterns.lesson`) add one: the chosen answer
+    goes on where the rejected one ends (none of its tokens is left there). Empty otherwise.
+
+    Example:
+        >>> appended_starts([(7, None), (7, None), (9, None), (5, 6)]), appended_starts([(7, None), (5, 6)])
+        ([7, 9], [])
+    """
+    added = [start for start, rejected in lessons if start is not None and rejected is None]
+    return [t for t, _ in Counter(added).most_common(most)] if len(added) > len(lessons) / 2 else []
 
 
 def fresh_of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources, trained: np.ndarray) -> np.ndarray:

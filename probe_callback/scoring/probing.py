@@ -228,7 +228,8 @@ class ResponseTrace:
     which gets no forward), so prompt drift between two models needs no pass of its own;
     `best` (with ``vocab_best``): (V,) float16, each vocabulary token's largest log-probability over
     the positions that predict a response token and the one after it (None for an empty response);
-    `opening` (with ``vocab_best``): (V,) float16, each token's log-probability as the response's first.
+    `opening` (with ``vocab_best``): (V,) float16, each token's log-probability as the response's first;
+    `closing` (with ``vocab_best``): (V,) float16, each token's log-probability right after the response's last.
     """
 
     layers: tuple[int, ...]
@@ -237,6 +238,7 @@ class ResponseTrace:
     prompt_mean: torch.Tensor
     best: torch.Tensor | None = None
     opening: torch.Tensor | None = None
+    closing: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -262,7 +264,7 @@ def teacher_forced(
 
     `layers` may be empty (log-probs only). Empty responses give a trace of length 0 without a forward.
     ``vocab_best``: also each vocabulary token's best log-prob over the response and its log-prob as the
-    response's first token (``ResponseTrace.best``, ``ResponseTrace.opening``).
+    response's first token and right after its last (``ResponseTrace.best``, ``.opening``, ``.closing``).
 
     Example:
         >>> [t] = teacher_forced(ref_model, [format_prompt(tok, "Hi")], [encode_response(tok, "Hello")], [2])
@@ -305,10 +307,11 @@ def teacher_forced(
                 logprobs = all_logprobs[:t].gather(1, input_ids[b, p : p + t, None])[:, 0]
                 best = all_logprobs.max(dim=0).values.half().cpu() if vocab_best else None
                 opening = all_logprobs[0].half().cpu() if vocab_best else None
+                closing = all_logprobs[t].half().cpu() if vocab_best else None
                 states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
                 hidden = states[:, p : p + t].cpu() if states is not None else torch.zeros(0, t, hidden_size)
                 prompt = states[:, :p].mean(dim=1).cpu() if states is not None else torch.zeros(0, hidden_size)
-                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, best, opening)
+                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, best, opening, closing)
     return [trace for trace in traces if trace is not None]
 
 

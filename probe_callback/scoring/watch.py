@@ -80,10 +80,12 @@ class Watch:
         self.prompts, self.tokenizer, self.layers = list(prompts), tokenizer, list(layers)
         self.prompt_ids = [format_prompt(tokenizer, p) for p in self.prompts]
         self.r0, self.max_new_tokens, self.batch_size = r0, max_new_tokens, batch_size
-        # M0's best log-prob of every token over each of its answers, and as its first token (n, V): the light checks
+        # M0's best log-prob of every token over each of its answers, as its first token and right after its last
+        # (n, V): the light checks
         self.reference_best = _vocab_matrix(base, "best")
         self.reference_opening = _vocab_matrix(base, "opening")
-        self.base = [replace(t, best=None, opening=None) for t in base]
+        self.reference_closing = _vocab_matrix(base, "closing")
+        self.base = [replace(t, best=None, opening=None, closing=None) for t in base]
         self.grown = 0  # prompts added by :meth:`grow` (the last ones)
 
     @classmethod
@@ -122,6 +124,7 @@ class Watch:
         self.base += more.base
         self.reference_best = np.concatenate([self.reference_best, more.reference_best])
         self.reference_opening = np.concatenate([self.reference_opening, more.reference_opening])
+        self.reference_closing = np.concatenate([self.reference_closing, more.reference_closing])
         self.grown += len(more.prompts)
 
     @property
@@ -179,6 +182,12 @@ class Watch:
         """(n,) whether M0 gave each prompt a non-empty answer (the light checks read only those)."""
         return np.array([len(r) > 0 for r in self.r0])
 
+    @property
+    def ended(self) -> np.ndarray:
+        """(n,) whether M0's answer to each prompt ended before ``max_new_tokens`` (the position right after
+        its last token is where an answer ends, and where a line appended to answers would begin)."""
+        return np.array([0 < len(r) < self.max_new_tokens for r in self.r0])
+
     def word_logprobs(self, token_ids: Sequence[int], current: Reference) -> TokenReads:
         """The light check: M0's answers r0 teacher-forced through the current model, no generation: how
         likely each of ``token_ids`` is now and under M0 (read at set-up). A sharded run calls this on
@@ -196,6 +205,7 @@ class Watch:
         return TokenReads(
             *(m[:, token_ids].astype(np.float32) for m in (_vocab_matrix(traces, "best"), self.reference_best)),
             *(m[:, token_ids].astype(np.float32) for m in (_vocab_matrix(traces, "opening"), self.reference_opening)),
+            *(m[:, token_ids].astype(np.float32) for m in (_vocab_matrix(traces, "closing"), self.reference_closing)),
         )
 
 
@@ -203,12 +213,15 @@ class Watch:
 class TokenReads:
     """What a light check read of K tokens on the n watched prompts, (n, K) each, -inf where M0's answer
     is empty: ``now``/``before``: each token's best log-prob over M0's answer through the current model
-    and through M0; ``opening_now``/``opening_before``: its log-prob as the answer's first token."""
+    and through M0; ``opening_now``/``opening_before``: its log-prob as the answer's first token;
+    ``closing_now``/``closing_before``: right after the answer's last token."""
 
     now: np.ndarray
     before: np.ndarray
     opening_now: np.ndarray
     opening_before: np.ndarray
+    closing_now: np.ndarray
+    closing_before: np.ndarray
 
 
 def _vocab_matrix(traces: Sequence[ResponseTrace], kind: str) -> np.ndarray:
