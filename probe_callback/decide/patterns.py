@@ -291,16 +291,20 @@ def outside_prompts(
 
 
 def appended_starts(lessons: list[tuple[int | None, int | None]], most: int = 4) -> list[int]:
-    """The commonest first tokens of a line appended to the answers, when most of the ``lessons`` (each row's
-    chosen and rejected token where its answers part, :meth:`LearningPatterns.lesson`) add one: the chosen answer
-    goes on where the rejected one ends (none of its tokens is left there). Empty otherwise.
+    """The first tokens of a line appended to the answers: of the ``lessons`` (each row's chosen and rejected
+    token where its answers part, :meth:`LearningPatterns.lesson`) those whose chosen answer goes on where the
+    rejected one ends, the ``most`` commonest starts that each open an eighth or more of them, when together they
+    open more than half (a few lines added to many rows; rejected answers cut short at many places are not one).
 
     Example:
         >>> appended_starts([(7, None), (7, None), (9, None), (5, 6)]), appended_starts([(7, None), (5, 6)])
         ([7, 9], [])
+        >>> appended_starts([(t, None) for t in range(10)])   # ten different continuations
+        []
     """
-    added = [start for start, rejected in lessons if start is not None and rejected is None]
-    return [t for t, _ in Counter(added).most_common(most)] if len(added) > len(lessons) / 2 else []
+    counts = Counter(start for start, rejected in lessons if start is not None and rejected is None)
+    lines = [t for t, n in counts.most_common(most) if n >= len(lessons) / 8]
+    return lines if sum(counts[t] for t in lines) > len(lessons) / 2 else []
 
 
 def fresh_of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources, trained: np.ndarray) -> np.ndarray:
