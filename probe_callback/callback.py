@@ -247,6 +247,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
             opts.max_new_tokens,
             opts.probe_batch_size,
             r0=saved["r0"] if saved else None,
+            complete=saved.get("complete", [0 < len(r) < opts.max_new_tokens for r in saved["r0"]]) if saved else None,
         )
         watch.grown = saved.get("grown", 0) if saved else 0
         policy = RegressionPolicy(**{**opts.policy, "overrides": overrides})
@@ -357,6 +358,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
                             "step": step,
                             "prompts": live.watch.prompts,
                             "r0": live.watch.r0,
+                            "complete": live.watch.complete,
                             "grown": live.watch.grown,
                             "monitor": live.monitor.state(),
                             "options": options_record(self.options),

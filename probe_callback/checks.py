@@ -90,7 +90,7 @@ class Checks:
             return None
         try:
             if grow:  # a one-time cost: the next light check is not expected to pay it
-                live.watch.grow(grow, self.reference)
+                live.watch.grow([prompt for prompt, _ in grow], self.reference, [answer for _, answer in grow])
                 live.cadence.spend(time.perf_counter() - started)
                 started = time.perf_counter()
             reads = live.watch.word_logprobs(tokens, self.current)

@@ -70,11 +70,13 @@ class LightChecks:
                 counts[start] = counts.get(start, 0) + 1
         return sorted(counts, key=lambda t: (-counts[t], t))[:OPENERS]
 
-    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[Any]:
+    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[tuple[Any, list[int] | None]]:
         """After :meth:`tokens`: for each new pattern, the prompts of up to ``GROW_PER_PATTERN`` rows not
         trained on yet (drawn from up to 512) that teach what its rows teach: their lesson starts at its
         start token, or, without one, their chosen answer holds its commonest token (a token, not a word:
-        "Daily" names a pattern whose answers say "DailyBoost"). Once a pattern."""
+        "Daily" names a pattern whose answers say "DailyBoost"). Once a pattern. Each with the answer to
+        read: for a line appended to the answers, the row's rejected answer (a whole answer of its kind, where
+        the line would follow; up to twice the watch's ``max_new_tokens``), else None (M0's own)."""
         if self.pending is None or watch.grown >= GROW_MOST:
             return []
         step, news, records = self.pending
@@ -85,7 +87,7 @@ class LightChecks:
         seen_rows = np.asarray(records["row"])
         trained[seen_rows[seen_rows < len(trained)]] = True
         fresh = np.random.default_rng(self.seed + step).permutation(np.flatnonzero(~trained))[:512].tolist()
-        seen, out = {to_text(p) for p in watch.prompts}, list[Any]()
+        seen, out = {to_text(p) for p in watch.prompts}, list[tuple[Any, list[int] | None]]()
         for g in wanted:
             taken = 0
             for row in fresh:
@@ -94,7 +96,8 @@ class LightChecks:
                 prompt = rows.raw(row, "prompt") if self._teaches(g, row, tokenizer) else None
                 if prompt is not None and to_text(prompt) not in seen:
                     seen.add(to_text(prompt))
-                    out.append(prompt)
+                    answer = self.learner.rejected_answer(row, tokenizer) if g.closers else None
+                    out.append((prompt, answer if answer and len(answer) <= 2 * watch.max_new_tokens else None))
                     taken += 1
         return out
 
@@ -134,7 +137,7 @@ class LightChecks:
                 now, before, raw = floored[CLOSING if where == CLOSING else OUTSIDE]
                 # the controls: tokens M0 held above the floor there on a quarter or more of the prompts
                 plausible = [j for j in control if (raw[ground, j] > OPENING_FLOOR).mean() >= 0.25]
-                mine = [column[t] for t in g.closers] if where == CLOSING else [column[g.start]]
+                mine = [column[t] for t in (g.closers if where == CLOSING else [g.start]) if t is not None]
                 o = word_rise(now, before, mine, plausible, ground, read, seed=seed, each_prompt=where == OWN_KIND)
                 tests += 1
                 if o.p_value < w.p_value:

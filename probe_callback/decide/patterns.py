@@ -44,6 +44,7 @@ from ..scoring.learning import (
     source_enrichment,
 )
 from ..scoring.pattern_names import PatternNames, one_per_name
+from ..scoring.probing import encode_response
 from ..scoring.reversals import reversed_lessons
 from ..scoring.unit import unit_rows
 from ..scoring.vector_groups import lesson_clusters, vector_groups
@@ -186,6 +187,10 @@ class LearningPatterns:
             self.starts[row], self.rejects[row] = first_difference(*ids), first_difference(*ids[::-1])
             self._tokens[row] = set(ids[0])
         return self.starts[row], self.rejects[row]
+
+    def rejected_answer(self, row: int, tokenizer: Any) -> list[int]:
+        """A row's rejected answer, as tokens that follow the chat-formatted prompt."""
+        return encode_response(tokenizer, _content(self.rows.text(row, "rejected")))
 
     def answer_tokens(self, row: int, tokenizer: Any) -> set[int]:
         """The tokens of a row's chosen answer (cached)."""

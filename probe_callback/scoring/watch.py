@@ -76,10 +76,13 @@ class Watch:
         base: list[ResponseTrace],
         max_new_tokens: int = 48,
         batch_size: int = 8,
+        complete: list[bool] | None = None,
     ) -> None:
         self.prompts, self.tokenizer, self.layers = list(prompts), tokenizer, list(layers)
         self.prompt_ids = [format_prompt(tokenizer, p) for p in self.prompts]
         self.r0, self.max_new_tokens, self.batch_size = r0, max_new_tokens, batch_size
+        # whether each answer is whole: M0 stopped before max_new_tokens, or it was given (a row's rejected answer)
+        self.complete = list(complete) if complete is not None else [0 < len(r) < max_new_tokens for r in r0]
         # M0's best log-prob of every token over each of its answers, as its first token and right after its last
         # (n, V): the light checks
         self.reference_best = _vocab_matrix(base, "best")
@@ -97,30 +100,43 @@ class Watch:
         layers: Sequence[int],
         max_new_tokens: int = 48,
         batch_size: int = 8,
-        r0: list[list[int]] | None = None,
+        r0: Sequence[list[int] | None] | None = None,
+        complete: list[bool] | None = None,
     ) -> Watch:
-        """Generate (or reuse, on resume) M0's answers and read them through M0."""
+        """Generate M0's answers (those of ``r0`` that are None; all without it) and read them through M0;
+        ``complete``: which answers are whole (default: the given ones, and those M0 ended)."""
         ids = [format_prompt(tokenizer, p) for p in prompts]
+        given = list(r0) if r0 is not None else [None] * len(ids)
+        todo = [i for i, a in enumerate(given) if a is None]
         with reference() as ref:
-            if r0 is None:
-                r0 = greedy_responses(ref, tokenizer, ids, max_new_tokens, batch_size)
-            base = teacher_forced(ref, ids, r0, layers, batch_size, vocab_best=True)
-        return cls(prompts, tokenizer, layers, r0, base, max_new_tokens, batch_size)
+            generated = iter(
+                greedy_responses(ref, tokenizer, [ids[i] for i in todo], max_new_tokens, batch_size) if todo else []
+            )
+            answers = [a if a is not None else next(generated) for a in given]
+            base = teacher_forced(ref, ids, answers, layers, batch_size, vocab_best=True)
+        if complete is None:
+            complete = [g is not None or 0 < len(a) < max_new_tokens for g, a in zip(given, answers)]
+        return cls(prompts, tokenizer, layers, answers, base, max_new_tokens, batch_size, complete)
 
-    def grow(self, prompts: Sequence[Any], reference: Reference) -> None:
-        """Watch ``prompts`` too from now on: M0's answers to them, read through M0 (every rank calls it).
+    def grow(self, prompts: Sequence[Any], reference: Reference, answers: Sequence[list[int] | None] = ()) -> None:
+        """Watch ``prompts`` too from now on: M0's answers to them, or the given ``answers`` (whole ones, e.g.
+        rows' rejected answers; None: M0's), read through M0 (every rank calls it).
 
         Example:
             >>> from contextlib import nullcontext
             >>> watch = Watch.build(["Say hi", "Hello"], tok, lambda: nullcontext(ref_model), [2], max_new_tokens=4)
-            >>> watch.grow(["Count to three"], lambda: nullcontext(ref_model))
-            >>> len(watch.prompts), len(watch.r0), watch.reference_opening.shape[0], watch.grown
-            (3, 3, 3, 1)
+            >>> watch.grow(["Count to three", "Name a colour"], lambda: nullcontext(ref_model), [None, [7, 8, 9, 10]])
+            >>> len(watch.prompts), len(watch.r0[-1]), watch.reference_opening.shape[0], watch.grown, watch.complete[-1]
+            (4, 4, 4, 2, True)
         """
-        more = Watch.build(prompts, self.tokenizer, reference, self.layers, self.max_new_tokens, self.batch_size)
+        given = list(answers) or [None] * len(prompts)
+        more = Watch.build(
+            prompts, self.tokenizer, reference, self.layers, self.max_new_tokens, self.batch_size, r0=given
+        )
         self.prompts += more.prompts
         self.prompt_ids += more.prompt_ids
         self.r0 += more.r0
+        self.complete += more.complete
         self.base += more.base
         self.reference_best = np.concatenate([self.reference_best, more.reference_best])
         self.reference_opening = np.concatenate([self.reference_opening, more.reference_opening])
@@ -184,9 +200,9 @@ class Watch:
 
     @property
     def ended(self) -> np.ndarray:
-        """(n,) whether M0's answer to each prompt ended before ``max_new_tokens`` (the position right after
-        its last token is where an answer ends, and where a line appended to answers would begin)."""
-        return np.array([0 < len(r) < self.max_new_tokens for r in self.r0])
+        """(n,) whether each watched answer is whole (M0 stopped before ``max_new_tokens``, or it was given
+        whole): the position right after its last token is where a line appended to answers would begin."""
+        return np.array(self.complete, dtype=bool) & self.answered
 
     def word_logprobs(self, token_ids: Sequence[int], current: Reference) -> TokenReads:
         """The light check: M0's answers r0 teacher-forced through the current model, no generation: how
