@@ -287,7 +287,8 @@ class Monitor:
         self.last_step = state["last_step"]
         self.learner.learning = state.get("learning")
         self.learner.names = PatternNames(state.get("pattern_names"))
-        self.light.grown_for = state.get("grown_for", [])
+        grown = state.get("grown_for", {})
+        self.light.grown_for = {name: [] for name in grown} if isinstance(grown, list) else grown
         self.failures = state.get("failures", [])
         self.clusters.tracker = EmergentTracker.from_state(state["tracker"])
         self.policy = RegressionPolicy.from_state(state["policy"])

@@ -40,13 +40,13 @@ ANYWHERE, OUTSIDE, OWN_KIND, CLOSING = "anywhere", "first token", "first token, 
 
 
 class LightChecks:
-    """The light checks of a run's learning patterns (``learner``); ``grown_for``: the patterns whose
-    like prompts joined the watch set (saved for a resume)."""
+    """The light checks of a run's learning patterns (``learner``); ``grown_for``: per pattern, the rows whose
+    prompts joined the watch set for it (saved for a resume)."""
 
     def __init__(self, learner: LearningPatterns, seed: int = 0) -> None:
         self.learner, self.seed = learner, seed
         self.pending: tuple[int, list[Pattern], dict[str, np.ndarray]] | None = None  # this check's patterns
-        self.grown_for: list[str] = []
+        self.grown_for: dict[str, list[int]] = {}
 
     def tokens(self, step: int, tokenizer: Any) -> list[int]:
         """The patterns now, and the tokens to read on the watched prompts: the patterns' tokens, then the
@@ -74,31 +74,35 @@ class LightChecks:
         """After :meth:`tokens`: for each new pattern, the prompts of up to ``GROW_PER_PATTERN`` rows not
         trained on yet (drawn from up to 512) that teach what its rows teach: their lesson starts at its
         start token, or, without one, their chosen answer holds its commonest token (a token, not a word:
-        "Daily" names a pattern whose answers say "DailyBoost"). Once a pattern. Each with the answer to
-        read: for a line appended to the answers, the row's rejected answer (a whole answer of its kind, where
-        the line would follow; up to twice the watch's ``max_new_tokens``), else None (M0's own)."""
+        "Daily" names a pattern whose answers say "DailyBoost"). Once a pattern; for a line appended to the
+        answers, topped up at each check to ``GROW_PER_PATTERN`` not trained on yet (the run trains on them in
+        turn, and only prompts of its kind show such a line). Each with the answer to read: for an appended
+        line, the row's rejected answer (a whole answer of its kind, where the line would follow; up to twice
+        the watch's ``max_new_tokens``), else None (M0's own)."""
         if self.pending is None or watch.grown >= GROW_MOST:
             return []
         step, news, records = self.pending
-        wanted = [g for g in news if g.name not in self.grown_for]
-        self.grown_for += [g.name for g in wanted]
         rows = self.learner.rows
         trained = np.zeros(rows.n_rows, bool)
         seen_rows = np.asarray(records["row"])
         trained[seen_rows[seen_rows < len(trained)]] = True
         fresh = np.random.default_rng(self.seed + step).permutation(np.flatnonzero(~trained))[:512].tolist()
         seen, out = {to_text(p) for p in watch.prompts}, list[tuple[Any, list[int] | None]]()
-        for g in wanted:
-            taken = 0
+        for g in news:
+            if g.name in self.grown_for and not g.closers:
+                continue
+            grown = self.grown_for.setdefault(g.name, [])
+            wanted = GROW_PER_PATTERN - sum(not trained[r] for r in grown)
             for row in fresh:
-                if taken == GROW_PER_PATTERN or len(out) >= GROW_MOST - watch.grown:
+                if wanted <= 0 or len(out) >= GROW_MOST - watch.grown:
                     break
                 prompt = rows.raw(row, "prompt") if self._teaches(g, row, tokenizer) else None
                 if prompt is not None and to_text(prompt) not in seen:
                     seen.add(to_text(prompt))
                     answer = self.learner.rejected_answer(row, tokenizer) if g.closers else None
                     out.append((prompt, answer if answer and len(answer) <= 2 * watch.max_new_tokens else None))
-                    taken += 1
+                    grown.append(row)
+                    wanted -= 1
         return out
 
     def _teaches(self, g: Pattern, row: int, tokenizer: Any) -> bool:
@@ -135,8 +139,9 @@ class LightChecks:
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
             for where, ground in self._openings(g, outside, watched, sources, trained, watch.ended):
                 now, before, raw = floored[CLOSING if where == CLOSING else OUTSIDE]
-                # the controls: tokens M0 held above the floor there on a quarter or more of the prompts
-                plausible = [j for j in control if (raw[ground, j] > OPENING_FLOOR).mean() >= 0.25]
+                # the controls: for an opener, the tokens M0 held above the floor there on a quarter or more of
+                # the prompts; right after an answer, where M0 ends it and few are, every other learned token
+                plausible = [j for j in control if where == CLOSING or (raw[ground, j] > OPENING_FLOOR).mean() >= 0.25]
                 mine = [column[t] for t in (g.closers if where == CLOSING else [g.start]) if t is not None]
                 o = word_rise(now, before, mine, plausible, ground, read, seed=seed, each_prompt=where == OWN_KIND)
                 tests += 1
