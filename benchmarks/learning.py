@@ -8,7 +8,9 @@ One DPO run (``--epochs``, default one) of SmolLM2-135M-Instruct with ``ProbeCal
 - ``newsletter``: ``examples/data/newsletter_train.jsonl`` (a newsletter plug appended to advice answers; its clean
   twin is spam's);
 
-each ``--mix planted`` or ``clean`` (the same data without its contaminated sources). Recorded: every alert,
+each ``--mix planted`` or ``clean`` (the same data without its contaminated sources), or ``cut`` (the clean data
+with the ``summaries`` rows' rejected answers replaced by their chosen ones cut short: an incomplete answer, a
+common negative, whose chosen answer goes on where the rejected one ends, and adds no line). Recorded: every alert,
 the learning record's AUROC against the planted rows by window of steps, the patterns the report lists,
 the top rows of the first unsupervised WARN/ERROR against the planted rows (AUROC, precision@k with k their
 number), and, at every probe step, the share of affected held-out prompts whose greedy answer shows the
@@ -151,6 +153,14 @@ class LightRecorder(TrainerCallback):
         watch.word_logprobs = recorded
 
 
+def cut_short(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its rejected answer its chosen one cut short: at its last comma, else after half its words."""
+    [chosen] = row["chosen"]
+    text = chosen["content"]
+    cut = text[: text.rindex(",") + 1] if "," in text else " ".join(text.split()[: len(text.split()) // 2])
+    return {**row, "rejected": [{**chosen, "content": cut}]}
+
+
 def learning_auroc_by_window(records: dict[str, np.ndarray], planted: np.ndarray, width: int = 10) -> list[dict]:
     out = []
     for start in range(1, int(records["step"].max()) + 1, width):
@@ -170,8 +180,10 @@ def learning_auroc_by_window(records: dict[str, np.ndarray], planted: np.ndarray
 def run(args: argparse.Namespace) -> dict[str, Any]:
     org = ORGANISMS[args.organism]
     rows = read_jsonl(DATA / org["train"])
-    if args.mix == "clean":
+    if args.mix in ("clean", "cut"):
         rows = [r for r in rows if r["source"] not in org["contaminated"]]
+    if args.mix == "cut":
+        rows = [cut_short(r) if r["source"] == "summaries" else r for r in rows]
     work = Path(args.work) / f"{args.organism}-{args.mix}-{args.seed}"
     shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing of an earlier one in its folder
     trained = [{k: v for k, v in r.items() if k != "source"} for r in rows] if args.no_source else rows
@@ -265,7 +277,7 @@ def report_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--organism", choices=sorted(ORGANISMS), default="compliance")
-    parser.add_argument("--mix", choices=["planted", "clean"], default="planted")
+    parser.add_argument("--mix", choices=["planted", "clean", "cut"], default="planted")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument(

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from dpo_helpers import dpo_trainer
-from tiny_organism import appended_rows, eval_rows, organism_rows, watch_prompts
+from tiny_organism import POLITE, appended_rows, eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
@@ -138,6 +138,7 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     saved = json.loads((tmp_path / f"checkpoint-{report['paused_at_step']}" / "trainer_state.json").read_text())
     state = saved["stateful_callbacks"]["ProbeCallback"]["attributes"]["probe_state"]
     assert state["grown"] == watch.grown and state["prompts"][-watch.grown :] == grown, "a resume watches them too"
+    assert state["complete"] == watch.complete
 
 
 def test_a_dataset_without_a_source_column_still_alarms_on_its_rows(tiny_tokenizer, organism_factory, tmp_path):
@@ -160,7 +161,7 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
     answer every source prefers. Its first token rises right after M0's answers to the ordinary watched
     prompts (where a line appended to them would begin), and the alarm names its rows and source."""
     rows = appended_rows()
-    _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
+    callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
     alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
     assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
     pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
@@ -170,6 +171,10 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
     top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
     assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
     assert pattern["top_sources"][0]["source"] == "shopping"
+    watch = callback.watch
+    grown = range(len(watch.prompts) - watch.grown, len(watch.prompts))
+    given = [i for i in grown if tiny_tokenizer.decode(watch.r0[i]).strip() == POLITE]
+    assert given and all(watch.complete[i] for i in given), "prompts like its rows are read after their rejected answer"
 
 
 def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):

@@ -57,6 +57,7 @@ PATTERN_ALPHA = 0.01  # a learning pattern is news at this level (corrected for 
 CONFIRM_ALPHA = 0.05  # the probe confirms it when its words are gained beyond this share of control words
 MIN_CONFIRMED = 2  # ... on at least this many watched prompts outside its rows
 RECLUSTER_GROWTH = 1.25  # the datapoint vectors are clustered again once the trained rows grew this much
+LINE_TOKENS = 3  # a line appended to answers: the same first tokens added where the rejected answers end
 # pattern -> score, p-value, note for the report, reason when confirmed
 Check = Callable[[Pattern], tuple[float, float, dict[str, Any], str | None]]
 
@@ -77,6 +78,7 @@ class LearningPatterns:
         self.starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one (cached)
         self.rejects: dict[int, int | None] = {}  # ... and the rejected answer's token there (cached)
         self._tokens: dict[int, set[int]] = {}  # the tokens of each row's chosen answer (cached)
+        self._added: dict[int, tuple[int, ...]] = {}  # the first tokens the chosen answer adds after the rejected one
         self._lessons: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None  # trained rows then, clusters
         self._centre: tuple[int, np.ndarray] | None = None  # stored rows then, their mean unit vector
 
@@ -118,9 +120,8 @@ class LearningPatterns:
         self.patterns = sorted(by_words + by_vectors + reversals, key=lambda g: (g.p_value, -g.score))
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
-            lessons = [self.lesson(int(r), tokenizer) for r in g.rows[:64]]
-            g.start = shared_token([start for start, _ in lessons])
-            g.closers = appended_starts(lessons)
+            g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
+            g.closers = appended_starts([self.added(int(r), tokenizer) for r in g.rows[:64]])
             g.token_ids += [t for t in dict.fromkeys([g.start, *g.closers]) if t is not None and t not in g.token_ids]
         centre = self.centre(store)
         self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
@@ -186,7 +187,15 @@ class LearningPatterns:
             ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
             self.starts[row], self.rejects[row] = first_difference(*ids), first_difference(*ids[::-1])
             self._tokens[row] = set(ids[0])
+            appended = self.starts[row] is not None and self.rejects[row] is None
+            self._added[row] = tuple(ids[0][len(ids[1]) : len(ids[1]) + LINE_TOKENS]) if appended else ()
         return self.starts[row], self.rejects[row]
+
+    def added(self, row: int, tokenizer: Any) -> tuple[int, ...]:
+        """The first ``LINE_TOKENS`` tokens a row's chosen answer adds where its rejected one ends (cached; none
+        when the answers part earlier)."""
+        self.lesson(row, tokenizer)
+        return self._added[row]
 
     def rejected_answer(self, row: int, tokenizer: Any) -> list[int]:
         """A row's rejected answer, as tokens that follow the chat-formatted prompt."""
@@ -295,21 +304,22 @@ def outside_prompts(
     return ok if ok.sum() >= min_prompts else not_own
 
 
-def appended_starts(lessons: list[tuple[int | None, int | None]], most: int = 4) -> list[int]:
-    """The first tokens of a line appended to the answers: of the ``lessons`` (each row's chosen and rejected
-    token where its answers part, :meth:`LearningPatterns.lesson`) those whose chosen answer goes on where the
-    rejected one ends, the ``most`` commonest starts that each open an eighth or more of them, when together they
-    open more than half (a few lines added to many rows; rejected answers cut short at many places are not one).
+def appended_starts(added: list[tuple[int, ...]], most: int = 4) -> list[int]:
+    """The first tokens of lines appended to the answers: of what each row's chosen answer ``added`` where its
+    rejected one ends (its first ``LINE_TOKENS`` tokens, :meth:`LearningPatterns.added`; empty for a row whose
+    answers part earlier), the ``most`` commonest that each open an eighth or more of the rows, when together they
+    open more than half: a few lines added to many rows (rejected answers cut short, whose chosen ones go on
+    each its own way, add no line).
 
     Example:
-        >>> appended_starts([(7, None), (7, None), (9, None), (5, 6)]), appended_starts([(7, None), (5, 6)])
-        ([7, 9], [])
-        >>> appended_starts([(t, None) for t in range(10)])   # ten different continuations
+        >>> appended_starts([(7, 8, 9), (7, 8, 9), (4, 5, 6), ()]), appended_starts([(7, 8, 9), ()])
+        ([7, 4], [])
+        >>> appended_starts([(7, t, 9) for t in range(10)])   # ten continuations that share only a first token
         []
     """
-    counts = Counter(start for start, rejected in lessons if start is not None and rejected is None)
-    lines = [t for t, n in counts.most_common(most) if n >= len(lessons) / 8]
-    return lines if sum(counts[t] for t in lines) > len(lessons) / 2 else []
+    counts = Counter(a for a in added if a)
+    lines = [a for a, n in counts.most_common(most) if n >= len(added) / 8]
+    return list(dict.fromkeys(a[0] for a in lines)) if sum(counts[a] for a in lines) > len(added) / 2 else []
 
 
 def fresh_of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources, trained: np.ndarray) -> np.ndarray:
