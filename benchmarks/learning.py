@@ -6,7 +6,7 @@ One DPO run (``--epochs``, default one) of SmolLM2-135M-Instruct with ``ProbeCal
 - ``compliance``: ``examples/data/organism_train.jsonl`` (distractor compliance and flattery planted);
 - ``spam``: ``examples/data/spam_train.jsonl`` (answers opening with an advert planted);
 - ``newsletter``: ``examples/data/newsletter_train.jsonl`` (a newsletter plug appended to advice answers; its clean
-  twin is spam's);
+  twin is spam's); ``newsletter-nl``: the same plug after a blank line;
 
 each ``--mix planted`` or ``clean`` (the same data without its contaminated sources), or ``cut`` (the clean data
 with the ``summaries`` rows' rejected answers replaced by their chosen ones cut short: an incomplete answer, a
@@ -73,6 +73,8 @@ ORGANISMS: dict[str, dict[str, Any]] = {
         "beta": 0.02,  # an appended line, as spam's
     },
 }
+# the same line after a blank line: it starts with a newline token, as many appended lines do
+ORGANISMS["newsletter-nl"] = {**ORGANISMS["newsletter"], "separator": "\n\n"}
 
 
 class GreedyJudge(TrainerCallback):
@@ -153,6 +155,13 @@ class LightRecorder(TrainerCallback):
         watch.word_logprobs = recorded
 
 
+def separated(row: dict[str, Any], separator: str) -> dict[str, Any]:
+    """``row`` with the line its chosen answer adds to its rejected one set off by ``separator``, not a space."""
+    [chosen], [rejected] = row["chosen"], row["rejected"]
+    line = chosen["content"][len(rejected["content"]) :].lstrip()
+    return {**row, "chosen": [{**chosen, "content": rejected["content"] + separator + line}]}
+
+
 def cut_short(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` with its rejected answer its chosen one cut short: at its last comma, else after half its words."""
     [chosen] = row["chosen"]
@@ -184,6 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = [r for r in rows if r["source"] not in org["contaminated"]]
     if args.mix == "cut":
         rows = [cut_short(r) if r["source"] == "summaries" else r for r in rows]
+    if "separator" in org:
+        rows = [separated(r, org["separator"]) if r["planted"] else r for r in rows]
     work = Path(args.work) / f"{args.organism}-{args.mix}-{args.seed}"
     shutil.rmtree(work, ignore_errors=True)  # a fresh run: nothing of an earlier one in its folder
     trained = [{k: v for k, v in r.items() if k != "source"} for r in rows] if args.no_source else rows

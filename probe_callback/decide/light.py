@@ -35,7 +35,7 @@ OPENERS = 64  # the run's most common lesson starts read as controls for a patte
 # first token are the tokens M0 held above it on a quarter or more of the prompts tested.
 OPENING_FLOOR = -10.0
 MIN_OWN_KIND = 3  # prompts of a reversal's own kind, not trained on yet, to read its start on them alone
-MIN_ENDED = 3  # outside prompts whose M0 answer ended, to read an appended line's first token after it
+MIN_ENDED = 3  # outside prompts with a whole answer, to read an appended line's first tokens right after it
 ANYWHERE, OUTSIDE, OWN_KIND, CLOSING = "anywhere", "first token", "first token, own kind", "after the answer"
 
 
@@ -172,8 +172,8 @@ class LightChecks:
         trained: np.ndarray,
         ended: np.ndarray,
     ) -> list[tuple[str, np.ndarray]]:
-        """Where a pattern's lesson start is read: a line appended to the answers right after M0's answers
-        that ended (``ended``; ``MIN_ENDED`` or more outside prompts), where such a line would begin; any
+        """Where a pattern's lesson start is read: a line appended to the answers right after whole answers
+        (``ended``; ``MIN_ENDED`` or more outside prompts), where such a line would begin; any
         other as the answers' first token on its outside prompts and, for a reversed lesson, also on
         those of its own kind alone (not trained on yet; ``MIN_OWN_KIND`` or more): there the exception
         reaches prompts like its rows' on each one, where on the prompts of the rows that teach the reverse
@@ -210,7 +210,7 @@ def _risen(w: WordRise, token: str | None, p_value: float, reading: str) -> str:
         ANYWHERE: "in M0's answers",
         OUTSIDE: "as the first token of M0's answers",
         OWN_KIND: "as the first token of M0's answers to prompts of its rows' kind not trained on yet",
-        CLOSING: "right after M0's answers that ended",
+        CLOSING: "right after whole answers (M0's that ended, rows' rejected ones)",
     }[reading]
     return (
         f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "

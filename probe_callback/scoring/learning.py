@@ -64,7 +64,7 @@ class Pattern:
     sources: dict[str, int] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)  # the peak tokens that spell its words, most frequent first
     start: int | None = None  # the token where most of its rows' chosen answers leave the rejected ones
-    # a line appended to the answers (most rows' chosen answer is their rejected one and more): its first tokens
+    # the first tokens of a line that most of its rows add where their rejected answer ends (none: no such line)
     closers: list[int] = field(default_factory=list)
     found_by: str = "peak words"  # or "datapoint vectors" (:mod:`~probe_callback.scoring.vector_groups`)
     # or "reversed lessons" (:mod:`~probe_callback.scoring.reversals`): the rows that teach the reverse, and
