@@ -30,9 +30,10 @@ from .patterns import CONFIRM_ALPHA, LearningPatterns, decode, fresh_of_its_kind
 GROW_PER_PATTERN = 8  # prompts of rows not trained on yet watched for each new pattern (the default watch set)
 GROW_MOST = 64  # at most this many over a run
 OPENERS = 64  # the run's most common lesson starts read as controls for a pattern's start
-# An answer's first token below this log-prob is no opener: read as this floor, so a rise counts only up to
-# a plausible opener (the vocabulary's tail moves by nats at any update). The controls of a start read as the
-# first token are the tokens M0 held above it on a quarter or more of the prompts tested.
+# An answer's first token (or the token right after it) below this log-prob is no opener (no line after it):
+# read as this floor, so a rise counts only up to a plausible one (the vocabulary's tail moves by nats at any
+# update). The controls of a start read as the first token are the tokens M0 held above it on a quarter or more
+# of the prompts tested.
 OPENING_FLOOR = -10.0
 MIN_OWN_KIND = 3  # prompts of a reversal's own kind, not trained on yet, to read its start on them alone
 MIN_ENDED = 3  # outside prompts with a whole answer, to read an appended line's first tokens right after it

@@ -307,18 +307,18 @@ def outside_prompts(
 def appended_starts(added: list[tuple[int, ...]], most: int = 4) -> list[int]:
     """The first tokens of lines appended to the answers: of what each row's chosen answer ``added`` where its
     rejected one ends (its first ``LINE_TOKENS`` tokens, :meth:`LearningPatterns.added`; empty for a row whose
-    answers part earlier), the ``most`` commonest that each open an eighth or more of the rows, when together they
-    open more than half: a few lines added to many rows (rejected answers cut short, whose chosen ones go on
-    each its own way, add no line).
+    answers part earlier), the ``most`` commonest that each open two or more and an eighth or more of the rows,
+    when together they open more than half: a few lines added to many rows (rejected answers cut short, whose
+    chosen ones go on each its own way, add no line).
 
     Example:
-        >>> appended_starts([(7, 8, 9), (7, 8, 9), (4, 5, 6), ()]), appended_starts([(7, 8, 9), ()])
+        >>> appended_starts([(7, 8, 9), (7, 8, 9), (4, 5, 6), (4, 5, 6), ()]), appended_starts([(7, 8, 9), ()])
         ([7, 4], [])
         >>> appended_starts([(7, t, 9) for t in range(10)])   # ten continuations that share only a first token
         []
     """
     counts = Counter(a for a in added if a)
-    lines = [a for a, n in counts.most_common(most) if n >= len(added) / 8]
+    lines = [a for a, n in counts.most_common(most) if n >= max(2, len(added) / 8)]
     return list(dict.fromkeys(a[0] for a in lines)) if sum(counts[a] for a in lines) > len(added) / 2 else []
 
 
