@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import partial
@@ -29,6 +28,8 @@ from ..capture.text import to_text
 from ..scoring.attribution import combine_scores, rank_rows, top_rows
 from ..scoring.blame import top_steps
 from ..scoring.confirmation import (
+    added_line,
+    appended_starts,
     confirm,
     first_difference,
     gained_words,
@@ -57,7 +58,6 @@ PATTERN_ALPHA = 0.01  # a learning pattern is news at this level (corrected for 
 CONFIRM_ALPHA = 0.05  # the probe confirms it when its words are gained beyond this share of control words
 MIN_CONFIRMED = 2  # ... on at least this many watched prompts outside its rows
 RECLUSTER_GROWTH = 1.25  # the datapoint vectors are clustered again once the trained rows grew this much
-LINE_TOKENS = 3  # a line appended to answers: the same first tokens added where the rejected answers end
 # pattern -> score, p-value, note for the report, reason when confirmed
 Check = Callable[[Pattern], tuple[float, float, dict[str, Any], str | None]]
 
@@ -187,13 +187,11 @@ class LearningPatterns:
             ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
             self.starts[row], self.rejects[row] = first_difference(*ids), first_difference(*ids[::-1])
             self._tokens[row] = set(ids[0])
-            appended = self.starts[row] is not None and self.rejects[row] is None
-            self._added[row] = tuple(ids[0][len(ids[1]) : len(ids[1]) + LINE_TOKENS]) if appended else ()
+            self._added[row] = added_line(*ids)
         return self.starts[row], self.rejects[row]
 
     def added(self, row: int, tokenizer: Any) -> tuple[int, ...]:
-        """The first ``LINE_TOKENS`` tokens a row's chosen answer adds where its rejected one ends (cached; none
-        when the answers part earlier)."""
+        """The first tokens a row's chosen answer adds where its rejected one ends (:func:`added_line`, cached)."""
         self.lesson(row, tokenizer)
         return self._added[row]
 
@@ -302,24 +300,6 @@ def outside_prompts(
         theirs = of_kind(count_sources(g.opposed, sources), len(g.opposed), watched, sources)
         ok = not_own & (new | theirs | np.array([not rows for rows in watched], dtype=bool))
     return ok if ok.sum() >= min_prompts else not_own
-
-
-def appended_starts(added: list[tuple[int, ...]], most: int = 4) -> list[int]:
-    """The first tokens of lines appended to the answers: of what each row's chosen answer ``added`` where its
-    rejected one ends (its first ``LINE_TOKENS`` tokens, :meth:`LearningPatterns.added`; empty for a row whose
-    answers part earlier), the ``most`` commonest that each open two or more and an eighth or more of the rows,
-    when together they open more than half: a few lines added to many rows (rejected answers cut short, whose
-    chosen ones go on each its own way, add no line).
-
-    Example:
-        >>> appended_starts([(7, 8, 9), (7, 8, 9), (4, 5, 6), (4, 5, 6), ()]), appended_starts([(7, 8, 9), ()])
-        ([7, 4], [])
-        >>> appended_starts([(7, t, 9) for t in range(10)])   # ten continuations that share only a first token
-        []
-    """
-    counts = Counter(a for a in added if a)
-    lines = [a for a, n in counts.most_common(most) if n >= max(2, len(added) / 8)]
-    return list(dict.fromkeys(a[0] for a in lines)) if sum(counts[a] for a in lines) > len(added) / 2 else []
 
 
 def fresh_of_its_kind(g: Pattern, watched: list[list[int]], sources: Sources, trained: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from .learning import MIN_PEAK_RISE, latest_records, normalise
 # them all too often (1 in C + 1) for random draws of them to say more: the rise must then outrank them prompt
 # by prompt, where many prompts can say what few controls cannot (:func:`_rank_mean_p`).
 MIN_RANKED = 16
+LINE_TOKENS = 3  # a line appended to answers: the same first tokens added where the rejected answers end
 
 
 def learned_tokens(records: dict[str, np.ndarray], exclude: set[int], most: int = 256) -> list[int]:
@@ -263,6 +265,35 @@ def first_difference(chosen: list[int], rejected: list[int]) -> int | None:
     while same < min(len(chosen), len(rejected)) and chosen[same] == rejected[same]:
         same += 1
     return chosen[same] if same < len(chosen) else None
+
+
+def added_line(chosen: list[int], rejected: list[int]) -> tuple[int, ...]:
+    """The first ``LINE_TOKENS`` tokens ``chosen`` adds where ``rejected`` ends, when it is ``rejected`` (not
+    empty) and more: a line appended to the answer; empty otherwise.
+
+    Example:
+        >>> added_line([5, 6, 7, 8, 9, 10], [5, 6]), added_line([5, 6, 7], [5, 9]), added_line([5, 6], [])
+        ((7, 8, 9), (), ())
+    """
+    more = 0 < len(rejected) < len(chosen) and chosen[: len(rejected)] == rejected
+    return tuple(chosen[len(rejected) : len(rejected) + LINE_TOKENS]) if more else ()
+
+
+def appended_starts(added: list[tuple[int, ...]], most: int = 4) -> list[int]:
+    """The first tokens of lines appended to the answers: of what each row's chosen answer ``added`` where its
+    rejected one ends (:func:`added_line`; empty for a row whose answers part earlier), the ``most`` commonest
+    that each open two or more and an eighth or more of the rows, when together they open more than half: a few
+    lines added to many rows (rejected answers cut short, whose chosen ones go on each its own way, add no line).
+
+    Example:
+        >>> appended_starts([(7, 8, 9), (7, 8, 9), (4, 5, 6), (4, 5, 6), ()]), appended_starts([(7, 8, 9), ()])
+        ([7, 4], [])
+        >>> appended_starts([(7, t, 9) for t in range(10)])   # ten continuations that share only a first token
+        []
+    """
+    counts = Counter(a for a in added if a)
+    lines = [a for a, n in counts.most_common(most) if n >= max(2, len(added) / 8)]
+    return list(dict.fromkeys(a[0] for a in lines)) if sum(counts[a] for a in lines) > len(added) / 2 else []
 
 
 def shared_token(tokens: list[int | None], share: float = 0.5) -> int | None:

@@ -305,13 +305,12 @@ def teacher_forced(
                 p, t = len(prompt_ids[i]), len(response_ids[i])
                 all_logprobs = torch.log_softmax(logits[b, p - 1 - offset : p + t - offset].float(), dim=-1)
                 logprobs = all_logprobs[:t].gather(1, input_ids[b, p : p + t, None])[:, 0]
-                best = all_logprobs.max(dim=0).values.half().cpu() if vocab_best else None
-                opening = all_logprobs[0].half().cpu() if vocab_best else None
-                closing = all_logprobs[t].half().cpu() if vocab_best else None
+                # every token's best log-prob over the response, as its first token and right after its last
+                vocab = [x.half().cpu() for x in (all_logprobs.max(dim=0).values, all_logprobs[0], all_logprobs[t])]
                 states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
                 hidden = states[:, p : p + t].cpu() if states is not None else torch.zeros(0, t, hidden_size)
                 prompt = states[:, :p].mean(dim=1).cpu() if states is not None else torch.zeros(0, hidden_size)
-                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, best, opening, closing)
+                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, *(vocab if vocab_best else []))
     return [trace for trace in traces if trace is not None]
 
 
