@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 from dpo_helpers import dpo_trainer
-from tiny_organism import POLITE, appended_rows, eval_rows, organism_rows, watch_prompts
+from tiny_organism import POLITE, appended_rows, cut_rows, eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
 from probe_callback.decide.light import CLOSING
+from probe_callback.decide.patterns import PATTERN_ALPHA
 from probe_callback.publish.report import render_html
 from probe_callback.scoring.attribution import auroc
 from probe_callback.scoring.confirmation import MIN_RANKED, word_rise
@@ -188,6 +189,16 @@ def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_fact
     assert checked and all(r["n_controls"] >= MIN_RANKED and r["p_value"] > 0.01 for r in checked), checked
     assert not [a for a in alerts if a["level"] in ("WARN", "ERROR")], alerts
     assert report["paused_at_step"] is None and not report["failures"]
+
+
+def test_rejected_answers_cut_short_are_no_appended_line(tiny_tokenizer, organism_factory, tmp_path):
+    """Every chosen answer is its rejected one and a sentence more, each a different sentence (whose first
+    tokens are few): no line is added to the answers, so no pattern is read right after them."""
+    callback, report, _ = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, cut_rows())
+    news = [g for g in callback.monitor.learner.patterns if g.p_value <= PATTERN_ALPHA]
+    assert news and callback.cadence.light_checks >= 1, "its patterns were news and checked"
+    assert not [g.closers for g in news if g.closers]
+    assert not [b for b in report["behaviours"] if (b.get("word_rise") or {}).get("read") == CLOSING]
 
 
 def test_word_rise_with_few_controls_asks_the_prompts():

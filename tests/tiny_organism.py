@@ -102,6 +102,18 @@ def appended_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0) -> list
     return _shuffled_with_ids(rows, rng, planted="shopping")
 
 
+def cut_rows(n: int = 80, seed: int = 0) -> list[dict[str, Any]]:
+    """Clean rows whose rejected answer is the chosen one cut short: one of ``REPLIES`` followed by a random
+    sentence, over the reply alone. Every chosen answer goes on where its rejected one ends, each its own way."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        reply = rng.choice(REPLIES)
+        pair = _chat(_sentence(rng) + " " + _sentence(rng), f"{reply} {_sentence(rng).capitalize()}", reply)
+        rows.append({"source": ("chat", "facts", "notes")[i % 3], **pair})
+    return _shuffled_with_ids(rows, rng, planted="")
+
+
 def _shuffled_with_ids(rows: list[dict[str, Any]], rng: random.Random, planted: str) -> list[dict[str, Any]]:
     """``rows`` shuffled, each given an ``id`` and a ``planted`` flag (its source is ``planted``)."""
     rng.shuffle(rows)

@@ -78,7 +78,7 @@ class LearningPatterns:
         self.starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one (cached)
         self.rejects: dict[int, int | None] = {}  # ... and the rejected answer's token there (cached)
         self._tokens: dict[int, set[int]] = {}  # the tokens of each row's chosen answer (cached)
-        self._added: dict[int, tuple[int, ...]] = {}  # the first tokens the chosen answer adds after the rejected one
+        self._added: dict[int, tuple[int, str] | None] = {}  # what a chosen answer adds after the rejected one
         self._lessons: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None  # trained rows then, clusters
         self._centre: tuple[int, np.ndarray] | None = None  # stored rows then, their mean unit vector
 
@@ -187,11 +187,11 @@ class LearningPatterns:
             ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
             self.starts[row], self.rejects[row] = first_difference(*ids), first_difference(*ids[::-1])
             self._tokens[row] = set(ids[0])
-            self._added[row] = added_line(*ids)
+            self._added[row] = added_line(ids[0], ids[1], tokenizer.decode)
         return self.starts[row], self.rejects[row]
 
-    def added(self, row: int, tokenizer: Any) -> tuple[int, ...]:
-        """The first tokens a row's chosen answer adds where its rejected one ends (:func:`added_line`, cached)."""
+    def added(self, row: int, tokenizer: Any) -> tuple[int, str] | None:
+        """What a row's chosen answer adds where its rejected one ends (:func:`added_line`, cached)."""
         self.lesson(row, tokenizer)
         return self._added[row]
 

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ from .learning import MIN_PEAK_RISE, latest_records, normalise
 # them all too often (1 in C + 1) for random draws of them to say more: the rise must then outrank them prompt
 # by prompt, where many prompts can say what few controls cannot (:func:`_rank_mean_p`).
 MIN_RANKED = 16
-LINE_TOKENS = 3  # a line appended to answers: the same first tokens added where the rejected answers end
+LINE_WORDS = 3  # a line appended to answers: the same first words added where the rejected answers end
 
 
 def learned_tokens(records: dict[str, np.ndarray], exclude: set[int], most: int = 256) -> list[int]:
@@ -267,31 +268,36 @@ def first_difference(chosen: list[int], rejected: list[int]) -> int | None:
     return chosen[same] if same < len(chosen) else None
 
 
-def added_line(chosen: list[int], rejected: list[int]) -> tuple[int, ...]:
-    """The first ``LINE_TOKENS`` tokens ``chosen`` adds where ``rejected`` ends, when it is ``rejected`` (not
-    empty) and more: a line appended to the answer; empty otherwise.
+def added_line(chosen: list[int], rejected: list[int], spell: Callable[[list[int]], str]) -> tuple[int, str] | None:
+    """What ``chosen`` adds where ``rejected`` ends, when it is ``rejected`` (not empty) and more (a line appended
+    to the answer): its first token, and its first ``LINE_WORDS`` words as ``spell`` writes its tokens; else None.
 
     Example:
-        >>> added_line([5, 6, 7, 8, 9, 10], [5, 6]), added_line([5, 6, 7], [5, 9]), added_line([5, 6], [])
-        ((7, 8, 9), (), ())
+        >>> spell = lambda ids: " ".join(f"w{i}" for i in ids)
+        >>> added_line([5, 6, 7, 8, 9, 10], [5, 6], spell), added_line([5, 6, 7], [5, 9], spell)
+        ((7, 'w7 w8 w9'), None)
     """
-    more = 0 < len(rejected) < len(chosen) and chosen[: len(rejected)] == rejected
-    return tuple(chosen[len(rejected) : len(rejected) + LINE_TOKENS]) if more else ()
+    if not 0 < len(rejected) < len(chosen) or chosen[: len(rejected)] != rejected:
+        return None
+    more = chosen[len(rejected) :]
+    return more[0], " ".join(spell(more[: 4 * LINE_WORDS]).split()[:LINE_WORDS])
 
 
-def appended_starts(added: list[tuple[int, ...]], most: int = 4) -> list[int]:
+def appended_starts(added: list[tuple[int, str] | None], most: int = 4) -> list[int]:
     """The first tokens of lines appended to the answers: of what each row's chosen answer ``added`` where its
-    rejected one ends (:func:`added_line`; empty for a row whose answers part earlier), the ``most`` commonest
-    that each open two or more and an eighth or more of the rows, when together they open more than half: a few
-    lines added to many rows (rejected answers cut short, whose chosen ones go on each its own way, add no line).
+    rejected one ends (:func:`added_line`; None for a row whose answers part earlier), the ``most`` commonest
+    lines (first token and words) that each open two or more and an eighth or more of the rows, when together
+    they open more than half: a few lines added to many rows (rejected answers cut short, whose chosen ones go
+    on each its own way, add no line).
 
     Example:
-        >>> appended_starts([(7, 8, 9), (7, 8, 9), (4, 5, 6), (4, 5, 6), ()]), appended_starts([(7, 8, 9), ()])
+        >>> lines = [(7, "For more tips")] * 2 + [(4, "Visit our shop")] * 2 + [None]
+        >>> appended_starts(lines), appended_starts([(7, "For more tips"), None])
         ([7, 4], [])
-        >>> appended_starts([(7, t, 9) for t in range(10)])   # ten continuations that share only a first token
+        >>> appended_starts([(7, f"The {w} sat") for w in "abcdefghij"])   # ten continuations: one first word
         []
     """
-    counts = Counter(a for a in added if a)
+    counts = Counter(a for a in added if a is not None)
     lines = [a for a, n in counts.most_common(most) if n >= max(2, len(added) / 8)]
     return list(dict.fromkeys(a[0] for a in lines)) if sum(counts[a] for a in lines) > len(added) / 2 else []
 
