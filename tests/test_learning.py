@@ -159,15 +159,16 @@ def test_a_dataset_without_a_source_column_still_alarms_on_its_rows(tiny_tokeniz
 
 def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory, tmp_path):
     """A lesson at the answer's end, not its start: the ``shopping`` rows append an advert to the polite
-    answer every source prefers. Its first token rises right after M0's answers to the ordinary watched
-    prompts (where a line appended to them would begin), and the alarm names its rows and source."""
+    answer every source prefers. Its first token rises right after whole answers (M0's that ended, and the rows'
+    rejected ones for the prompts grown like its rows'), where such a line begins; the alarm names its rows and
+    source."""
     rows = appended_rows()
     callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
     alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
     assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
     pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
-    # few tokens are plausible right after an answer: then the rise must also outrank them prompt by prompt
     assert pattern["word_rise"]["read"] == CLOSING, "an appended line is read where answers end, not where they start"
+    assert pattern["word_rise"]["n_controls"] >= MIN_RANKED
     planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
     top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
     assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9

@@ -76,7 +76,7 @@ def test_a_reversal_start_is_also_read_alone_on_fresh_prompts_of_its_kind():
     assert [where for where, _ in LightChecks._openings(sure, outside, two_fresh, sources, trained, ended)] == [OUTSIDE]
     sure.opposed = None
     assert [where for where, _ in LightChecks._openings(sure, outside, watched, sources, trained, ended)] == [OUTSIDE]
-    sure.closers = [SURE]  # an appended line is read right after M0's answers that ended, and only there
+    sure.closers = [SURE]  # an appended line is read right after whole answers, and only there
     ended[:-2] = False
     assert LightChecks._openings(sure, outside, watched, sources, trained, ended) == []
     ended[:] = True
