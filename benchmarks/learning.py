@@ -147,7 +147,7 @@ class LightRecorder(TrainerCallback):
                 self.arrays[f"{key}_{g.name}_start"] = np.asarray(-1 if g.start is None else g.start)
                 self.arrays[f"{key}_{g.name}_outside"] = outside
                 self.arrays[f"{key}_{g.name}_closers"] = np.asarray(g.closers, dtype=np.int64)
-                grounds = dict(LightChecks._openings(g, outside, watched, sources, trained, watch.ended))
+                grounds = dict(LightChecks._grounds(g, outside, watched, sources, trained, watch.ended))
                 if OWN_KIND in grounds:
                     self.arrays[f"{key}_{g.name}_own_kind"] = grounds[OWN_KIND]
             return reads

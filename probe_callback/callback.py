@@ -247,7 +247,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
             opts.max_new_tokens,
             opts.probe_batch_size,
             r0=saved["r0"] if saved else None,
-            complete=saved.get("complete", [0 < len(r) < opts.max_new_tokens for r in saved["r0"]]) if saved else None,
+            complete=saved.get("complete") if saved else None,
         )
         watch.grown = saved.get("grown", 0) if saved else 0
         policy = RegressionPolicy(**{**opts.policy, "overrides": overrides})

@@ -69,18 +69,18 @@ def test_a_reversal_start_is_also_read_alone_on_fresh_prompts_of_its_kind():
     trained = np.arange(20)
     outside = outside_prompts(sure, watched, sources, np.ones(24, bool), trained)
     ended = np.ones(24, bool)
-    grounds = LightChecks._openings(sure, outside, watched, sources, trained, ended)
+    grounds = LightChecks._grounds(sure, outside, watched, sources, trained, ended)
     assert [where for where, _ in grounds] == [OUTSIDE, OWN_KIND]
     assert grounds[1][1].tolist() == [True] * 4 + [False] * 20
     two_fresh = [[], []] + watched[2:]
-    assert [where for where, _ in LightChecks._openings(sure, outside, two_fresh, sources, trained, ended)] == [OUTSIDE]
+    assert [where for where, _ in LightChecks._grounds(sure, outside, two_fresh, sources, trained, ended)] == [OUTSIDE]
     sure.opposed = None
-    assert [where for where, _ in LightChecks._openings(sure, outside, watched, sources, trained, ended)] == [OUTSIDE]
+    assert [where for where, _ in LightChecks._grounds(sure, outside, watched, sources, trained, ended)] == [OUTSIDE]
     sure.closers = [SURE]  # an appended line is read right after whole answers, and only there
     ended[:-2] = False
-    assert LightChecks._openings(sure, outside, watched, sources, trained, ended) == []
+    assert LightChecks._grounds(sure, outside, watched, sources, trained, ended) == []
     ended[:] = True
-    [(where, ground)] = LightChecks._openings(sure, outside, watched, sources, trained, ended)
+    [(where, ground)] = LightChecks._grounds(sure, outside, watched, sources, trained, ended)
     assert where == CLOSING and ground.tolist() == outside.tolist()
 
     rng = np.random.default_rng(1)

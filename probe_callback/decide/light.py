@@ -138,7 +138,7 @@ class LightChecks:
             w = word_rise(reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
             reading, tests = ANYWHERE, 1
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
-            for where, ground in self._openings(g, outside, watched, sources, trained, watch.ended):
+            for where, ground in self._grounds(g, outside, watched, sources, trained, watch.ended):
                 now, before, raw = floored[CLOSING if where == CLOSING else OUTSIDE]
                 # the controls: for an opener, the tokens M0 held above the floor there on a quarter or more of
                 # the prompts; right after an answer, where M0 ends it and few are, every other learned token
@@ -165,7 +165,7 @@ class LightChecks:
         return self.learner.decisions(step, news, records, None, test, note_key="word_rise")
 
     @staticmethod
-    def _openings(
+    def _grounds(
         g: Pattern,
         outside: np.ndarray,
         watched: list[list[int]],

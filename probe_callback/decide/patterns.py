@@ -184,7 +184,7 @@ class LearningPatterns:
         """The chosen and the rejected answer's tokens where a row's answers part (cached)."""
         if row not in self.starts:
             chosen, rejected = (_content(self.rows.text(row, f)) for f in ("chosen", "rejected"))
-            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (chosen, rejected)]
+            ids = [encode_response(tokenizer, t) for t in (chosen, rejected)]
             self.starts[row], self.rejects[row] = first_difference(*ids), first_difference(*ids[::-1])
             self._tokens[row] = set(ids[0])
             self._added[row] = added_line(ids[0], ids[1], tokenizer.decode)

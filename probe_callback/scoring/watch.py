@@ -104,7 +104,7 @@ class Watch:
         complete: list[bool] | None = None,
     ) -> Watch:
         """Generate M0's answers (those of ``r0`` that are None; all without it) and read them through M0;
-        ``complete``: which answers are whole (default: the given ones, and those M0 ended)."""
+        ``complete``: which answers are whole (saved on resume; default: those shorter than ``max_new_tokens``)."""
         ids = [format_prompt(tokenizer, p) for p in prompts]
         given = list(r0) if r0 is not None else [None] * len(ids)
         todo = [i for i, a in enumerate(given) if a is None]
@@ -114,8 +114,6 @@ class Watch:
             )
             answers = [a if a is not None else next(generated) for a in given]
             base = teacher_forced(ref, ids, answers, layers, batch_size, vocab_best=True)
-        if complete is None:
-            complete = [g is not None or 0 < len(a) < max_new_tokens for g, a in zip(given, answers)]
         return cls(prompts, tokenizer, layers, answers, base, max_new_tokens, batch_size, complete)
 
     def grow(self, prompts: Sequence[Any], reference: Reference, answers: Sequence[list[int] | None] = ()) -> None:
@@ -136,7 +134,7 @@ class Watch:
         self.prompts += more.prompts
         self.prompt_ids += more.prompt_ids
         self.r0 += more.r0
-        self.complete += more.complete
+        self.complete += [a is not None or whole for a, whole in zip(given, more.complete)]
         self.base += more.base
         self.reference_best = np.concatenate([self.reference_best, more.reference_best])
         self.reference_opening = np.concatenate([self.reference_opening, more.reference_opening])
