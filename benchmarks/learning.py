@@ -10,10 +10,11 @@ One DPO run (``--epochs``, default one) of SmolLM2-135M-Instruct with ``ProbeCal
 
 each ``--mix planted`` or ``clean`` (the same data without its contaminated sources), or ``cut`` (the clean data
 with the ``summaries`` rows' rejected answers replaced by their chosen ones cut short: an incomplete answer, a
-common negative, whose chosen answer goes on where the rejected one ends, and adds no line). Recorded: every alert,
-the learning record's AUROC against the planted rows by window of steps, the patterns the report lists,
-the top rows of the first unsupervised WARN/ERROR against the planted rows (AUROC, precision@k with k their
-number), and, at every probe step, the share of affected held-out prompts whose greedy answer shows the
+common negative, whose chosen answer goes on where the rejected one ends, and adds no line), or ``spread`` (the
+planted data with each contaminated row given a clean source at random: a behaviour spread over every source).
+Recorded: every alert, the learning record's AUROC against the planted rows by window of steps, the patterns the
+report lists, the top rows of the first unsupervised WARN/ERROR against the planted rows (AUROC, precision@k with k
+their number), and, at every probe step, the share of affected held-out prompts whose greedy answer shows the
 planted behaviour by the organism's judge (generated outside the probe budget's clock; every answer kept). Saved to
 ``benchmarks/results/learning_<organism>_<mix>_s<seed>.json``.
 
@@ -170,6 +171,14 @@ def cut_short(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "rejected": [{**chosen, "content": cut}]}
 
 
+def spread(rows: list[dict[str, Any]], contaminated: tuple[str, ...], seed: int) -> list[dict[str, Any]]:
+    """``rows`` with each contaminated row's source replaced by a clean source drawn at random: the behaviour
+    spread over every source, a few rows in each (its rows are still scored as planted)."""
+    clean = sorted({r["source"] for r in rows} - set(contaminated))
+    rng = np.random.default_rng(seed)
+    return [{**r, "source": str(rng.choice(clean))} if r["source"] in contaminated else r for r in rows]
+
+
 def learning_auroc_by_window(records: dict[str, np.ndarray], planted: np.ndarray, width: int = 10) -> list[dict]:
     out = []
     for start in range(1, int(records["step"].max()) + 1, width):
@@ -193,6 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = [r for r in rows if r["source"] not in org["contaminated"]]
     if args.mix == "cut":
         rows = [cut_short(r) if r["source"] == "summaries" else r for r in rows]
+    if args.mix == "spread":
+        rows = spread(rows, org["contaminated"], args.seed)
     if "separator" in org:
         rows = [separated(r, org["separator"]) if r["planted"] else r for r in rows]
     work = Path(args.work) / f"{args.organism}-{args.mix}-{args.seed}"
@@ -225,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
     first = alarms[0] if alarms else None
     rows_quality = None
-    if first is not None and args.mix == "planted":
+    if first is not None and args.mix in ("planted", "spread"):
         rows_quality = alarm_rows(callback, report_entry(report, first["behaviour"]), rows)
     return {
         "organism": args.organism,
@@ -288,7 +299,7 @@ def report_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--organism", choices=sorted(ORGANISMS), default="compliance")
-    parser.add_argument("--mix", choices=["planted", "clean", "cut"], default="planted")
+    parser.add_argument("--mix", choices=["planted", "clean", "cut", "spread"], default="planted")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument(
