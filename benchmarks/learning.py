@@ -20,6 +20,7 @@ planted behaviour by the organism's judge (generated outside the probe budget's 
 
     python -m benchmarks.learning --organism compliance --mix planted --seed 0
 
+``--planted-rows N`` keeps only N of the contaminated rows, drawn at random (a smaller dose of the behaviour).
 ``--no-source`` trains on the data without its ``source`` column (a dataset that names no sources); the rows
 are still scored against the planted ones, and the top rows' sources are counted from the original data.
 """
@@ -171,6 +172,13 @@ def cut_short(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "rejected": [{**chosen, "content": cut}]}
 
 
+def fewer_planted(rows: list[dict[str, Any]], contaminated: tuple[str, ...], keep: int, seed: int) -> list[dict]:
+    """``rows`` with only ``keep`` of the contaminated rows, drawn at random (the rest dropped): a smaller dose."""
+    bad = [i for i, r in enumerate(rows) if r["source"] in contaminated]
+    kept = set(np.random.default_rng(seed).choice(bad, size=min(keep, len(bad)), replace=False).tolist())
+    return [r for i, r in enumerate(rows) if r["source"] not in contaminated or i in kept]
+
+
 def spread(rows: list[dict[str, Any]], contaminated: tuple[str, ...], seed: int) -> list[dict[str, Any]]:
     """``rows`` with each contaminated row's source replaced by a clean source drawn at random: the behaviour
     spread over every source, a few rows in each (its rows are still scored as planted)."""
@@ -202,6 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = [r for r in rows if r["source"] not in org["contaminated"]]
     if args.mix == "cut":
         rows = [cut_short(r) if r["source"] == "summaries" else r for r in rows]
+    if args.planted_rows is not None:
+        rows = fewer_planted(rows, org["contaminated"], args.planted_rows, args.seed)
     if args.mix == "spread":
         rows = spread(rows, org["contaminated"], args.seed)
     if "separator" in org:
@@ -310,6 +320,9 @@ def main() -> None:
     parser.add_argument(
         "--no-source", action="store_true", help="train on the data without its source column (scored with it)"
     )
+    parser.add_argument(
+        "--planted-rows", type=int, default=None, help="keep only this many contaminated rows (a smaller dose)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/probe_callback_learning")
     args = parser.parse_args()
@@ -320,6 +333,7 @@ def main() -> None:
     epochs = "" if args.epochs == 1 else f"_e{args.epochs:g}"
     epochs += "" if args.beta is None else f"_b{args.beta:g}"
     unsourced = "_nosource" if args.no_source else ""
+    unsourced += "" if args.planted_rows is None else f"_dose{args.planted_rows}"
     name = f"learning_{args.organism}_{args.mix}_s{args.seed}{epochs}{lr}{budget}{unsourced}"
     arrays = result.pop("light_checks")
     if arrays:
