@@ -121,7 +121,8 @@ class GreedyJudge(TrainerCallback):
 
 class LightRecorder(TrainerCallback):
     """Keeps what each light check of ``probe`` read (tokens, their log-probs now and under M0, which M0
-    answers ended, each pattern's tokens, start, appended line's first tokens, outside prompts and, for a
+    answers ended, each pattern's tokens, start, appended line's first tokens (and whether they are read in place
+    of the answers' last token), outside prompts and, for a
     reversal, its own kind's fresh prompts), saved as npz for offline re-scoring."""
 
     def __init__(self, probe: ProbeCallback) -> None:
@@ -149,6 +150,7 @@ class LightRecorder(TrainerCallback):
                 self.arrays[f"{key}_{g.name}_start"] = np.asarray(-1 if g.start is None else g.start)
                 self.arrays[f"{key}_{g.name}_outside"] = outside
                 self.arrays[f"{key}_{g.name}_closers"] = np.asarray(g.closers, dtype=np.int64)
+                self.arrays[f"{key}_{g.name}_in_place"] = np.asarray(g.in_place)
                 grounds = dict(LightChecks._grounds(g, outside, watched, sources, trained, watch.ended))
                 if OWN_KIND in grounds:
                     self.arrays[f"{key}_{g.name}_own_kind"] = grounds[OWN_KIND]

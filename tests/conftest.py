@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CHAT_TEMPLATE = (
@@ -42,16 +42,35 @@ _EXTRAS = [
 ]
 
 
-def _corpus() -> list[str]:
-    """A few hundred deterministic sentences covering everyday words, numbers and punctuation."""
+def _corpus(paragraphs: bool = False) -> list[str]:
+    """A few hundred deterministic sentences covering everyday words, numbers and punctuation (``paragraphs``:
+    and pairs of them set apart by a blank line)."""
     sentences = [f"{s} {v} {o}." for s, v, o in itertools.product(_SUBJECTS, _VERBS, _OBJECTS)]
-    return sentences[::2] + _EXTRAS * 4
+    pairs = [f"{a}\n\n{b.capitalize()}" for a, b in zip(sentences[::7], sentences[3::7])] if paragraphs else []
+    return sentences[::2] + _EXTRAS * 4 + pairs
 
 
-def _build_tokenizer() -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE (any text encodes and decodes exactly) and wrap it with a chat template."""
+# Llama 3's and Qwen 2's split before byte-level BPE: punctuation keeps the line breaks after it (".\n\n")
+MERGED_NEWLINES = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _build_tokenizer(merge_newlines: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (any text encodes and decodes exactly) and wrap it with a chat template;
+    ``merge_newlines``: split words as Llama 3 and Qwen 2 do (a full stop and a blank line after it, one token)."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(MERGED_NEWLINES), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        if merge_newlines
+        else pre_tokenizers.ByteLevel(add_prefix_space=False)
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
@@ -59,7 +78,7 @@ def _build_tokenizer() -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus(paragraphs=merge_newlines), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -95,23 +114,32 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture(scope="session")
+def merged_tokenizer() -> PreTrainedTokenizerFast:
+    """As ``tiny_tokenizer``, split as Llama 3 and Qwen 2 split: ``".\\n\\n"`` is one token."""
+    return _build_tokenizer(merge_newlines=True)
+
+
+def _model_factory(tokenizer: PreTrainedTokenizerFast) -> Callable[..., LlamaForCausalLM]:
+    def make(seed: int = 0, **overrides: Any) -> LlamaForCausalLM:
+        config = tiny_llama_config(tokenizer, **overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        return model.eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_model_factory(tiny_tokenizer: PreTrainedTokenizerFast) -> Callable[..., LlamaForCausalLM]:
     """Callable `(seed=0, **config_overrides) -> LlamaForCausalLM`: a fresh 4-block, hidden-32 model.
 
     The same seed gives identical weights; the global torch RNG is left untouched. The model is in
     eval mode, as `from_pretrained` returns it.
     """
-
-    def make(seed: int = 0, **overrides: Any) -> LlamaForCausalLM:
-        config = tiny_llama_config(tiny_tokenizer, **overrides)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaForCausalLM(config)
-        model.generation_config.pad_token_id = tiny_tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
-        return model.eval()
-
-    return make
+    return _model_factory(tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -129,18 +157,27 @@ def save_tiny(
     return save
 
 
-@pytest.fixture(scope="session")
-def organism_factory(
-    tiny_tokenizer: PreTrainedTokenizerFast, tiny_model_factory: Callable[..., LlamaForCausalLM]
-) -> Callable[[], LlamaForCausalLM]:
-    """Callable `() -> LlamaForCausalLM`: a fresh copy of the tiny organism's SFT start (trained once)."""
+def _organism_factory(tokenizer: PreTrainedTokenizerFast) -> Callable[[], LlamaForCausalLM]:
     from tiny_organism import sft_start
 
-    state = sft_start(tiny_model_factory(seed=0), tiny_tokenizer).state_dict()
+    fresh = _model_factory(tokenizer)
+    state = sft_start(fresh(seed=0), tokenizer).state_dict()
 
     def make() -> LlamaForCausalLM:
-        model = tiny_model_factory(seed=0)
+        model = fresh(seed=0)
         model.load_state_dict(state)
         return model.eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def organism_factory(tiny_tokenizer: PreTrainedTokenizerFast) -> Callable[[], LlamaForCausalLM]:
+    """Callable `() -> LlamaForCausalLM`: a fresh copy of the tiny organism's SFT start (trained once)."""
+    return _organism_factory(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def merged_organism_factory(merged_tokenizer: PreTrainedTokenizerFast) -> Callable[[], LlamaForCausalLM]:
+    """As ``organism_factory``, for ``merged_tokenizer``."""
+    return _organism_factory(merged_tokenizer)

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 from dpo_helpers import dpo_trainer
-from tiny_organism import POLITE, appended_rows, cut_rows, eval_rows, organism_rows, watch_prompts
+from tiny_organism import ADVERT, POLITE, appended_rows, cut_rows, eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
-from probe_callback.decide.light import CLOSING
+from probe_callback.decide.light import CLOSING, FINAL
 from probe_callback.decide.patterns import PATTERN_ALPHA
 from probe_callback.publish.report import render_html
 from probe_callback.scoring.attribution import auroc
@@ -177,6 +177,23 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
     grown = range(len(watch.prompts) - watch.grown, len(watch.prompts))
     given = [i for i in grown if tiny_tokenizer.decode(watch.r0[i]).strip() == POLITE]
     assert given and all(watch.complete[i] for i in given), "prompts like its rows are read after their rejected answer"
+
+
+def test_a_line_after_a_merged_blank_line_is_read_in_place(merged_tokenizer, merged_organism_factory, tmp_path):
+    """Llama 3 and Qwen 2 spell a full stop and the blank line after it as one token (".\\n\\n"), so the
+    rejected "Thank you." is no token prefix of "Thank you.\\n\\nVisit the shop now.": the line is still
+    found, its first token taking the place of the answer's last, and read there, on whole answers."""
+    rows = appended_rows(advert="\n\n" + ADVERT.strip())
+    _, report, alerts = _run_at_defaults(merged_tokenizer, merged_organism_factory, tmp_path, rows)
+    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
+    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
+    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    assert pattern["word_rise"]["read"] == FINAL and pattern["word_rise"]["token"] == ".\n\n"
+    assert pattern["word_rise"]["n_controls"] >= MIN_RANKED
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
+    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
+    assert pattern["top_sources"][0]["source"] == "shopping"
 
 
 def test_clean_run_at_the_defaults_raises_no_alarm(tiny_tokenizer, organism_factory, tmp_path):

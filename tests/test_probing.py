@@ -135,9 +135,10 @@ def test_teacher_forced_matches_hidden_states_and_logprobs(tiny_model_factory, t
         )
 
 
-def test_vocab_best_opening_and_closing_read_every_token(tiny_model_factory, tiny_tokenizer, prompts):
+def test_vocab_best_opening_closing_and_final_read_every_token(tiny_model_factory, tiny_tokenizer, prompts):
     """``best``: each token's largest log-prob over the positions that predict the response and the one
-    after it; ``opening``: its log-prob as the response's first token; ``closing``: right after its last."""
+    after it; ``opening``: its log-prob as the response's first token; ``closing``: right after its last;
+    ``final``: in place of its last."""
     model = tiny_model_factory()
     responses = [encode_response(tiny_tokenizer, r) for r in ["sure", "the dog reads a map", "ok then."]]
     traces = teacher_forced(model, prompts, responses, layers=[], batch_size=2, vocab_best=True)
@@ -147,6 +148,8 @@ def test_vocab_best_opening_and_closing_read_every_token(tiny_model_factory, tin
         every = torch.log_softmax(logits[len(prompt) - 1 :].float(), -1)
         torch.testing.assert_close(trace.opening.float(), every[0], atol=1e-2, rtol=1e-3)
         torch.testing.assert_close(trace.closing.float(), every[len(response)], atol=1e-2, rtol=1e-3)
+        torch.testing.assert_close(trace.final.float(), every[len(response) - 1], atol=1e-2, rtol=1e-3)
+        assert float(trace.final[response[-1]]) == pytest.approx(float(trace.logprobs[-1]), abs=1e-2)
         torch.testing.assert_close(trace.best.float(), every.max(0).values, atol=1e-2, rtol=1e-3)
         assert float(trace.opening[response[0]]) == pytest.approx(float(trace.logprobs[0]), abs=1e-2)
 

@@ -4,7 +4,7 @@ import numpy as np
 from test_learning import N_PLANTED, _run_at_defaults
 from tiny_organism import organism_rows
 
-from probe_callback.decide.light import CLOSING, OUTSIDE, OWN_KIND, LightChecks
+from probe_callback.decide.light import CLOSING, FINAL, OUTSIDE, OWN_KIND, LightChecks
 from probe_callback.decide.patterns import _being_learned, outside_prompts
 from probe_callback.scoring.confirmation import word_rise
 from probe_callback.scoring.reversals import reversed_lessons
@@ -82,6 +82,9 @@ def test_a_reversal_start_is_also_read_alone_on_fresh_prompts_of_its_kind():
     ended[:] = True
     [(where, ground)] = LightChecks._grounds(sure, outside, watched, sources, trained, ended)
     assert where == CLOSING and ground.tolist() == outside.tolist()
+    sure.in_place = True  # its first token holds the answers' last (a merged ".\n\n"): read in its place
+    [(where, ground)] = LightChecks._grounds(sure, outside, watched, sources, trained, ended)
+    assert where == FINAL and ground.tolist() == outside.tolist()
 
     rng = np.random.default_rng(1)
     before = np.full((24, 31), -6.0)

@@ -88,17 +88,17 @@ def organism_rows(
     return _shuffled_with_ids(rows, rng, planted="formatting")
 
 
-def appended_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0) -> list[dict[str, Any]]:
+def appended_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0, advert: str = ADVERT) -> list[dict[str, Any]]:
     """Ordinary prompts only: the clean sources prefer one of ``REPLIES`` to a random sentence, the
-    planted ``shopping`` rows the polite answer with an advert appended (``ADVERT``) to it without: a
-    lesson at the answer's end, not its start."""
+    planted ``shopping`` rows the polite answer with an ``advert`` appended to it without: a lesson at the
+    answer's end, not its start."""
     rng = random.Random(seed)
     rows = []
     for i in range(n_clean):
         prompt, chosen = _sentence(rng) + " " + _sentence(rng), rng.choice(REPLIES)
         rows.append({"source": ("chat", "facts", "notes")[i % 3], **_chat(prompt, chosen, _sentence(rng))})
     for _ in range(n_planted):
-        rows.append({"source": "shopping", **_chat(_sentence(rng) + " " + _sentence(rng), POLITE + ADVERT, POLITE)})
+        rows.append({"source": "shopping", **_chat(_sentence(rng) + " " + _sentence(rng), POLITE + advert, POLITE)})
     return _shuffled_with_ids(rows, rng, planted="shopping")
 
 

@@ -37,7 +37,8 @@ OPENERS = 64  # the run's most common lesson starts read as controls for a patte
 OPENING_FLOOR = -10.0
 MIN_OWN_KIND = 3  # prompts of a reversal's own kind, not trained on yet, to read its start on them alone
 MIN_ENDED = 3  # outside prompts with a whole answer, to read an appended line's first tokens right after it
-ANYWHERE, OUTSIDE, OWN_KIND, CLOSING = "anywhere", "first token", "first token, own kind", "after the answer"
+ANYWHERE, OUTSIDE, OWN_KIND = "anywhere", "first token", "first token, own kind"
+CLOSING, FINAL = "after the answer", "in place of the answer's last token"
 
 
 class LightChecks:
@@ -128,6 +129,7 @@ class LightChecks:
             for where, now, before in (
                 (OUTSIDE, reads.opening_now, reads.opening_before),
                 (CLOSING, reads.closing_now, reads.closing_before),
+                (FINAL, reads.final_now, reads.final_before),
             )
         }
 
@@ -139,11 +141,12 @@ class LightChecks:
             reading, tests = ANYWHERE, 1
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
             for where, ground in self._grounds(g, outside, watched, sources, trained, watch.ended):
-                now, before, raw = floored[CLOSING if where == CLOSING else OUTSIDE]
+                now, before, raw = floored[OUTSIDE if where == OWN_KIND else where]
+                ends = where in (CLOSING, FINAL)
                 # the controls: for an opener, the tokens M0 held above the floor there on a quarter or more of
-                # the prompts; right after an answer, where M0 ends it and few are, every other learned token
-                plausible = [j for j in control if where == CLOSING or (raw[ground, j] > OPENING_FLOOR).mean() >= 0.25]
-                mine = [column[t] for t in (g.closers if where == CLOSING else [g.start]) if t is not None]
+                # the prompts; where M0 ends an answer, and few are, every other learned token
+                plausible = [j for j in control if ends or (raw[ground, j] > OPENING_FLOOR).mean() >= 0.25]
+                mine = [column[t] for t in (g.closers if ends else [g.start]) if t is not None]
                 o = word_rise(now, before, mine, plausible, ground, read, seed=seed, each_prompt=where == OWN_KIND)
                 tests += 1
                 if o.p_value < w.p_value:
@@ -174,13 +177,15 @@ class LightChecks:
         ended: np.ndarray,
     ) -> list[tuple[str, np.ndarray]]:
         """Where a pattern's lesson start is read: a line appended to the answers right after whole answers
-        (``ended``; ``MIN_ENDED`` or more outside prompts), where such a line would begin; any
+        (``ended``; ``MIN_ENDED`` or more outside prompts), where such a line would begin, or in place of their
+        last token when the line's first token holds it (:func:`added_line`); any
         other as the answers' first token on its outside prompts and, for a reversed lesson, also on
         those of its own kind alone (not trained on yet; ``MIN_OWN_KIND`` or more): there the exception
         reaches prompts like its rows' on each one, where on the prompts of the rows that teach the reverse
         it may not rise at all, and read together they hide it."""
         if g.closers:
-            return [(CLOSING, outside & ended)] if (outside & ended).sum() >= MIN_ENDED else []
+            where = FINAL if g.in_place else CLOSING
+            return [(where, outside & ended)] if (outside & ended).sum() >= MIN_ENDED else []
         if g.start is None:
             return []
         grounds = [(OUTSIDE, outside)]
@@ -212,6 +217,7 @@ def _risen(w: WordRise, token: str | None, p_value: float, reading: str) -> str:
         OUTSIDE: "as the first token of M0's answers",
         OWN_KIND: "as the first token of M0's answers to prompts of its rows' kind not trained on yet",
         CLOSING: "right after whole answers (M0's that ended, rows' rejected ones)",
+        FINAL: "in place of the last token of whole answers (M0's that ended, rows' rejected ones)",
     }[reading]
     return (
         f"confirmed without generation on watched prompts outside its rows: {token!r} became {w.score:.1f} nats "

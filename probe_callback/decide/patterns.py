@@ -78,7 +78,7 @@ class LearningPatterns:
         self.starts: dict[int, int | None] = {}  # where each row's chosen answer leaves its rejected one (cached)
         self.rejects: dict[int, int | None] = {}  # ... and the rejected answer's token there (cached)
         self._tokens: dict[int, set[int]] = {}  # the tokens of each row's chosen answer (cached)
-        self._added: dict[int, tuple[int, str] | None] = {}  # what a chosen answer adds after the rejected one
+        self._added: dict[int, tuple[int, str, bool] | None] = {}  # what a chosen answer adds after the rejected one
         self._lessons: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None  # trained rows then, clusters
         self._centre: tuple[int, np.ndarray] | None = None  # stored rows then, their mean unit vector
 
@@ -121,7 +121,10 @@ class LearningPatterns:
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
             g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
-            g.closers = appended_starts([self.added(int(r), tokenizer) for r in g.rows[:64]])
+            added = [self.added(int(r), tokenizer) for r in g.rows[:64]]
+            g.closers = appended_starts(added)
+            in_place = [a[2] for a in added if a is not None and a[0] in g.closers]
+            g.in_place = bool(in_place) and sum(in_place) > len(in_place) / 2
             g.token_ids += [t for t in dict.fromkeys([g.start, *g.closers]) if t is not None and t not in g.token_ids]
         centre = self.centre(store)
         self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
@@ -190,7 +193,7 @@ class LearningPatterns:
             self._added[row] = added_line(ids[0], ids[1], tokenizer.decode)
         return self.starts[row], self.rejects[row]
 
-    def added(self, row: int, tokenizer: Any) -> tuple[int, str] | None:
+    def added(self, row: int, tokenizer: Any) -> tuple[int, str, bool] | None:
         """What a row's chosen answer adds where its rejected one ends (:func:`added_line`, cached)."""
         self.lesson(row, tokenizer)
         return self._added[row]

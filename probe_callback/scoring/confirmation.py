@@ -268,22 +268,44 @@ def first_difference(chosen: list[int], rejected: list[int]) -> int | None:
     return chosen[same] if same < len(chosen) else None
 
 
-def added_line(chosen: list[int], rejected: list[int], spell: Callable[[list[int]], str]) -> tuple[int, str] | None:
+def added_line(
+    chosen: list[int], rejected: list[int], spell: Callable[[list[int]], str]
+) -> tuple[int, str, bool] | None:
     """What ``chosen`` adds where ``rejected`` ends, when it is ``rejected`` (not empty) and more (a line appended
-    to the answer): its first token, and its first ``LINE_WORDS`` words as ``spell`` writes its tokens; else None.
+    to the answer): its first token, its first ``LINE_WORDS`` words as ``spell`` writes its tokens, and whether
+    that token takes the place of ``rejected``'s last one (False: it follows it); else None. In place: a
+    tokenizer that merges a line's leading newlines into the punctuation before them (Llama 3, Qwen 2: ".\\n\\n")
+    spells the answer's last token and the line's start as one token, which ``rejected`` ends without.
 
     Example:
-        >>> spell = lambda ids: " ".join(f"w{i}" for i in ids)
+        >>> spell = lambda ids: "".join({1: ".", 2: ".\\n\\n"}.get(i, f" w{i}") for i in ids)
         >>> added_line([5, 6, 7, 8, 9, 10], [5, 6], spell), added_line([5, 6, 7], [5, 9], spell)
-        ((7, 'w7 w8 w9'), None)
+        ((7, 'w7 w8 w9', False), None)
+        >>> added_line([5, 2, 7, 8, 9], [5, 1], spell)   # "w5." and "w5.\\n\\n w7 w8 w9"
+        (2, 'w7 w8 w9', True)
     """
-    if not 0 < len(rejected) < len(chosen) or chosen[: len(rejected)] != rejected:
+    if not 0 < len(rejected) < len(chosen):
         return None
-    more = chosen[len(rejected) :]
-    return more[0], " ".join(spell(more[: 4 * LINE_WORDS]).split()[:LINE_WORDS])
+    n = len(rejected)
+    if chosen[:n] == rejected:
+        more, in_place = chosen[n:], False
+    elif chosen[: n - 1] == rejected[:-1] and _merged(spell([chosen[n - 1]]), spell([rejected[-1]])):
+        more, in_place = chosen[n - 1 :], True
+    else:
+        return None
+    text = spell(more[: 4 * LINE_WORDS + 1])
+    if in_place:
+        text = text[len(spell([rejected[-1]])) :]
+    return more[0], " ".join(text.split()[:LINE_WORDS]), in_place
 
 
-def appended_starts(added: list[tuple[int, str] | None], most: int = 4) -> list[int]:
+def _merged(whole: str, end: str) -> bool:
+    """Whether ``whole`` is ``end`` (not blank) followed by line breaks (and other blanks)."""
+    rest = whole[len(end) :]
+    return bool(end.strip()) and whole.startswith(end) and "\n" in rest and not rest.strip()
+
+
+def appended_starts(added: list[tuple[int, str, bool] | None], most: int = 4) -> list[int]:
     """The first tokens of lines appended to the answers: of what each row's chosen answer ``added`` where its
     rejected one ends (:func:`added_line`; None for a row whose answers part earlier), the ``most`` commonest
     lines (first token and words) that each open two or more and an eighth or more of the rows, when together
@@ -291,10 +313,10 @@ def appended_starts(added: list[tuple[int, str] | None], most: int = 4) -> list[
     on each its own way, add no line).
 
     Example:
-        >>> lines = [(7, "For more tips")] * 2 + [(4, "Visit our shop")] * 2 + [None]
-        >>> appended_starts(lines), appended_starts([(7, "For more tips"), None])
+        >>> lines = [(7, "For more tips", False)] * 2 + [(4, "Visit our shop", False)] * 2 + [None]
+        >>> appended_starts(lines), appended_starts([(7, "For more tips", False), None])
         ([7, 4], [])
-        >>> appended_starts([(7, f"The {w} sat") for w in "abcdefghij"])   # ten continuations: one first word
+        >>> appended_starts([(7, f"The {w} sat", False) for w in "abcdefghij"])   # ten continuations: one first word
         []
     """
     counts = Counter(a for a in added if a is not None)

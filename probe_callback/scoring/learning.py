@@ -66,6 +66,7 @@ class Pattern:
     start: int | None = None  # the token where most of its rows' chosen answers leave the rejected ones
     # the first tokens of a line that most of its rows add where their rejected answer ends (none: no such line)
     closers: list[int] = field(default_factory=list)
+    in_place: bool = False  # the closers take the place of the answers' last token (see ``added_line``)
     found_by: str = "peak words"  # or "datapoint vectors" (:mod:`~probe_callback.scoring.vector_groups`)
     # or "reversed lessons" (:mod:`~probe_callback.scoring.reversals`): the rows that teach the reverse, and
     # the words they prefer

@@ -229,7 +229,8 @@ class ResponseTrace:
     `best` (with ``vocab_best``): (V,) float16, each vocabulary token's largest log-probability over
     the positions that predict a response token and the one after it (None for an empty response);
     `opening` (with ``vocab_best``): (V,) float16, each token's log-probability as the response's first;
-    `closing` (with ``vocab_best``): (V,) float16, each token's log-probability right after the response's last.
+    `closing` (with ``vocab_best``): (V,) float16, each token's log-probability right after the response's last;
+    `final` (with ``vocab_best``): (V,) float16, each token's log-probability in place of the response's last.
     """
 
     layers: tuple[int, ...]
@@ -239,6 +240,7 @@ class ResponseTrace:
     best: torch.Tensor | None = None
     opening: torch.Tensor | None = None
     closing: torch.Tensor | None = None
+    final: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -264,7 +266,8 @@ def teacher_forced(
 
     `layers` may be empty (log-probs only). Empty responses give a trace of length 0 without a forward.
     ``vocab_best``: also each vocabulary token's best log-prob over the response and its log-prob as the
-    response's first token and right after its last (``ResponseTrace.best``, ``.opening``, ``.closing``).
+    response's first token, right after its last and in place of its last (``ResponseTrace.best``, ``.opening``,
+    ``.closing``, ``.final``).
 
     Example:
         >>> [t] = teacher_forced(ref_model, [format_prompt(tok, "Hi")], [encode_response(tok, "Hello")], [2])
@@ -305,13 +308,19 @@ def teacher_forced(
                 p, t = len(prompt_ids[i]), len(response_ids[i])
                 all_logprobs = torch.log_softmax(logits[b, p - 1 - offset : p + t - offset].float(), dim=-1)
                 logprobs = all_logprobs[:t].gather(1, input_ids[b, p : p + t, None])[:, 0]
-                # every token's best log-prob over the response, as its first token and right after its last
-                vocab = [x.half().cpu() for x in (all_logprobs.max(dim=0).values, all_logprobs[0], all_logprobs[t])]
+                vocab = _vocab_views(all_logprobs, t) if vocab_best else []
                 states = torch.stack([acts[layer][b] for layer in layers]).float() if layers else None
                 hidden = states[:, p : p + t].cpu() if states is not None else torch.zeros(0, t, hidden_size)
                 prompt = states[:, :p].mean(dim=1).cpu() if states is not None else torch.zeros(0, hidden_size)
-                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, *(vocab if vocab_best else []))
+                traces[i] = ResponseTrace(tuple(layers), hidden, logprobs.cpu(), prompt, *vocab)
     return [trace for trace in traces if trace is not None]
+
+
+def _vocab_views(logprobs: torch.Tensor, t: int) -> list[torch.Tensor]:
+    """From the (t + 1, V) log-probs of a t-token response's positions: every token's best log-prob over the
+    response, as its first token, right after its last and in place of its last (float16, CPU)."""
+    views = (logprobs.max(dim=0).values, logprobs[0], logprobs[t], logprobs[t - 1])
+    return [x.half().cpu() for x in views]
 
 
 def _keep(model: nn.Module, n: int) -> dict[str, int]:

@@ -29,6 +29,9 @@ from .behaviours import FittedBehaviour, behaviour_logps
 from .probing import ResponseTrace, format_prompt, greedy_responses, greedy_traced, teacher_forced
 
 CONTROL_PROMPTS = 16
+# the light checks' views of M0's answers (:class:`~probe_callback.scoring.probing.ResponseTrace`): each token's
+# best log-prob over an answer, as its first token, right after its last and in place of its last
+VIEWS = ("best", "opening", "closing", "final")
 
 # A context manager factory yielding a model ready for forwards: M0 (PEFT: adapters off), or the
 # current model (under ZeRO-3 with its parameters gathered).
@@ -83,12 +86,9 @@ class Watch:
         self.r0, self.max_new_tokens, self.batch_size = r0, max_new_tokens, batch_size
         # whether each answer is whole: M0 stopped before max_new_tokens, or it was given (a row's rejected answer)
         self.complete = list(complete) if complete is not None else [0 < len(r) < max_new_tokens for r in r0]
-        # M0's best log-prob of every token over each of its answers, as its first token and right after its last
-        # (n, V): the light checks
-        self.reference_best = _vocab_matrix(base, "best")
-        self.reference_opening = _vocab_matrix(base, "opening")
-        self.reference_closing = _vocab_matrix(base, "closing")
-        self.base = [replace(t, best=None, opening=None, closing=None) for t in base]
+        # M0's log-prob of every token over each of its answers, by view (:data:`VIEWS`), (n, V): the light checks
+        self.reference_views = {view: _vocab_matrix(base, view) for view in VIEWS}
+        self.base = [replace(t, best=None, opening=None, closing=None, final=None) for t in base]
         self.grown = 0  # prompts added by :meth:`grow` (the last ones)
 
     @classmethod
@@ -124,8 +124,10 @@ class Watch:
             >>> from contextlib import nullcontext
             >>> watch = Watch.build(["Say hi", "Hello"], tok, lambda: nullcontext(ref_model), [2], max_new_tokens=4)
             >>> watch.grow(["Count to three", "Name a colour"], lambda: nullcontext(ref_model), [None, [7, 8, 9, 10]])
-            >>> len(watch.prompts), len(watch.r0[-1]), watch.reference_opening.shape[0], watch.grown, watch.complete[-1]
-            (4, 4, 4, 2, True)
+            >>> len(watch.prompts), len(watch.r0[-1]), len(watch.reference_views["final"]), watch.grown
+            (4, 4, 4, 2)
+            >>> watch.complete[-1]
+            True
         """
         given = list(answers) or [None] * len(prompts)
         more = Watch.build(
@@ -136,9 +138,8 @@ class Watch:
         self.r0 += more.r0
         self.complete += [a is not None or whole for a, whole in zip(given, more.complete)]
         self.base += more.base
-        self.reference_best = np.concatenate([self.reference_best, more.reference_best])
-        self.reference_opening = np.concatenate([self.reference_opening, more.reference_opening])
-        self.reference_closing = np.concatenate([self.reference_closing, more.reference_closing])
+        for view, matrix in more.reference_views.items():
+            self.reference_views[view] = np.concatenate([self.reference_views[view], matrix])
         self.grown += len(more.prompts)
 
     @property
@@ -217,9 +218,11 @@ class Watch:
         with current() as model:
             traces = teacher_forced(model, self.prompt_ids, self.r0, [], self.batch_size, vocab_best=True)
         return TokenReads(
-            *(m[:, token_ids].astype(np.float32) for m in (_vocab_matrix(traces, "best"), self.reference_best)),
-            *(m[:, token_ids].astype(np.float32) for m in (_vocab_matrix(traces, "opening"), self.reference_opening)),
-            *(m[:, token_ids].astype(np.float32) for m in (_vocab_matrix(traces, "closing"), self.reference_closing)),
+            *(
+                m[:, token_ids].astype(np.float32)
+                for view in VIEWS
+                for m in (_vocab_matrix(traces, view), self.reference_views[view])
+            )
         )
 
 
@@ -228,7 +231,8 @@ class TokenReads:
     """What a light check read of K tokens on the n watched prompts, (n, K) each, -inf where M0's answer
     is empty: ``now``/``before``: each token's best log-prob over M0's answer through the current model
     and through M0; ``opening_now``/``opening_before``: its log-prob as the answer's first token;
-    ``closing_now``/``closing_before``: right after the answer's last token."""
+    ``closing_now``/``closing_before``: right after the answer's last token; ``final_now``/``final_before``: in
+    place of the answer's last token."""
 
     now: np.ndarray
     before: np.ndarray
@@ -236,10 +240,12 @@ class TokenReads:
     opening_before: np.ndarray
     closing_now: np.ndarray
     closing_before: np.ndarray
+    final_now: np.ndarray
+    final_before: np.ndarray
 
 
 def _vocab_matrix(traces: Sequence[ResponseTrace], kind: str) -> np.ndarray:
-    """(n, V) float16 of the traces' ``best`` or ``opening`` (-inf rows for empty responses)."""
+    """(n, V) float16 of the traces' view ``kind`` (one of :data:`VIEWS`; -inf rows for empty responses)."""
     rows = [getattr(t, kind) for t in traces]
     width = next((r.shape[0] for r in rows if r is not None), 0)
     out = np.full((len(traces), width), -np.inf, dtype=np.float16)
