@@ -124,7 +124,7 @@ class LearningPatterns:
             added = [self.added(int(r), tokenizer) for r in g.rows[:64]]
             g.closers = appended_starts(added)
             in_place = [a[2] for a in added if a is not None and a[0] in g.closers]
-            g.in_place = bool(in_place) and sum(in_place) > len(in_place) / 2
+            g.in_place = sum(in_place) > len(in_place) / 2  # most of its lines open in place of the last token
             g.token_ids += [t for t in dict.fromkeys([g.start, *g.closers]) if t is not None and t not in g.token_ids]
         centre = self.centre(store)
         self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
