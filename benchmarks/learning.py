@@ -333,11 +333,11 @@ def verdict(
             out["clean_alarms"].append({"behaviour": name, "step": first[name]["step"], **quality_of})
         elif out["behaviours"].get(kind, {}).get("alarm_step") is None:  # alarms come in step order
             out["behaviours"][kind] = {"alarm_step": first[name]["step"], "name": name, **quality_of}
-    for kind, v in out["behaviours"].items():  # on time: None when neither the answers show it nor an alarm came
-        alarm, v["greedy_10pct_step"] = v["alarm_step"], shown.get(kind)
-        v["on_time"] = (
-            None if alarm is None is shown.get(kind) else alarm is not None and alarm <= (shown[kind] or alarm)
-        )
+    for kind, v in out["behaviours"].items():
+        alarm, seen = v["alarm_step"], shown.get(kind)
+        v["greedy_10pct_step"] = seen
+        # on time: an alarm no later than the answers show it; None when neither came
+        v["on_time"] = None if alarm is None and seen is None else alarm is not None and (seen is None or alarm <= seen)
     return out
 
 
