@@ -332,7 +332,8 @@ def verdict(
         if kind is None or quality_of.get("its_planted", {}).get("precision_at_k", 0.0) < 0.5:
             out["clean_alarms"].append({"behaviour": name, "step": first[name]["step"], **quality_of})
         elif out["behaviours"].get(kind, {}).get("alarm_step") is None:  # alarms come in step order
-            out["behaviours"][kind] = {"alarm_step": first[name]["step"], "name": name, **quality_of}
+            top = (report_entry(report, name).get("top_sources") or [{}])[0].get("source")
+            out["behaviours"][kind] = {"alarm_step": first[name]["step"], "name": name, "top_source": top, **quality_of}
     for kind, v in out["behaviours"].items():
         alarm, seen = v["alarm_step"], shown.get(kind)
         v["greedy_10pct_step"] = seen
