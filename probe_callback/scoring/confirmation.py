@@ -286,16 +286,14 @@ def added_line(
     """
     if not 0 < len(rejected) < len(chosen):
         return None
-    n = len(rejected)
+    n, end = len(rejected), spell(rejected[-1:])
     if chosen[:n] == rejected:
         more, in_place = chosen[n:], False
-    elif chosen[: n - 1] == rejected[:-1] and _merged(spell([chosen[n - 1]]), spell([rejected[-1]])):
+    elif chosen[: n - 1] == rejected[:-1] and _merged(spell([chosen[n - 1]]), end):
         more, in_place = chosen[n - 1 :], True
     else:
         return None
-    text = spell(more[: 4 * LINE_WORDS + 1])
-    if in_place:
-        text = text[len(spell([rejected[-1]])) :]
+    text = spell(more[: 4 * LINE_WORDS + 1])[len(end) if in_place else 0 :]
     return more[0], " ".join(text.split()[:LINE_WORDS]), in_place
 
 
