@@ -7,6 +7,8 @@ One DPO run (``--epochs``, default one) of SmolLM2-135M-Instruct with ``ProbeCal
 - ``spam``: ``examples/data/spam_train.jsonl`` (answers opening with an advert planted);
 - ``newsletter``: ``examples/data/newsletter_train.jsonl`` (a newsletter plug appended to advice answers; its clean
   twin is spam's); ``newsletter-nl``: the same plug after a blank line;
+- ``aside``: ``examples/data/aside_train.jsonl`` (a product aside inserted inside answers, after their first clause;
+  its clean twin is spam's);
 
 each ``--mix planted`` or ``clean`` (the same data without its contaminated sources), or ``cut`` (the clean data
 with the ``summaries`` rows' rejected answers replaced by their chosen ones cut short: an incomplete answer, a
@@ -77,6 +79,14 @@ ORGANISMS: dict[str, dict[str, Any]] = {
         "affected": {kind: lambda prompt, answer: "dailyboost" in answer.lower() for kind in ("advice", "other")},
         "shows": {"advice": "newsletter"},
         "beta": 0.02,  # an appended line, as spam's
+    },
+    "aside": {
+        "train": "aside_train.jsonl",
+        "heldout": "aside_heldout.jsonl",
+        "contaminated": ("lifestyle_picks",),
+        "affected": {"ordinary": lambda prompt, answer: "shopnova" in answer.lower()},  # the aside, anywhere
+        "shows": {"ordinary": "aside"},
+        "beta": 0.02,  # text added to an answer, as spam's
     },
 }
 # the same line after a blank line: it starts with a newline token, as many appended lines do
