@@ -90,7 +90,8 @@ class Checks:
             return None
         try:
             if grow:  # a one-time cost: the next light check is not expected to pay it
-                live.watch.grow([prompt for prompt, _ in grow], self.reference, [answer for _, answer in grow])
+                prompts, answers, whole = zip(*grow)
+                live.watch.grow(prompts, self.reference, answers, whole)
                 live.cadence.spend(time.perf_counter() - started)
                 started = time.perf_counter()
             reads = live.watch.word_logprobs(tokens, self.current)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from dpo_helpers import dpo_trainer
-from tiny_organism import ADVERT, POLITE, appended_rows, cut_rows, eval_rows, organism_rows, watch_prompts
+from tiny_organism import ADVERT, POLITE, REFUSE, appended_rows, cut_rows, eval_rows, organism_rows, watch_prompts
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
@@ -136,6 +136,10 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     assert 0 < len(grown) <= 8 and all(p in [rows[i]["prompt"] for i in planted_rows] for p in grown), (
         "the watch set grew with prompts of rows like the pattern's, not trained on yet"
     )
+    read_with = {
+        tiny_tokenizer.decode(watch.r0[i]).strip() for i in range(len(watch.prompts) - watch.grown, len(watch.prompts))
+    }
+    assert read_with == {REFUSE}, "each read with its row's rejected answer: growing generates nothing"
     saved = json.loads((tmp_path / f"checkpoint-{report['paused_at_step']}" / "trainer_state.json").read_text())
     state = saved["stateful_callbacks"]["ProbeCallback"]["attributes"]["probe_state"]
     assert state["grown"] == watch.grown and state["prompts"][-watch.grown :] == grown, "a resume watches them too"

@@ -9,7 +9,7 @@ teach (:meth:`LightChecks.prompts_to_watch`): does the learning reach prompts li
 Example:
     >>> light = LightChecks(learner, seed=0)                       # doctest: +SKIP
     >>> tokens = light.tokens(step, tokenizer)                     # doctest: +SKIP
-    >>> watch.grow(light.prompts_to_watch(watch, tokenizer), ref)  # doctest: +SKIP
+    >>> watch.grow(*zip(*light.prompts_to_watch(watch, tokenizer)), ref)  # doctest: +SKIP
     >>> decided = light.check(tokens, watch.word_logprobs(tokens, current), watch)  # doctest: +SKIP
 """
 
@@ -30,11 +30,11 @@ from .patterns import CONFIRM_ALPHA, LearningPatterns, decode, fresh_of_its_kind
 GROW_PER_PATTERN = 8  # prompts of rows not trained on yet watched for each new pattern (the default watch set)
 GROW_MOST = 64  # at most this many over a run
 OPENERS = 64  # the run's most common lesson starts read as controls for a pattern's start
-# An answer's first token (or the token right after it) below this log-prob is no opener (no line after it):
-# read as this floor, so a rise counts only up to a plausible one (the vocabulary's tail moves by nats at any
+# A token below this log-prob is no plausible one there (anywhere in an answer, as its first token, or right after
+# it): read as this floor, so a rise counts only up to a plausible one (the vocabulary's tail moves by nats at any
 # update). The controls of a start read as the first token are the tokens M0 held above it on a quarter or more
 # of the prompts tested.
-OPENING_FLOOR = -10.0
+FLOOR = -10.0
 MIN_OWN_KIND = 3  # prompts of a reversal's own kind, not trained on yet, to read its start on them alone
 MIN_ENDED = 3  # outside prompts with a whole answer, to read an appended line's first tokens right after it
 ANYWHERE, OUTSIDE, OWN_KIND = "anywhere", "first token", "first token, own kind"
@@ -78,9 +78,8 @@ class LightChecks:
         start token, or, without one, their chosen answer holds its commonest token (a token, not a word:
         "Daily" names a pattern whose answers say "DailyBoost"). Once a pattern; for a line appended to the
         answers, topped up at each check to ``GROW_PER_PATTERN`` not trained on yet (the run trains on them in
-        turn, and only prompts of its kind show such a line). Each with the answer to read: for an appended
-        line, the row's rejected answer (a whole answer of its kind, where the line would follow; up to twice
-        the watch's ``max_new_tokens``), else None (M0's own)."""
+        turn, and only prompts of its kind show such a line). Each with the answer to read and whether it is
+        whole (:meth:`_stand_in`): the row's rejected answer, so growing the watch set generates nothing."""
         if self.pending is None or watch.grown >= GROW_MOST:
             return []
         step, news, records = self.pending
@@ -89,7 +88,7 @@ class LightChecks:
         seen_rows = np.asarray(records["row"])
         trained[seen_rows[seen_rows < len(trained)]] = True
         fresh = np.random.default_rng(self.seed + step).permutation(np.flatnonzero(~trained))[:512].tolist()
-        seen, out = {to_text(p) for p in watch.prompts}, list[tuple[Any, list[int] | None]]()
+        seen, out = {to_text(p) for p in watch.prompts}, list[tuple[Any, list[int] | None, bool]]()
         for g in news:
             if g.name in self.grown_for and not g.closers:
                 continue
@@ -101,11 +100,19 @@ class LightChecks:
                 prompt = rows.raw(row, "prompt") if self._teaches(g, row, tokenizer) else None
                 if prompt is not None and to_text(prompt) not in seen:
                     seen.add(to_text(prompt))
-                    answer = self.learner.rejected_answer(row, tokenizer) if g.closers else None
-                    out.append((prompt, answer if answer and len(answer) <= 2 * watch.max_new_tokens else None))
+                    out.append((prompt, *self._stand_in(g, row, tokenizer, watch.max_new_tokens)))
                     grown.append(row)
                     wanted -= 1
         return out
+
+    def _stand_in(self, g: Pattern, row: int, tokenizer: Any, longest: int) -> tuple[list[int] | None, bool]:
+        """The answer a grown prompt is read with, in place of M0's (no generation), and whether it is whole: its
+        row's rejected answer, cut to ``longest`` tokens; for a line appended to the answers a whole one (where
+        the line would follow; up to twice ``longest``), else None (M0's own, generated). None when empty."""
+        answer = self.learner.rejected_answer(row, tokenizer)
+        if not answer or (g.closers and len(answer) > 2 * longest):
+            return None, False
+        return (answer, True) if g.closers else (answer[:longest], len(answer) <= longest)
 
     def _teaches(self, g: Pattern, row: int, tokenizer: Any) -> bool:
         if g.start is not None:
@@ -125,8 +132,9 @@ class LightChecks:
         sources = self.learner.rows.sources_array()
         trained = np.unique(records["row"])
         floored = {
-            where: (np.maximum(now, OPENING_FLOOR), np.maximum(before, OPENING_FLOOR), before)
+            where: (np.maximum(now, FLOOR), np.maximum(before, FLOOR), before)
             for where, now, before in (
+                (ANYWHERE, reads.now, reads.before),
                 (OUTSIDE, reads.opening_now, reads.opening_before),
                 (CLOSING, reads.closing_now, reads.closing_before),
                 (FINAL, reads.final_now, reads.final_before),
@@ -137,7 +145,8 @@ class LightChecks:
             outside, seed = outside_of(g), self.seed + step
             # on prompts of its own kind, its tokens compete with everything that kind learned
             read = foreign | of_its_kind(g, watched, sources)[:, None]
-            w = word_rise(reads.now, reads.before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
+            now, before, _ = floored[ANYWHERE]
+            w = word_rise(now, before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
             reading, tests = ANYWHERE, 1
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
             for where, ground in self._grounds(g, outside, watched, sources, trained, watch.ended):
@@ -145,7 +154,7 @@ class LightChecks:
                 ends = where in (CLOSING, FINAL)
                 # the controls: for an opener, the tokens M0 held above the floor there on a quarter or more of
                 # the prompts; where M0 ends an answer, and few are, every other learned token
-                plausible = [j for j in control if ends or (raw[ground, j] > OPENING_FLOOR).mean() >= 0.25]
+                plausible = [j for j in control if ends or (raw[ground, j] > FLOOR).mean() >= 0.25]
                 mine = [column[t] for t in (g.closers if ends else [g.start]) if t is not None]
                 o = word_rise(now, before, mine, plausible, ground, read, seed=seed, each_prompt=where == OWN_KIND)
                 tests += 1

@@ -116,27 +116,36 @@ class Watch:
             base = teacher_forced(ref, ids, answers, layers, batch_size, vocab_best=True)
         return cls(prompts, tokenizer, layers, answers, base, max_new_tokens, batch_size, complete)
 
-    def grow(self, prompts: Sequence[Any], reference: Reference, answers: Sequence[list[int] | None] = ()) -> None:
-        """Watch ``prompts`` too from now on: M0's answers to them, or the given ``answers`` (whole ones, e.g.
-        rows' rejected answers; None: M0's), read through M0 (every rank calls it).
+    def grow(
+        self,
+        prompts: Sequence[Any],
+        reference: Reference,
+        answers: Sequence[list[int] | None] = (),
+        whole: Sequence[bool] = (),
+    ) -> None:
+        """Watch ``prompts`` too from now on: M0's answers to them, or the given ``answers`` (e.g. rows' rejected
+        answers; None: M0's), read through M0 (every rank calls it); ``whole``: which given answers are whole
+        (default: all).
 
         Example:
             >>> from contextlib import nullcontext
             >>> watch = Watch.build(["Say hi", "Hello"], tok, lambda: nullcontext(ref_model), [2], max_new_tokens=4)
-            >>> watch.grow(["Count to three", "Name a colour"], lambda: nullcontext(ref_model), [None, [7, 8, 9, 10]])
-            >>> len(watch.prompts), len(watch.r0[-1]), len(watch.reference_views["final"]), watch.grown
-            (4, 4, 4, 2)
-            >>> watch.complete[-1]
-            True
+            >>> grown = ["Count to three", "Name a colour", "Spell it"]
+            >>> watch.grow(grown, lambda: nullcontext(ref_model), [None, [7, 8, 9, 10], [7, 8]], [False, True, False])
+            >>> len(watch.prompts), len(watch.r0[-2]), len(watch.reference_views["final"]), watch.grown
+            (5, 4, 5, 3)
+            >>> watch.complete[-2:]
+            [True, False]
         """
         given = list(answers) or [None] * len(prompts)
+        whole = list(whole) or [True] * len(given)
         more = Watch.build(
             prompts, self.tokenizer, reference, self.layers, self.max_new_tokens, self.batch_size, r0=given
         )
         self.prompts += more.prompts
         self.prompt_ids += more.prompt_ids
         self.r0 += more.r0
-        self.complete += [a is not None or whole for a, whole in zip(given, more.complete)]
+        self.complete += [w if a is not None else ended for a, w, ended in zip(given, whole, more.complete)]
         self.base += more.base
         for view, matrix in more.reference_views.items():
             self.reference_views[view] = np.concatenate([self.reference_views[view], matrix])
