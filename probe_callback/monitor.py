@@ -169,9 +169,9 @@ class Monitor:
         self.last_step = max(self.last_step, step)
         return self.light.tokens(step, tokenizer)
 
-    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[tuple[Any, list[int] | None]]:
+    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[tuple[Any, list[int] | None, bool]]:
         """After :meth:`light_tokens`: prompts like a new pattern's rows, not trained on yet, to watch too, each
-        with the answer to read or None for M0's
+        with the answer to read (None for M0's) and whether it is whole
         (see :meth:`~probe_callback.decide.light.LightChecks.prompts_to_watch`)."""
         return self.light.prompts_to_watch(watch, tokenizer)
 

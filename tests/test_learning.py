@@ -257,6 +257,23 @@ def test_word_rise_reads_control_tokens_only_where_they_are_foreign():
     assert where_foreign.score == pytest.approx(everywhere.score)
 
 
+def test_word_rise_counts_a_rise_only_from_a_plausible_token_up():
+    """The vocabulary's tail moves by nats at any update: controls that went from -20 to -12 rose by more nats
+    than the pattern's token that went from -6 to -1, and by nothing that shows in an answer. From the floor
+    up, the pattern's token stands out."""
+    rng = np.random.default_rng(0)
+    before = np.full((40, 41), -20.0)
+    before[:, 0] = -6.0
+    now = before + rng.uniform(0, 0.5, before.shape)
+    now[:, 0] += 5.0  # the pattern's token: from -6 to about -1
+    now[:, 1:] += rng.uniform(6.0, 8.0, (40, 40))  # the controls: from -20 to -14..-12, still in the tail
+    outside = np.ones(40, bool)
+    raw = word_rise(now, before, [0], list(range(1, 41)), outside)
+    floored = word_rise(now, before, [0], list(range(1, 41)), outside, floor=-10.0)
+    assert raw.p_value > 0.5 and raw.above == 40
+    assert floored.p_value < 0.01 and floored.above == 0 and floored.score == pytest.approx(raw.score)
+
+
 def test_word_rise_needs_a_rise_beyond_the_other_tokens_on_the_same_prompts():
     """A token whose log-prob swings widely (up 3 nats on a quarter of the prompts, down 3 on the rest) has
     a longer upper tail than any other token. Confirmed when the other tokens stayed put on those prompts;

@@ -72,7 +72,7 @@ class LightChecks:
                 counts[start] = counts.get(start, 0) + 1
         return sorted(counts, key=lambda t: (-counts[t], t))[:OPENERS]
 
-    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[tuple[Any, list[int] | None]]:
+    def prompts_to_watch(self, watch: Watch, tokenizer: Any) -> list[tuple[Any, list[int] | None, bool]]:
         """After :meth:`tokens`: for each new pattern, the prompts of up to ``GROW_PER_PATTERN`` rows not
         trained on yet (drawn from up to 512) that teach what its rows teach: their lesson starts at its
         start token, or, without one, their chosen answer holds its commonest token (a token, not a word:
@@ -131,32 +131,30 @@ class LightChecks:
         watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         sources = self.learner.rows.sources_array()
         trained = np.unique(records["row"])
-        floored = {
-            where: (np.maximum(now, FLOOR), np.maximum(before, FLOOR), before)
-            for where, now, before in (
-                (ANYWHERE, reads.now, reads.before),
-                (OUTSIDE, reads.opening_now, reads.opening_before),
-                (CLOSING, reads.closing_now, reads.closing_before),
-                (FINAL, reads.final_now, reads.final_before),
-            )
+        views = {
+            ANYWHERE: (reads.now, reads.before),
+            OUTSIDE: (reads.opening_now, reads.opening_before),
+            CLOSING: (reads.closing_now, reads.closing_before),
+            FINAL: (reads.final_now, reads.final_before),
         }
 
         def test(g: Pattern) -> tuple[float, float, dict[str, Any], str | None]:
             outside, seed = outside_of(g), self.seed + step
             # on prompts of its own kind, its tokens compete with everything that kind learned
             read = foreign | of_its_kind(g, watched, sources)[:, None]
-            now, before, _ = floored[ANYWHERE]
-            w = word_rise(now, before, [column[t] for t in g.token_ids], control, outside, read, seed=seed)
+            mine = [column[t] for t in g.token_ids]
+            w = word_rise(*views[ANYWHERE], mine, control, outside, read, seed=seed, floor=FLOOR)
             reading, tests = ANYWHERE, 1
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
             for where, ground in self._grounds(g, outside, watched, sources, trained, watch.ended):
-                now, before, raw = floored[OUTSIDE if where == OWN_KIND else where]
+                now, before = views[OUTSIDE if where == OWN_KIND else where]
                 ends = where in (CLOSING, FINAL)
                 # the controls: for an opener, the tokens M0 held above the floor there on a quarter or more of
                 # the prompts; where M0 ends an answer, and few are, every other learned token
-                plausible = [j for j in control if ends or (raw[ground, j] > FLOOR).mean() >= 0.25]
+                plausible = [j for j in control if ends or (before[ground, j] > FLOOR).mean() >= 0.25]
                 mine = [column[t] for t in (g.closers if ends else [g.start]) if t is not None]
-                o = word_rise(now, before, mine, plausible, ground, read, seed=seed, each_prompt=where == OWN_KIND)
+                alone = where == OWN_KIND
+                o = word_rise(now, before, mine, plausible, ground, read, seed=seed, each_prompt=alone, floor=FLOOR)
                 tests += 1
                 if o.p_value < w.p_value:
                     w, reading = o, where

@@ -153,6 +153,7 @@ def word_rise(
     n_null: int = 999,
     seed: int = 0,
     each_prompt: bool = False,
+    floor: float | None = None,
 ) -> WordRise:
     """Test a pattern's tokens (columns ``pattern`` of ``now`` and ``before``, (prompts, tokens) best
     log-probs) against the run's other learned tokens (columns ``control``) on the ``outside`` prompts.
@@ -167,6 +168,9 @@ def word_rise(
     the null draws of the other two statistics then say 1 / (n_null + 1): with few controls, only the
     ranks on each prompt can say more.
 
+    ``floor``: a log-prob below it is read as it, so a rise counts only from a plausible token up: the
+    vocabulary's tail moves by nats at any update (a control from -20 to -12 rose by nothing that shows).
+
     Example:
         >>> import numpy as np
         >>> before = np.full((8, 21), -12.0)
@@ -175,6 +179,8 @@ def word_rise(
         >>> round(w.score, 1), w.p_value < 0.01, len(w.prompts)
         (6.0, True, 8)
     """
+    if floor is not None:
+        now, before = np.maximum(now, floor), np.maximum(before, floor)
     pool = np.flatnonzero(outside)
     read = np.ones(now.shape, bool) if foreign is None else np.array(foreign, bool)
     read[:, pattern] = True  # the pattern's own tokens: on every prompt outside it
