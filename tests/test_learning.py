@@ -109,7 +109,9 @@ def _run_at_defaults(tokenizer, factory, out, rows, **options):
 
 
 def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_tokenizer, organism_factory, tmp_path):
-    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, varied=0.5)
+    # A third of the clean rows teach other replies (half of them: those openers rise everywhere about as much as
+    # the planted "Sure", so after the first check a pattern read by its start is not singled out again)
+    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, varied=0.35)
     callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
     assert callback.cadence.probes == 0 and callback.cadence.light_checks >= 2
     # a learning check at each logging step with no light check (a candidate step with no news reads the record)

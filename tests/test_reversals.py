@@ -100,7 +100,8 @@ def test_a_reversal_start_is_also_read_alone_on_fresh_prompts_of_its_kind():
 def test_the_exception_is_found_and_blamed_not_the_rule(tiny_tokenizer, organism_factory, tmp_path):
     """The planted rows prefer compliance where the ``safety`` rows teach refusal: both sides are reversed
     lessons, and every WARN/ERROR names the planted rows, never the rule's."""
-    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, varied=0.5, n_rule=N_PLANTED)
+    # a fifth of the clean rows teach other replies: with more, their openers spread as fast as "Sure" does here
+    rows = organism_rows(n_clean=48, n_planted=N_PLANTED, varied=0.2, n_rule=N_PLANTED)
     callback, report, alerts = _run_at_defaults(
         tiny_tokenizer, organism_factory, tmp_path, rows, pause_on_regression=False
     )

@@ -1,15 +1,18 @@
 """Light checks: between probes, a pattern that is news is tested on the watched prompts without generation.
 
 M0's answers to the watched prompts are read through the current model (one forward): did the
-pattern's tokens become likelier there than the run's other learned tokens did where they are foreign,
-anywhere in the answers or, for the token its rows' lesson starts with, as their first token? With the
+pattern's tokens (the one where its rows' answers part, when they share it) become likelier there than the
+run's other learned tokens did where they are foreign, anywhere in the answers or, for the token its rows'
+lesson starts with, as their first token? Rises count from a plausible log-prob up (``FLOOR``). With the
 default watch set, a new pattern first adds prompts of rows not trained on yet that teach what its rows
-teach (:meth:`LightChecks.prompts_to_watch`): does the learning reach prompts like its rows'?
+teach, read with their rows' rejected answers (:meth:`LightChecks.prompts_to_watch`): does the learning
+reach prompts like its rows'?
 
 Example:
     >>> light = LightChecks(learner, seed=0)                       # doctest: +SKIP
     >>> tokens = light.tokens(step, tokenizer)                     # doctest: +SKIP
-    >>> watch.grow(*zip(*light.prompts_to_watch(watch, tokenizer)), ref)  # doctest: +SKIP
+    >>> prompts, answers, whole = zip(*light.prompts_to_watch(watch, tokenizer))  # doctest: +SKIP
+    >>> watch.grow(prompts, ref, answers, whole)                   # doctest: +SKIP
     >>> decided = light.check(tokens, watch.word_logprobs(tokens, current), watch)  # doctest: +SKIP
 """
 
@@ -142,7 +145,7 @@ class LightChecks:
             outside, seed = outside_of(g), self.seed + step
             # on prompts of its own kind, its tokens compete with everything that kind learned
             read = foreign | of_its_kind(g, watched, sources)[:, None]
-            mine = [column[t] for t in g.token_ids]
+            mine = [column[t] for t in _leading(g)]
             w = word_rise(*views[ANYWHERE], mine, control, outside, read, seed=seed, floor=FLOOR)
             reading, tests = ANYWHERE, 1
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
@@ -216,6 +219,14 @@ class LightChecks:
         watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         kinds = [{"" if sources[r] is None else str(sources[r]) for r in rows if r < len(sources)} for rows in watched]
         return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
+
+
+def _leading(g: Pattern) -> list[int]:
+    """The tokens a pattern is read by anywhere in the answers: where its rows' answers part (its lesson start, and
+    an appended line's first tokens) when they share one, else all its tokens. Its later words follow that token in
+    its rows' answers; in M0's answers, which do not hold it, they rise with the words' spill-over (a refusal
+    template's " with" in answers of every kind), not with the behaviour."""
+    return [t for t in dict.fromkeys([g.start, *g.closers]) if t is not None] or g.token_ids
 
 
 def _risen(w: WordRise, token: str | None, p_value: float, reading: str) -> str:
