@@ -84,7 +84,7 @@ class Watch:
         self.prompts, self.tokenizer, self.layers = list(prompts), tokenizer, list(layers)
         self.prompt_ids = [format_prompt(tokenizer, p) for p in self.prompts]
         self.r0, self.max_new_tokens, self.batch_size = r0, max_new_tokens, batch_size
-        # whether each answer is whole: M0 stopped before max_new_tokens, or it was given whole (a row's rejected answer)
+        # whether each answer is whole: M0 stopped before max_new_tokens, or it was given whole (a rejected answer)
         self.complete = list(complete) if complete is not None else [0 < len(r) < max_new_tokens for r in r0]
         # M0's log-prob of every token over each of its answers, by view (:data:`VIEWS`), (n, V): the light checks
         self.reference_views = {view: _vocab_matrix(base, view) for view in VIEWS}
