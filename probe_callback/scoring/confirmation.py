@@ -166,10 +166,8 @@ def word_rise(
     of one kind, where a lesson that reaches them lifts its token on each (always asked with fewer than
     ``MIN_RANKED`` controls). Of C + 1 alike tokens, one tops the other C by chance 1 / (C + 1), while
     the null draws of the other two statistics then say 1 / (n_null + 1): with few controls, only the
-    ranks on each prompt can say more.
-
-    ``floor``: a log-prob below it is read as it, so a rise counts only from a plausible token up: the
-    vocabulary's tail moves by nats at any update (a control from -20 to -12 rose by nothing that shows).
+    ranks on each prompt can say more. ``floor``: a log-prob below it is read as it, so a rise counts only from
+    a plausible token up (the vocabulary's tail moves by nats at any update: -20 to -12 shows nowhere).
 
     Example:
         >>> import numpy as np
@@ -179,8 +177,7 @@ def word_rise(
         >>> round(w.score, 1), w.p_value < 0.01, len(w.prompts)
         (6.0, True, 8)
     """
-    if floor is not None:
-        now, before = np.maximum(now, floor), np.maximum(before, floor)
+    now, before = (now, before) if floor is None else (np.maximum(now, floor), np.maximum(before, floor))
     pool = np.flatnonzero(outside)
     read = np.ones(now.shape, bool) if foreign is None else np.array(foreign, bool)
     read[:, pattern] = True  # the pattern's own tokens: on every prompt outside it
@@ -204,8 +201,7 @@ def word_rise(
         above = max(above, int(np.count_nonzero(stat[others] >= top)))
     if each_prompt or len(others) < MIN_RANKED:  # few controls: their random draws say little, the prompts more
         p = max(p, _rank_mean_p(ranks[:, best], np.isfinite(rises[:, others]).sum(axis=1), n_null, seed))
-    rise = now[pool, best] - before[pool, best]
-    prompts = [int(i) for i in pool[(rise >= MIN_PEAK_RISE) & read[pool, best]]]
+    prompts = [int(i) for i in pool[(now[pool, best] - before[pool, best] >= MIN_PEAK_RISE) & read[pool, best]]]
     return WordRise(score, p, len(pool), best, prompts, above, len(others))
 
 
