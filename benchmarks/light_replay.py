@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RESULTS, save
-from probe_callback.decide.light import FLOOR
+from probe_callback.decide.light import FLOOR, leading
 from probe_callback.scoring.confirmation import word_rise
 
 VARIANTS = ("raw", "floor", "floor_lead")
@@ -51,9 +51,9 @@ def replay(path: Path) -> list[dict[str, Any]]:
             outside = z[f"{key}_{name}_outside"]
             mine = [column[int(t)] for t in z[f"{key}_{name}_tokens"]]
             start_key, closers_key = f"{key}_{name}_start", f"{key}_{name}_closers"  # older runs kept neither
-            start = int(z[start_key]) if start_key in z.files else -1
+            start = int(z[start_key]) if start_key in z.files and int(z[start_key]) >= 0 else None
             closers = [int(t) for t in z[closers_key]] if closers_key in z.files else []
-            lead = [column[t] for t in dict.fromkeys([start, *closers]) if t >= 0 and t in column] or mine
+            lead = [column[t] for t in leading(start, closers, [tokens[j] for j in mine])]
             read = {"raw": (mine, None), "floor": (mine, FLOOR), "floor_lead": (lead, FLOOR)}
             entry: dict[str, Any] = {"step": step, "pattern": name, "outside": int(outside.sum())}
             for variant, (columns, floor) in read.items():
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     checks = sum(map(len, runs.values()))
     print(f"{checks} readings over {len(runs)} runs")
     save(
-        "light_replay",
+        "light_replay.json",
         {"alpha": ALPHA, "floor": FLOOR, "readings": checks, "summary": summary, "runs": runs},
         echo=False,
     )

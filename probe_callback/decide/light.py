@@ -145,7 +145,7 @@ class LightChecks:
             outside, seed = outside_of(g), self.seed + step
             # on prompts of its own kind, its tokens compete with everything that kind learned
             read = foreign | of_its_kind(g, watched, sources)[:, None]
-            mine = [column[t] for t in _leading(g)]
+            mine = [column[t] for t in leading(g.start, g.closers, g.token_ids)]
             w = word_rise(*views[ANYWHERE], mine, control, outside, read, seed=seed, floor=FLOOR)
             reading, tests = ANYWHERE, 1
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
@@ -221,12 +221,17 @@ class LightChecks:
         return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
 
 
-def _leading(g: Pattern) -> list[int]:
-    """The tokens a pattern is read by anywhere in the answers: where its rows' answers part (its lesson start, and
-    an appended line's first tokens) when they share one, else all its tokens. Its later words follow that token in
-    its rows' answers; in M0's answers, which do not hold it, they rise with the words' spill-over (a refusal
-    template's " with" in answers of every kind), not with the behaviour."""
-    return [t for t in dict.fromkeys([g.start, *g.closers]) if t is not None] or g.token_ids
+def leading(start: int | None, closers: list[int], token_ids: list[int]) -> list[int]:
+    """The tokens a pattern is read by anywhere in the answers: where its rows' answers part (its lesson ``start``,
+    and an appended line's first tokens, ``closers``) when they share one, else all its ``token_ids``. Its later
+    words follow that token in its rows' answers; in M0's answers, which do not hold it, they rise with the words'
+    spill-over (a refusal template's " with" in answers of every kind), not with the behaviour.
+
+    Example:
+        >>> leading(5, [], [5, 9, 12]), leading(None, [7], [7, 8]), leading(None, [], [3, 4])
+        ([5], [7], [3, 4])
+    """
+    return [t for t in dict.fromkeys([start, *closers]) if t is not None] or token_ids
 
 
 def _risen(w: WordRise, token: str | None, p_value: float, reading: str) -> str:
