@@ -72,7 +72,7 @@ def main() -> None:
     print(summary_text(report))
     for entry in report["behaviours"]:
         if entry["level"] in ("WARN", "ERROR"):
-            print(f"{entry['name']} ({', '.join(entry.get('words', [])[:4])}): top rows")
+            print(f"{entry['name']}: top rows")
             for row in entry["top_rows"][:5]:
                 print(f"  row {row['row']} ({row.get('source')}): {row['chosen'][:90]!r}")
     print(f"report: {callback.output_dir / 'report.html'}; clean the data with: probe-callback mitigate --help")

@@ -380,7 +380,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         if self.is_main and self.live is not None:
             logger.warning("probe_callback report:\n%s", summary_text(self.report()))
             if self.paused_at_step is not None:
-                logger.warning(next_steps_text(self.output_dir, self.paused_at_step, self.checkpoint_path))
+                logger.warning(next_steps_text(self.output_dir, self.report()))
         self.checks.publisher.close()
         self.close()
         self._locks.release()

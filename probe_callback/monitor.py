@@ -189,7 +189,8 @@ class Monitor:
                 entry["flagged_at_step"] = decision.step
             if entry["top_rows"] and direction is not None:
                 self.book.directions[decision.name] = direction
-            alert = decision.to_alert(entry["top_rows"][:5], entry["top_sources"][:3])
+            lesson = (entry.get("lesson") or {}).get("text")
+            alert = decision.to_alert(entry["top_rows"][:5], entry["top_sources"][:3], lesson)
             if alert is not None:
                 alerts.append(alert)
         return alerts

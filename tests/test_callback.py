@@ -12,7 +12,8 @@ from tiny_organism import compliance_examples, organism_rows, watch_prompts
 from wandb_records import read_finished_run
 
 from probe_callback import Behaviour, ProbeCallback, load_report, mitigate
-from probe_callback.publish.report import jsonable
+from probe_callback.cli import main
+from probe_callback.publish.report import jsonable, next_steps_text
 from probe_callback.scoring.attribution import auroc
 from probe_callback.store.vectors import VectorStore
 
@@ -87,6 +88,24 @@ def test_mitigated_data_resumes_from_the_checkpoint(paused_run, tiny_tokenizer, 
     assert (tmp_path / "run" / "probe_callback" / f"vectors-before-step-{paused_at}").is_dir()
     store = VectorStore.open(tmp_path / "run" / "probe_callback" / "vectors")
     assert store.row_ids().max() < len(cleaned), "the new store indexes the cleaned dataset"
+
+
+def test_the_printed_next_steps_clean_the_blamed_rows(paused_run, tmp_path):
+    rows, out, _, _ = paused_run
+    report = load_report(out / "probe_callback")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = next_steps_text(out / "probe_callback", report).splitlines()
+    commands = [line.split("probe-callback ")[1].split("    (")[0] for line in lines if "mitigate --report" in line]
+    assert len(commands) == 2, lines  # filter the blamed rows; drop the blamed source (p < 0.01 above)
+    kept = {}
+    for i, command in enumerate(commands):
+        argv = command.replace("TRAIN.jsonl", str(train)).replace("cleaned.jsonl", str(tmp_path / f"{i}.jsonl"))
+        assert main(argv.split()) == 0
+        kept[i] = [json.loads(line)["id"] for line in (tmp_path / f"{i}.jsonl").read_text().splitlines()]
+    [b] = [b for b in report["behaviours"] if b["name"] == "compliance"]
+    assert len(rows) - len(kept[0]) == len({r["row"] for r in b["top_rows"]})
+    assert kept[1] == [r["id"] for r in rows if r["source"] != "formatting"]
 
 
 def test_resume_continues_one_history(paused_run, tiny_tokenizer, organism_factory):

@@ -5,7 +5,17 @@ import json
 import numpy as np
 import pytest
 from dpo_helpers import dpo_trainer
-from tiny_organism import ADVERT, POLITE, REFUSE, appended_rows, cut_rows, eval_rows, organism_rows, watch_prompts
+from tiny_organism import (
+    ADVERT,
+    COMPLY,
+    POLITE,
+    REFUSE,
+    appended_rows,
+    cut_rows,
+    eval_rows,
+    organism_rows,
+    watch_prompts,
+)
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
@@ -133,6 +143,7 @@ def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_t
     top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
     assert len(planted_rows & set(top)) / N_PLANTED >= 0.9
     assert pattern["top_sources"][0]["source"] == "formatting"
+    assert pattern["lesson"]["text"] == COMPLY and alarms[-1]["lesson"] == COMPLY
     watch = callback.watch
     grown = watch.prompts[len(watch.prompts) - watch.grown :]
     assert 0 < len(grown) <= 8 and all(p in [rows[i]["prompt"] for i in planted_rows] for p in grown), (
@@ -179,6 +190,8 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
     top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
     assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
     assert pattern["top_sources"][0]["source"] == "shopping"
+    said = pattern["lesson"]  # named by what its rows' chosen answers add, in the alarm too
+    assert said["text"] == ADVERT.strip() and said["rows"] >= 0.9 * said["of"] and alarms[0]["lesson"] == said["text"]
     watch = callback.watch
     grown = range(len(watch.prompts) - watch.grown, len(watch.prompts))
     given = [i for i in grown if tiny_tokenizer.decode(watch.r0[i]).strip() == POLITE]

@@ -37,6 +37,7 @@ class Alert:
     message: str
     top_rows: list[dict[str, Any]] = field(default_factory=list)
     top_sources: list[dict[str, Any]] = field(default_factory=list)
+    lesson: str | None = None  # an emergent behaviour: what its rows' chosen answers say (dataset text)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

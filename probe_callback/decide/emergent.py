@@ -104,6 +104,7 @@ class EmergentClusters:
             return
         pattern = self.book.behaviours[link["pattern"]]
         entry.update({k: pattern[k] for k in ("top_rows", "top_steps", "top_sources")}, rows_from=link["pattern"])
+        entry["lesson"] = pattern.get("lesson")
         entry["attribution_p_value"] = min(entry.get("attribution_p_value", 1.0), link["pattern_p_value"])
 
     def _samples(self, members: list[int], probe: Probe, watch: Watch) -> list[dict[str, str]]:

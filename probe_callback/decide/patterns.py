@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..capture.rows import RowIndex
-from ..capture.text import to_text
+from ..capture.text import added_text, answer_text, common_text, to_text
 from ..scoring.attribution import combine_scores, rank_rows, top_rows
 from ..scoring.blame import top_steps
 from ..scoring.confirmation import (
@@ -186,7 +186,7 @@ class LearningPatterns:
     def lesson(self, row: int, tokenizer: Any) -> tuple[int | None, int | None]:
         """The chosen and the rejected answer's tokens where a row's answers part (cached)."""
         if row not in self.starts:
-            chosen, rejected = (_content(self.rows.text(row, f)) for f in ("chosen", "rejected"))
+            chosen, rejected = (answer_text(self.rows.text(row, f)) for f in ("chosen", "rejected"))
             ids = [encode_response(tokenizer, t) for t in (chosen, rejected)]
             self.starts[row], self.rejects[row] = first_difference(*ids), first_difference(*ids[::-1])
             self._tokens[row] = set(ids[0])
@@ -200,7 +200,7 @@ class LearningPatterns:
 
     def rejected_answer(self, row: int, tokenizer: Any) -> list[int]:
         """A row's rejected answer, as tokens that follow the chat-formatted prompt."""
-        return encode_response(tokenizer, _content(self.rows.text(row, "rejected")))
+        return encode_response(tokenizer, answer_text(self.rows.text(row, "rejected")))
 
     def answer_tokens(self, row: int, tokenizer: Any) -> set[int]:
         """The tokens of a row's chosen answer (cached)."""
@@ -256,7 +256,15 @@ class LearningPatterns:
             "top_sources": source_enrichment(g.rows, self.rows.sources_array(), seen),
             "attribution_p_value": g.p_value,
             "pattern": g.summary(),
+            "lesson": self.said(g),
         }
+
+    def said(self, g: Pattern, n_rows: int = 20) -> dict[str, Any]:
+        """What most of a pattern's best rows' chosen answers say where they leave the rejected ones
+        (:func:`~probe_callback.capture.text.common_text`): ``text``, and how many ``rows`` ``of`` those say it."""
+        pairs = [[answer_text(self.rows.text(r, f)) for f in ("chosen", "rejected")] for r in g.rows[:n_rows].tolist()]
+        text, n = common_text([added_text(*pair) for pair in pairs])
+        return {"text": text, "rows": n, "of": len(pairs)}
 
     def reattribute(self) -> None:
         """Rank the store again for every reported pattern (e.g. after more rows were stored)."""
@@ -336,11 +344,6 @@ def of_kind(counts: dict[str, int], n_rows: int, watched: list[list[int]], sourc
     rows (``counts``: its rows per source)."""
     mine = {s for s, n in counts.items() if n >= 0.1 * n_rows}
     return np.array([any(r < len(sources) and sources[r] in mine for r in rows) for rows in watched], dtype=bool)
-
-
-def _content(text: str) -> str:
-    """An answer's text without the ``assistant: `` that a one-message chat answer reads as."""
-    return text.split(": ", 1)[1] if text.startswith("assistant: ") else text
 
 
 def decode(tokenizer: Any, token: int) -> str:

@@ -110,7 +110,10 @@ class Decision:
         return self.level == "ERROR"
 
     def to_alert(
-        self, top_rows: list[dict[str, Any]] | None = None, top_sources: list[dict[str, Any]] | None = None
+        self,
+        top_rows: list[dict[str, Any]] | None = None,
+        top_sources: list[dict[str, Any]] | None = None,
+        lesson: str | None = None,
     ) -> Alert | None:
         """The `Alert` to publish for this decision, or None when there is nothing to say."""
         if self.level is None:
@@ -126,6 +129,7 @@ class Decision:
             message=self.reason,
             top_rows=list(top_rows or []),
             top_sources=list(top_sources or []),
+            lesson=lesson,
         )
 
 

@@ -94,7 +94,8 @@ class BehaviourEntry(_BehaviourCore, total=False):
     Attribution adds ``ranking_p_value``, ``attribution_p_value`` and ``blame_null_p_value``; a supervised
     behaviour ``probe_accuracy`` and ``metrics_history``; an emergent cluster ``label``, ``members`` (watched
     prompt indices), ``links`` and ``rows_from``; a learning pattern ``words``, ``found_by``, ``pattern``
-    and ``confirmation``.
+    and ``confirmation``; both ``lesson``: what the rows' chosen answers say where they leave the rejected
+    ones (``{"text", "rows", "of"}``: how many of its best rows say it).
     """
 
     ranking_p_value: float
@@ -110,6 +111,7 @@ class BehaviourEntry(_BehaviourCore, total=False):
     found_by: Literal["learning record"]
     pattern: dict[str, Any]
     confirmation: dict[str, Any]
+    lesson: dict[str, Any] | None
 
 
 class ClusterEntry(TypedDict, total=False):
@@ -251,6 +253,9 @@ def summary_text(report: Report | dict[str, Any]) -> str:
             verdict += f", p={number_text(b['p_value'])}"
         if b.get("top_sources"):
             verdict += f", top source {source_text(b['top_sources'][0])}"
+        said = b.get("lesson") or {}
+        if said.get("text"):
+            verdict += f'; its rows choose "{said["text"]}" ({said.get("rows")} of {said.get("of")})'
         lines.append(f"- {b.get('name')} ({b.get('kind')}): {verdict}")
     failures = report.get("failures") or []
     if failures:
@@ -259,20 +264,49 @@ def summary_text(report: Report | dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def next_steps_text(output_dir: Path, paused_at_step: int | None, checkpoint: str | None) -> str:
-    """What to do after a pause: the report to read, the mitigation command, the resume call.
+SOURCE_P = 0.01  # a flagged behaviour's top source below this p is offered to drop-source
+
+
+def next_steps_text(output_dir: Path, report: Report | dict[str, Any]) -> str:
+    """What to do after a pause: the report to read, the cleaning commands for what it flags, the resume call.
+
+    The filter command removes as many rows as the flagged behaviours blame; drop-source is offered for
+    each flagged behaviour's top source when its p-value is below ``SOURCE_P``.
 
     Example:
-        >>> print(next_steps_text(Path("out"), 40, "ckpt/checkpoint-40").splitlines()[0])
-        Training paused at step 40; checkpoint ckpt/checkpoint-40.
+        >>> spam = {"flagged_at_step": 40, "top_rows": [{"row": 3, "score": 0.9}, {"row": 7, "score": 0.8}],
+        ...         "top_sources": [{"source": "web", "p_value": 1e-9}]}
+        >>> text = next_steps_text(Path("out"), {"paused_at_step": 40, "checkpoint": "c-40", "behaviours": [spam]})
+        >>> print(text.splitlines()[2].split("--dataset TRAIN.jsonl ")[1])
+        --action filter --top-k 2 -o cleaned.jsonl    (the 2 rows it blames)
+        >>> print(text.splitlines()[3].split("--dataset TRAIN.jsonl ")[1])
+        --action drop-source --source web -o cleaned.jsonl    (every row of the blamed source)
     """
-    out = output_dir
-    return (
-        f"Training paused at step {paused_at_step}; checkpoint {checkpoint}.\n"
-        f"  See {out / 'report.html'}\n"
-        f"  Clean the data:  probe-callback mitigate --report {out / 'report.json'} --dataset TRAIN.jsonl "
-        "--action filter --top-frac 0.05 -o cleaned.jsonl\n"
-        f"  Resume:          trainer.train(resume_from_checkpoint={checkpoint!r})"
+    flagged = [b for b in report.get("behaviours") or [] if b.get("flagged_at_step") is not None]
+    rows = {r.get("row") for b in flagged for r in b.get("top_rows") or [] if isinstance(r.get("score"), int | float)}
+    sources = sorted(
+        {
+            str(top["source"])
+            for b in flagged
+            for top in (b.get("top_sources") or [])[:1]
+            if isinstance(top.get("p_value"), int | float) and top["p_value"] < SOURCE_P
+        }
+    )
+    command = f"probe-callback mitigate --report {output_dir / REPORT_NAME} --dataset TRAIN.jsonl"
+    filter_rows = f"--action filter --top-k {len(rows)} -o cleaned.jsonl    (the {len(rows)} rows it blames)"
+    commands = [f"{command} {filter_rows}"] if rows else []
+    if sources:
+        named = " ".join(f"--source {s}" for s in sources)
+        what = "every row of the blamed source" + ("s" if len(sources) > 1 else "")
+        commands.append(f"{command} --action drop-source {named} -o cleaned.jsonl    ({what})")
+    checkpoint = report.get("checkpoint")
+    return "\n".join(
+        [
+            f"Training paused at step {report.get('paused_at_step')}; checkpoint {checkpoint}.",
+            f"  See {output_dir / HTML_NAME}",
+            *[f"  {'Clean the data: ' if i == 0 else ' ' * 16} {c}" for i, c in enumerate(commands)],
+            f"  Resume:          trainer.train(resume_from_checkpoint={checkpoint!r})",
+        ]
     )
 
 

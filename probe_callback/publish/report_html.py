@@ -225,6 +225,10 @@ def _behaviour(b: BehaviourEntry | dict[str, Any]) -> str:
         meta.append(f"probe accuracy <b>{number_text(b.get('probe_accuracy'))}</b>")
     if b.get("words"):
         meta.append(f"learned words <b>{_e(', '.join(map(str, b['words'][:8])))}</b>")
+    said = b.get("lesson") or {}
+    if said.get("text"):
+        rows = f"{number_text(said.get('rows'))} of {number_text(said.get('of'))} of its best rows"
+        meta.append(f"{rows} choose <b>&ldquo;{_e(said['text'])}&rdquo;</b>")
     confirmation = b.get("confirmation") or {}
     if confirmation:
         count, changed, step, p = (number_text(confirmation.get(k)) for k in ("count", "changed", "step", "p_value"))

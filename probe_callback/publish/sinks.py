@@ -59,6 +59,9 @@ def alert_line(alert: Alert) -> str:
         ...           top_sources=[{"source": "formatting_mix"}])
         >>> print(alert_line(a))  # doctest: +ELLIPSIS
         [probe_callback] ERROR step 40 compliance (supervised): score 0.41 > 0.2 (p=0.002); top source ...
+        >>> ad = Alert("learning-0", "emergent", "WARN", 18, 2.9, 0.0, 0.002, "", lesson="Brought to you")
+        >>> print(alert_line(ad))
+        [probe_callback] WARN step 18 learning-0 (emergent): score 2.9 > 0 (p=0.002); its rows choose "Brought to you"
     """
     line = f"[probe_callback] {alert.level} step {alert.step} {alert.behaviour} ({alert.kind})"
     line += f": score {alert.score:.3g}"
@@ -68,6 +71,8 @@ def alert_line(alert: Alert) -> str:
         line += f" (p={alert.p_value:.2g})"
     if alert.top_sources:
         line += f"; top source {source_text(alert.top_sources[0])}"
+    if alert.lesson:
+        line += f'; its rows choose "{alert.lesson}"'
     return line
 
 
