@@ -263,7 +263,7 @@ class LearningPatterns:
         """What most of a pattern's best rows' chosen answers say where they leave the rejected ones
         (:func:`~probe_callback.capture.text.common_text`): ``text``, and how many ``rows`` ``of`` those say it."""
         pairs = [[answer_text(self.rows.text(r, f)) for f in ("chosen", "rejected")] for r in g.rows[:n_rows].tolist()]
-        text, n = common_text([added_text(*pair) for pair in pairs])
+        text, n = common_text([added_text(chosen, rejected) for chosen, rejected in pairs])
         return {"text": text, "rows": n, "of": len(pairs)}
 
     def reattribute(self) -> None:
