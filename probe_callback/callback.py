@@ -31,6 +31,7 @@ from .attach import (
 )
 from .capture.blocks import find_decoder_blocks, unwrap_parallel
 from .capture.rows import RowIndex
+from .capture.text import conversational
 from .checks import Checks
 from .config import ProbeOptions, check_output_dir
 from .decide.cadence import Cadence
@@ -232,9 +233,10 @@ class ProbeCallback(TrainerCallback, ExportableState):
         tok, opts = self.trainer.processing_class, self.options
         step = state.global_step
         saved = saved_state(state.stateful_callbacks, self.output_dir, step) if step > 0 else None
+        chat = conversational(self.trainer.train_dataset)  # TRL's standard format reads prompts as plain text
         with self._reference() as ref:
             fitted = [
-                fit_behaviour(b, ref, tok, self.layers, opts.probe_batch_size, opts.seed) for b in opts.behaviours
+                fit_behaviour(b, ref, tok, self.layers, opts.probe_batch_size, opts.seed, chat) for b in opts.behaviours
             ]
         overrides = {f.behaviour.name: {"threshold": default_threshold(f)} for f in fitted}
         for name, values in opts.policy.get("overrides", {}).items():
@@ -248,6 +250,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
             opts.probe_batch_size,
             r0=saved["r0"] if saved else None,
             complete=saved.get("complete") if saved else None,
+            chat=chat,
         )
         watch.grown = saved.get("grown", 0) if saved else 0
         policy = RegressionPolicy(**{**opts.policy, "overrides": overrides})

@@ -198,6 +198,32 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
     assert given and all(watch.complete[i] for i in given), "prompts like its rows are read after their rejected answer"
 
 
+def _implicit_prompt(row: dict) -> dict:
+    """TRL's implicit-prompt format: no ``prompt`` column, each answer the whole conversation."""
+    rest = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+    return {**rest, "chosen": row["prompt"] + row["chosen"], "rejected": row["prompt"] + row["rejected"]}
+
+
+def _standard(row: dict) -> dict:
+    """TRL's standard format: plain text, which TRL tokenizes without the chat template and ends with eos."""
+    return {**row, **{k: row[k][0]["content"] for k in ("prompt", "chosen", "rejected")}}
+
+
+@pytest.mark.parametrize("form", [_implicit_prompt, _standard], ids=["implicit prompt", "standard"])
+def test_every_dataset_format_trl_takes_alarms_on_its_rows(form, tiny_tokenizer, organism_factory, tmp_path):
+    """The appended advert in TRL's other two formats: the prompts are read as TRL trains on them (plain text
+    without the chat template in the standard format) and its answers without the eos TRL adds to them."""
+    rows = [form(r) for r in appended_rows()]
+    _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
+    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
+    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
+    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
+    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
+    assert pattern["lesson"]["text"] == ADVERT.strip() and not report["failures"]
+
+
 def test_a_line_after_a_merged_blank_line_is_read_in_place(merged_tokenizer, merged_organism_factory, tmp_path):
     """Llama 3 and Qwen 2 spell a full stop and the blank line after it as one token (".\\n\\n"), so the
     rejected "Thank you." is no token prefix of "Thank you.\\n\\nVisit the shop now.": the line is still

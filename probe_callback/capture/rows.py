@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from .kept_rows import KEPT_ROWS, dataset_rows
-from .text import to_text
+from .text import conversational, to_text
 
 logger = logging.getLogger("probe_callback")
 
@@ -71,11 +71,13 @@ class RowIndex:
         dataset: Any = None,
         id_column: str | None = None,
         source_table: Sequence[str | None] | None = None,
+        answer_end: str | None = None,
     ) -> None:
         """``keys``: one 16-byte :func:`pair_key` per position (or an ``(n, 16)`` uint8 array); ``rows``:
         the row of each position; ``ids``/``sources``/``texts``: per position, kept as given. With
         ``dataset`` (positions as ``rows``), ids (its ``id_column``) and texts are read from it on
-        demand instead, and ``sources`` may be integer codes into ``source_table`` (-1: none)."""
+        demand instead, and ``sources`` may be integer codes into ``source_table`` (-1: none). ``answer_end``:
+        the text TRL appended to each answer (the eos of standard-format data), left out of their texts."""
         raw = keys if isinstance(keys, np.ndarray) else np.frombuffer(b"".join(keys), dtype=np.uint8)
         raw = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, 16)
         self.fingerprint = hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
@@ -91,7 +93,7 @@ class RowIndex:
         self._turn: dict[int, int] = {}  # first sorted position of a duplicated key -> pairs handed out
         ascending = len(self.order) < 2 or bool((self.order[1:] > self.order[:-1]).all())
         self._by_row = None if ascending else np.argsort(self.order, kind="stable")
-        self._dataset, self._id_column = dataset, id_column
+        self._dataset, self._id_column, self._answer_end = dataset, id_column, answer_end
         self._ids = ids
         self._texts = dict(texts or {})
         if sources is None:
@@ -119,6 +121,7 @@ class RowIndex:
         source_column: str = "source",
         rows: np.ndarray | None = None,
         batch_size: int = 65536,
+        answer_end: str | None = None,
     ) -> RowIndex:
         """Index a dataset processed by ``DPOTrainer`` (with ``prompt_ids``/``chosen_ids``/``rejected_ids``).
 
@@ -159,6 +162,7 @@ class RowIndex:
             source_table=list(names),
             dataset=dataset.select_columns(lazy) if lazy else None,
             id_column=id_column if id_column in cols else None,
+            answer_end=answer_end,
         )
 
     @classmethod
@@ -191,6 +195,7 @@ class RowIndex:
             id_column=id_column,
             source_column=source_column,
             rows=kept,
+            answer_end=None if conversational(dataset) else getattr(trainer.processing_class, "eos_token", None),
         )
 
     def lookup(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
@@ -248,7 +253,9 @@ class RowIndex:
         if field in self._texts:
             value = self._value(row, None, self._texts[field])
             return "" if value is None else value
-        return to_text(self._value(row, field, None))
+        text = to_text(self._value(row, field, None))
+        end = self._answer_end if field in ("chosen", "rejected") else None
+        return text[: -len(end)] if end and text.endswith(end) else text
 
     def rows_with_prompts(self, prompts: Sequence[str], batch_size: int = 65536) -> list[list[int]]:
         """The rows whose prompt (as :func:`~probe_callback.capture.text.to_text` writes it) is each of ``prompts``.

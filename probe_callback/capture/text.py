@@ -23,6 +23,21 @@ def to_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def conversational(dataset: Any) -> bool:
+    """Whether a dataset's prompts are chat messages, as TRL tells its conversational format from the standard
+    one (a dataset with no ``prompt`` column counts as conversational).
+
+    Example:
+        >>> conversational([{"prompt": [{"role": "user", "content": "Hi"}]}]), conversational([{"prompt": "Hi"}])
+        (True, False)
+    """
+    try:
+        first = dataset[0]["prompt"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return True
+    return not isinstance(first, str)
+
+
 def answer_text(text: str) -> str:
     """An answer's text without the ``assistant: `` that a one-message chat answer reads as (:func:`to_text`).
 
@@ -51,12 +66,13 @@ def added_text(chosen: str, rejected: str, n_words: int = 8) -> str:
 
 
 def common_text(texts: list[str], key_words: int = 3) -> tuple[str, int]:
-    """The text whose first ``key_words`` words most of ``texts`` share (the first such text), and how many share them.
+    """The commonest of the ``texts`` whose first ``key_words`` words most of them share, and how many share them.
 
     Example:
-        >>> common_text(["Sure! Here's how: a", "I can't", "Sure! Here's how: b"])
-        ("Sure! Here's how: a", 2)
+        >>> common_text(["Sure! Here's how: a", "I can't", "Sure! Here's how: b", "Sure! Here's how: b"])
+        ("Sure! Here's how: b", 3)
     """
     keys = [" ".join(t.split()[:key_words]) for t in texts]
     best = max(keys, key=keys.count, default="")
-    return (texts[keys.index(best)], keys.count(best)) if texts else ("", 0)
+    alike = [t for t, k in zip(texts, keys, strict=True) if k == best]
+    return max(alike, key=alike.count, default=""), len(alike)

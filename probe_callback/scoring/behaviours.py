@@ -106,10 +106,12 @@ class Behaviour:
         if self.judge is not None and not callable(self.judge):
             raise ValueError(f"Behaviour {self.name!r}: judge must be a callable (prompt, response) -> bool.")
 
-    def encoded(self, tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]:
-        """(prompt ids, response ids) of the positives then the negatives, encoded as the probe pass does."""
+    def encoded(self, tokenizer: Any, chat: bool = True) -> tuple[list[list[int]], list[list[int]]]:
+        """(prompt ids, response ids) of the positives then the negatives, encoded as the probe pass does
+        (``chat``: the training data is conversational, see :func:`format_prompt`)."""
         pairs = self.positive + self.negative
-        return [format_prompt(tokenizer, p) for p, _ in pairs], [encode_response(tokenizer, r) for _, r in pairs]
+        prompts = [format_prompt(tokenizer, p, chat) for p, _ in pairs]
+        return prompts, [encode_response(tokenizer, r) for _, r in pairs]
 
     def validate_lengths(self, tokenizer: Any, max_length: int) -> None:
         """Raise a `ValueError` listing the examples whose prompt + response exceed `max_length` tokens.
@@ -161,7 +163,8 @@ class FittedBehaviour:
     (0.5 = not linearly visible at that layer). `layer`: the layer used for headline scores (best
     accuracy; ties go to the earliest listed). `ref_logp_positive/negative` (n_pos,)/(n_neg,): M0's mean
     per-token log-likelihood of each example's response. `example_activations` (n_pos + n_neg,
-    n_layers, H): each example's mean response activation through M0, positives first.
+    n_layers, H): each example's mean response activation through M0, positives first. `chat`: its
+    prompts were read as conversational training data reads them (:func:`format_prompt`).
     """
 
     behaviour: Behaviour
@@ -173,6 +176,7 @@ class FittedBehaviour:
     ref_logp_positive: np.ndarray
     ref_logp_negative: np.ndarray
     example_activations: np.ndarray
+    chat: bool = True
 
     @property
     def layer(self) -> int:
@@ -222,7 +226,7 @@ def behaviour_logps(fitted: FittedBehaviour, model: nn.Module, tokenizer: Any, b
         >>> score_behaviour(fitted, logps=logps) == score_behaviour(fitted, model, tok)
         True
     """
-    prompts, answers = fitted.behaviour.encoded(tokenizer)
+    prompts, answers = fitted.behaviour.encoded(tokenizer, fitted.chat)
     traces = teacher_forced(model, prompts, answers, [], batch_size)
     return np.array([t.logprobs.mean().item() for t in traces])
 
@@ -245,8 +249,10 @@ def fit_behaviour(
     layers: Sequence[int],
     batch_size: int = 8,
     seed: int = 0,
+    chat: bool = True,
 ) -> FittedBehaviour:
-    """Probing vectors, logistic probes and reference likelihoods of a behaviour, all through M0.
+    """Probing vectors, logistic probes and reference likelihoods of a behaviour, all through M0 (``chat``:
+    the training data is conversational, see :func:`format_prompt`).
 
     Example:
         >>> fitted = fit_behaviour(behaviour, ref_model, tok, layers=[2])
@@ -255,7 +261,7 @@ def fit_behaviour(
     """
     check_layers(ref_model, layers)
     layers = [int(layer) for layer in layers]
-    prompts, responses = behaviour.encoded(tokenizer)
+    prompts, responses = behaviour.encoded(tokenizer, chat)
     traces = teacher_forced(ref_model, prompts, responses, layers, batch_size)
     means = response_means(traces)[0].double().numpy()  # (n, n_layers, H)
     n_pos = len(behaviour.positive)
@@ -272,6 +278,7 @@ def fit_behaviour(
         ref_logp_positive=logps[:n_pos],
         ref_logp_negative=logps[n_pos:],
         example_activations=means,
+        chat=chat,
     )
 
 

@@ -80,17 +80,22 @@ def _check_prompts(prompt_ids: Sequence[Sequence[int]]) -> None:
         raise ValueError(f"Prompts {empty} have no tokens: every prompt needs at least one token.")
 
 
-def format_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[int]:
-    """Token ids of a prompt as the model sees it before answering.
+def format_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], chat: bool = True) -> list[int]:
+    """Token ids of a prompt as the model sees it before answering, tokenized as TRL tokenizes training prompts.
 
-    With a chat template: the template with `add_generation_prompt=True` (a string becomes one user
-    message). Without: plain text with the tokenizer's special tokens (as TRL tokenizes text prompts);
-    a message list is then joined by newlines.
+    A message list: the chat template with ``add_generation_prompt=True`` (without a template, the messages'
+    contents joined by newlines). A string: with ``chat`` (conversational training data), one user message;
+    without (TRL's standard format, where prompts are plain text), the text with the tokenizer's special
+    tokens, as TRL tokenizes a text prompt.
 
     Example:
         >>> format_prompt(tok, "Hi") == format_prompt(tok, [{"role": "user", "content": "Hi"}])
         True
+        >>> tok.decode(format_prompt(tok, "Q: Hi A:", chat=False), skip_special_tokens=True)
+        'Q: Hi A:'
     """
+    if isinstance(prompt, str) and not chat:
+        return list(tokenizer(prompt).input_ids)
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -80,9 +80,11 @@ class Watch:
         max_new_tokens: int = 48,
         batch_size: int = 8,
         complete: list[bool] | None = None,
+        chat: bool = True,
     ) -> None:
         self.prompts, self.tokenizer, self.layers = list(prompts), tokenizer, list(layers)
-        self.prompt_ids = [format_prompt(tokenizer, p) for p in self.prompts]
+        self.chat = chat  # conversational training data: a text prompt is a user message (:func:`format_prompt`)
+        self.prompt_ids = [format_prompt(tokenizer, p, chat) for p in self.prompts]
         self.r0, self.max_new_tokens, self.batch_size = r0, max_new_tokens, batch_size
         # whether each answer is whole: M0 stopped before max_new_tokens, or it was given whole (a rejected answer)
         self.complete = list(complete) if complete is not None else [0 < len(r) < max_new_tokens for r in r0]
@@ -102,10 +104,12 @@ class Watch:
         batch_size: int = 8,
         r0: Sequence[list[int] | None] | None = None,
         complete: list[bool] | None = None,
+        chat: bool = True,
     ) -> Watch:
         """Generate M0's answers (those of ``r0`` that are None; all without it) and read them through M0;
-        ``complete``: which answers are whole (saved on resume; default: those shorter than ``max_new_tokens``)."""
-        ids = [format_prompt(tokenizer, p) for p in prompts]
+        ``complete``: which answers are whole (saved on resume; default: those shorter than ``max_new_tokens``);
+        ``chat``: the training data is conversational (:func:`~probe_callback.scoring.probing.format_prompt`)."""
+        ids = [format_prompt(tokenizer, p, chat) for p in prompts]
         given = list(r0) if r0 is not None else [None] * len(ids)
         todo = [i for i, a in enumerate(given) if a is None]
         with reference() as ref:
@@ -114,7 +118,7 @@ class Watch:
             )
             answers = [a if a is not None else next(generated) for a in given]
             base = teacher_forced(ref, ids, answers, layers, batch_size, vocab_best=True)
-        return cls(prompts, tokenizer, layers, answers, base, max_new_tokens, batch_size, complete)
+        return cls(prompts, tokenizer, layers, answers, base, max_new_tokens, batch_size, complete, chat)
 
     def grow(
         self,
@@ -140,7 +144,7 @@ class Watch:
         given = list(answers) or [None] * len(prompts)
         whole = list(whole) or [True] * len(given)
         more = Watch.build(
-            prompts, self.tokenizer, reference, self.layers, self.max_new_tokens, self.batch_size, r0=given
+            prompts, self.tokenizer, reference, self.layers, self.max_new_tokens, self.batch_size, given, chat=self.chat
         )
         self.prompts += more.prompts
         self.prompt_ids += more.prompt_ids
