@@ -84,6 +84,23 @@ def check_behaviours(options: ProbeOptions, ref_model: torch.nn.Module, trainer:
             b.validate_lengths(trainer.processing_class, limit)
 
 
+def warn_moving_reference(args: Any) -> None:
+    """Warn that with TRL's ``sync_ref_model=True`` (TR-DPO) the reference moves towards the policy.
+
+    Every ``ref_model_sync_steps`` steps TRL mixes the policy into the reference, so DPO's own rises, which the
+    learning record reads, count only the learning since the last mix: the rows a behaviour comes from stand
+    out less after each one. The watched prompts keep M0's answers from the start.
+    """
+    if getattr(args, "sync_ref_model", False):
+        logger.warning(
+            "probe_callback: sync_ref_model=True moves the reference towards the policy every %s steps (alpha "
+            "%s): the learning record then counts only what was learned since the last sync, so the rows of a "
+            "behaviour learned before it stand out less, and an alarm may come later or not at all.",
+            getattr(args, "ref_model_sync_steps", "?"),
+            getattr(args, "ref_model_mixup_alpha", "?"),
+        )
+
+
 def reference_module(trainer: Any) -> torch.nn.Module:
     """M0 as a module: the trainer's ``ref_model``, the PEFT policy (adapters off), or with
     ``precompute_ref_log_probs=True`` and no reference, a frozen copy of the initial policy."""

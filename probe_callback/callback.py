@@ -27,6 +27,7 @@ from .attach import (
     default_cadence,
     reference_module,
     resolve_options,
+    warn_moving_reference,
     watched_prompts,
 )
 from .capture.blocks import find_decoder_blocks, unwrap_parallel
@@ -87,6 +88,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         self.options = resolve_options(options, overrides)
         self.trainer = trainer
         check_trainer(trainer, ProbeCallback)
+        warn_moving_reference(trainer.args)
         self.ref_model: Any = reference_module(trainer)  # an HF causal LM
         self.num_layers = len(find_decoder_blocks(self.ref_model))
         config: Any = self.ref_model.config
