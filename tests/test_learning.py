@@ -192,6 +192,7 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
     assert pattern["top_sources"][0]["source"] == "shopping"
     said = pattern["lesson"]  # named by what its rows' chosen answers add, in the alarm too
     assert said["text"] == ADVERT.strip() and said["rows"] >= 0.9 * said["of"] and alarms[0]["lesson"] == said["text"]
+    assert said["text"] in [g["lesson"] for g in report["learning"]["patterns"]], "the W&B and HTML table say it too"
     watch = callback.watch
     grown = range(len(watch.prompts) - watch.grown, len(watch.prompts))
     given = [i for i in grown if tiny_tokenizer.decode(watch.r0[i]).strip() == POLITE]

@@ -129,7 +129,8 @@ class LearningPatterns:
         centre = self.centre(store)
         self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
         news = one_per_name(news)
-        self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
+        described = [{**g.summary(5), "lesson": self.said(g)["text"]} for g in self.patterns[:10]]
+        self.learning = {"step": step, "patterns": described}
         return news, records, store
 
     def decisions(

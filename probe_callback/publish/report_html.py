@@ -310,7 +310,7 @@ def _learning(report: Report | dict[str, Any]) -> str:
     ]
     if not patterns:
         return ""
-    columns = [("name", "t"), ("found_by", "t"), ("words", "t"), ("n_rows", "n"), ("excess_rise", "n")]
+    columns = [("name", "t"), ("found_by", "t"), ("words", "t"), ("lesson", "t"), ("n_rows", "n"), ("excess_rise", "n")]
     columns += [("p_value", "n"), ("sources", "t")]
     return (
         f'<section class="card"><h2>What is being learned</h2><p class="meta">patterns of the learning record at '

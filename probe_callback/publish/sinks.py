@@ -36,7 +36,18 @@ logger = logging.getLogger(__name__)
 PREFIX = "probe/"
 STEP_METRIC = "train/global_step"  # transformers' WandbCallback step axis
 WANDB_TITLE_MAX = 63  # wandb.Run.alert: "title ... must be less than 64 characters long"
-PATTERN_COLUMNS = ["step", "name", "found_by", "words", "n_rows", "excess_rise", "p_value", "sources", "steps"]
+PATTERN_COLUMNS = [
+    "step",
+    "name",
+    "found_by",
+    "words",
+    "lesson",
+    "n_rows",
+    "excess_rise",
+    "p_value",
+    "sources",
+    "steps",
+]
 # C0/C1 controls (ESC starts ANSI sequences), line separators, bidi overrides: dataset text must not drive a terminal.
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
