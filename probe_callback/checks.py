@@ -130,10 +130,7 @@ class Checks:
         """What the learning record shows: a few metrics and the table of its patterns."""
         self.publisher.metrics(step, learning_metrics(monitor.patterns))
         if monitor.patterns:
-            said = monitor.learner.said
-            self.publisher.patterns_table(
-                step, [{**g.summary(), "lesson": said(g)["text"]} for g in monitor.patterns[:20]]
-            )
+            self.publisher.patterns_table(step, [g.summary() for g in monitor.patterns[:20]])
 
     def _publish(self, live: Live, step: int, alerts: list[Alert]) -> None:
         for alert in alerts:

@@ -118,6 +118,8 @@ class LearningPatterns:
         by_vectors = vector_groups(records, self.lessons(records, store), spell, sources, starts, seed=self.seed + step)
         reversals = reversed_lessons(records, partial(self.lesson, tokenizer=tokenizer), spell, sources)
         self.patterns = sorted(by_words + by_vectors + reversals, key=lambda g: (g.p_value, -g.score))
+        for g in self.patterns:
+            g.lesson = self.said(g)["text"]
         news = [g for g in self.patterns if g.p_value <= PATTERN_ALPHA]
         for g in news:  # where the rows' lesson starts: a token the light check reads in M0's answers too
             g.start = shared_token([self.first_difference(int(r), tokenizer) for r in g.rows[:64]])
@@ -129,8 +131,7 @@ class LearningPatterns:
         centre = self.centre(store)
         self.names.assign(news, [_rows_direction(store, g.rows, centre) for g in news])
         news = one_per_name(news)
-        described = [{**g.summary(5), "lesson": self.said(g)["text"]} for g in self.patterns[:10]]
-        self.learning = {"step": step, "patterns": described}
+        self.learning = {"step": step, "patterns": [g.summary(5) for g in self.patterns[:10]]}
         return news, records, store
 
     def decisions(

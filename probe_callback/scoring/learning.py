@@ -74,6 +74,7 @@ class Pattern:
     against: list[str] = field(default_factory=list)
 
     name: str = ""  # a stable name across checks, given by :class:`PatternNames`
+    lesson: str = ""  # what most of its best rows' chosen answers say where they leave the rejected ones
 
     def summary(self, top: int = 10) -> dict[str, Any]:
         """JSON-ready view for the report and W&B."""
@@ -81,6 +82,7 @@ class Pattern:
             "name": self.name,
             "found_by": self.found_by,
             "words": self.words,
+            "lesson": self.lesson,
             "n_rows": int(len(self.rows)),
             "score": round(self.score, 4),
             "excess_rise": round(self.excess, 4),
