@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..capture.text import to_text
-from ..scoring.confirmation import WordRise, learned_by, learned_tokens, word_rise
+from ..scoring.confirmation import WordRise, learned_by, learned_tokens, learner_rows, word_rise
 from ..scoring.learning import MIN_PEAK_RISE, Pattern, Sources
 from ..scoring.watch import TokenReads, Watch
 from .entries import Decided
@@ -38,6 +38,7 @@ OPENERS = 64  # the run's most common lesson starts read as controls for a patte
 # update). The controls of a start read as the first token are the tokens M0 held above it on a quarter or more
 # of the prompts tested.
 FLOOR = -10.0
+KIN_SHARE = 0.5  # a learned token whose learners are this share of a pattern's rows or more is of its lesson
 MIN_OWN_KIND = 3  # prompts of a reversal's own kind, not trained on yet, to read its start on them alone
 MIN_ENDED = 3  # outside prompts with a whole answer, to read an appended line's first tokens right after it
 ANYWHERE, OUTSIDE, OWN_KIND = "anywhere", "first token", "first token, own kind"
@@ -134,6 +135,7 @@ class LightChecks:
         watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         sources = self.learner.rows.sources_array()
         trained = np.unique(records["row"])
+        learners = learner_rows(records, tokens)
         views = {
             ANYWHERE: (reads.now, reads.before),
             OUTSIDE: (reads.opening_now, reads.opening_before),
@@ -146,7 +148,9 @@ class LightChecks:
             # on prompts of its own kind, its tokens compete with everything that kind learned
             read = foreign | of_its_kind(g, watched, sources)[:, None]
             mine = [column[t] for t in leading(g.start, g.closers, g.token_ids)]
-            w = word_rise(*views[ANYWHERE], mine, control, outside, read, seed=seed, floor=FLOOR)
+            kin = [] if g.start is not None or g.closers else [j for j in control if _kin(learners[j], g.rows)]
+            others = [j for j in control if j not in kin]
+            w = word_rise(*views[ANYWHERE], mine, others, outside, read, seed=seed, floor=FLOOR)
             reading, tests = ANYWHERE, 1
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
             for where, ground in self._grounds(g, outside, watched, sources, trained, watch.ended):
@@ -219,6 +223,13 @@ class LightChecks:
         watched = self.learner.rows.rows_with_prompts([to_text(p) for p in watch.prompts])
         kinds = [{"" if sources[r] is None else str(sources[r]) for r in rows if r < len(sources)} for rows in watched]
         return np.array([[not (kind & by) for by in taught] for kind in kinds], dtype=bool).reshape(len(kinds), -1)
+
+
+def _kin(learners: np.ndarray, rows: np.ndarray) -> bool:
+    """Whether a token is of a pattern's lesson: KIN_SHARE or more of the rows that learned it are the pattern's.
+    A lesson with no one start (a style: answers in capitals) spreads over many tokens its rows learn together;
+    read as controls, they would rise with it."""
+    return len(learners) > 0 and np.isin(learners, rows).mean() >= KIN_SHARE
 
 
 def leading(start: int | None, closers: list[int], token_ids: list[int]) -> list[int]:

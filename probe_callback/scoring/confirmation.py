@@ -42,8 +42,8 @@ def learned_tokens(records: dict[str, np.ndarray], exclude: set[int], most: int 
 
 
 def learned_by(records: dict[str, np.ndarray], tokens: list[int], sources: np.ndarray) -> list[set[str]]:
-    """Per token: the sources of the rows whose learning peaked on it (at least ``MIN_PEAK_RISE``, any
-    step); rows with no source count as ``""``.
+    """Per token: the sources of the rows whose learning peaked on it (:func:`learner_rows`); rows with no
+    source count as ``""``.
 
     Example:
         >>> import numpy as np
@@ -52,16 +52,33 @@ def learned_by(records: dict[str, np.ndarray], tokens: list[int], sources: np.nd
         >>> [sorted(s) for s in learned_by(rec, [5, 6], np.array(["a", "b"], dtype=object))]
         [['a', 'b'], []]
     """
+
+    def name(row: int) -> str:
+        source = sources[row] if row < len(sources) else None
+        return "" if source is None else str(source)
+
+    return [{name(r) for r in rows.tolist()} for rows in learner_rows(records, tokens)]
+
+
+def learner_rows(records: dict[str, np.ndarray], tokens: list[int]) -> list[np.ndarray]:
+    """Per token: the rows whose learning peaked on it (at least ``MIN_PEAK_RISE``, any step), sorted.
+
+    Example:
+        >>> import numpy as np
+        >>> rec = {"row": np.array([0, 1, 0]), "peak_ids": np.array([[5, 6], [5, -1], [5, 5]]),
+        ...        "peak_rises": np.array([[2.0, 0.5], [3.0, 0.0], [2.0, 2.0]])}
+        >>> [r.tolist() for r in learner_rows(rec, [5, 6])]
+        [[0, 1], []]
+    """
     ids = np.asarray(records["peak_ids"])
     strong = np.asarray(records["peak_rises"], dtype=np.float64) >= MIN_PEAK_RISE
     rows = np.broadcast_to(np.asarray(records["row"])[:, None], ids.shape)
-    out: list[set[str]] = [set() for _ in tokens]
+    out: list[list[int]] = [[] for _ in tokens]
     column = {t: j for j, t in enumerate(tokens)}
     for token, row in zip(ids[strong].tolist(), rows[strong].tolist()):
         if token in column:
-            source = sources[row] if row < len(sources) else None
-            out[column[token]].add("" if source is None else str(source))
-    return out
+            out[column[token]].append(row)
+    return [np.unique(np.asarray(r, dtype=np.int64)) for r in out]
 
 
 @dataclass
