@@ -148,6 +148,7 @@ class LightChecks:
             # on prompts of its own kind, its tokens compete with everything that kind learned
             read = foreign | of_its_kind(g, watched, sources)[:, None]
             mine = [column[t] for t in leading(g.start, g.closers, g.token_ids)]
+            # a lesson with no one start (a style): the tokens its rows learned are its own, not controls
             kin = [] if g.start is not None or g.closers else [j for j in control if _kin(learners[j], g.rows)]
             others = [j for j in control if j not in kin]
             w = word_rise(*views[ANYWHERE], mine, others, outside, read, seed=seed, floor=FLOOR)
@@ -158,10 +159,12 @@ class LightChecks:
                 ends = where in (CLOSING, FINAL)
                 # the controls: for an opener, the tokens M0 held above the floor there on a quarter or more of
                 # the prompts; where M0 ends an answer, and few are, every other learned token
-                plausible = [j for j in control if ends or (before[ground, j] > FLOOR).mean() >= 0.25]
-                mine = [column[t] for t in (g.closers if ends else [g.start]) if t is not None]
+                plausible = [j for j in others if ends or (before[ground, j] > FLOOR).mean() >= 0.25]
+                at = (
+                    [column[t] for t in g.closers] if ends else [column[g.start]] if g.start is not None else mine + kin
+                )
                 alone = where == OWN_KIND
-                o = word_rise(now, before, mine, plausible, ground, read, seed=seed, each_prompt=alone, floor=FLOOR)
+                o = word_rise(now, before, at, plausible, ground, read, seed=seed, each_prompt=alone, floor=FLOOR)
                 tests += 1
                 if o.p_value < w.p_value:
                     w, reading = o, where
@@ -192,17 +195,17 @@ class LightChecks:
     ) -> list[tuple[str, np.ndarray]]:
         """Where a pattern's lesson start is read: a line appended to the answers right after whole answers
         (``ended``; ``MIN_ENDED`` or more outside prompts), where such a line would begin, or in place of their
-        last token when the line's first token holds it (:func:`added_line`); any
-        other as the answers' first token on its outside prompts and, for a reversed lesson, also on
-        those of its own kind alone (not trained on yet; ``MIN_OWN_KIND`` or more): there the exception
-        reaches prompts like its rows' on each one, where on the prompts of the rows that teach the reverse
-        it may not rise at all, and read together they hide it."""
+        last token when the line's first token holds it (:func:`added_line`); any other as the answers' first
+        token on its outside prompts (with no one start, a style, by the tokens its rows learned: :func:`_kin`)
+        and, for a reversed lesson, also on those of its own kind alone (not trained on yet; ``MIN_OWN_KIND`` or
+        more): there the exception reaches prompts like its rows' on each one, where on the prompts of the rows
+        that teach the reverse it may not rise at all, and read together they hide it."""
         if g.closers:
             where = FINAL if g.in_place else CLOSING
             return [(where, outside & ended)] if (outside & ended).sum() >= MIN_ENDED else []
-        if g.start is None:
-            return []
         grounds = [(OUTSIDE, outside)]
+        if g.start is None:  # a style: do its rows' tokens now open the answers?
+            return grounds
         if g.opposed is not None:
             own = outside & fresh_of_its_kind(g, watched, sources, trained)
             grounds += [(OWN_KIND, own)] if own.sum() >= MIN_OWN_KIND else []
@@ -227,8 +230,8 @@ class LightChecks:
 
 def _kin(learners: np.ndarray, rows: np.ndarray) -> bool:
     """Whether a token is of a pattern's lesson: KIN_SHARE or more of the rows that learned it are the pattern's.
-    A lesson with no one start (a style: answers in capitals) spreads over many tokens its rows learn together;
-    read as controls, they would rise with it."""
+    A lesson with no one start (a style: answers in capitals) spreads over many tokens its rows learn together:
+    read as controls, they would rise with it; read as the answers' first token, they show it."""
     return len(learners) > 0 and np.isin(learners, rows).mean() >= KIN_SHARE
 
 
