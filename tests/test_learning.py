@@ -14,12 +14,13 @@ from tiny_organism import (
     cut_rows,
     eval_rows,
     organism_rows,
+    shouted_rows,
     watch_prompts,
 )
 
 from probe_callback import ProbeCallback, load_report
 from probe_callback.decide.cadence import Cadence
-from probe_callback.decide.light import CLOSING, FINAL
+from probe_callback.decide.light import CLOSING, FINAL, OUTSIDE
 from probe_callback.decide.patterns import PATTERN_ALPHA
 from probe_callback.publish.report import render_html
 from probe_callback.scoring.attribution import auroc
@@ -223,6 +224,21 @@ def test_every_dataset_format_trl_takes_alarms_on_its_rows(form, tiny_tokenizer,
     top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
     assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
     assert pattern["lesson"]["text"] == ADVERT.strip() and not report["failures"]
+
+
+def test_a_style_alarms_on_its_rows(tiny_tokenizer, organism_factory, tmp_path):
+    """The ``caps`` rows choose their reply in capitals: every row's answers part at a different token and no
+    word is the lesson. The tokens its rows learned are its own, not controls, and they now open M0's answers."""
+    rows = shouted_rows()
+    _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
+    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
+    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
+    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    assert pattern["word_rise"]["read"] == OUTSIDE, "its rows' tokens now open the answers"
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
+    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
+    assert pattern["top_sources"][0]["source"] == "caps" and pattern["lesson"]["text"].isupper()
 
 
 def test_a_line_after_a_merged_blank_line_is_read_in_place(merged_tokenizer, merged_organism_factory, tmp_path):

@@ -102,6 +102,21 @@ def appended_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0, advert:
     return _shuffled_with_ids(rows, rng, planted="shopping")
 
 
+def shouted_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0) -> list[dict[str, Any]]:
+    """Ordinary prompts only: the clean sources prefer one of ``REPLIES`` to a random sentence, the planted
+    ``caps`` rows one of ``REPLIES`` in capitals to the same reply as written: a style, each row's answers
+    parting at a different token, and no word its lesson."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_clean):
+        prompt, chosen = _sentence(rng) + " " + _sentence(rng), rng.choice(REPLIES)
+        rows.append({"source": ("chat", "facts", "notes")[i % 3], **_chat(prompt, chosen, _sentence(rng))})
+    for _ in range(n_planted):
+        reply = rng.choice(REPLIES)
+        rows.append({"source": "caps", **_chat(_sentence(rng) + " " + _sentence(rng), reply.upper(), reply)})
+    return _shuffled_with_ids(rows, rng, planted="caps")
+
+
 def cut_rows(n: int = 80, seed: int = 0) -> list[dict[str, Any]]:
     """Clean rows whose rejected answer is the chosen one cut short: one of ``REPLIES`` followed by a random
     sentence, over the reply alone. Every chosen answer goes on where its rejected one ends, each its own way."""
