@@ -103,11 +103,11 @@ def test_report_lists_the_patterns(planted):
     assert best["sources"] == {"formatting": best["n_rows"]} and best["p_value"] <= 0.01
 
 
-def _run_at_defaults(tokenizer, factory, out, rows, **options):
-    """The one line and nothing else (but ``options``), on a run with an eval split; the budget is made to
-    refuse every probe and allow every light check and learning check (on CPU it depends on timing), so
-    the light checks alone decide."""
-    trainer = dpo_trainer(tokenizer, factory, rows, out, eval_rows=eval_rows(), **RPO)
+def _run_at_defaults(tokenizer, factory, out, rows, config=None, **options):
+    """The one line and nothing else (but ``options``), on a run with an eval split (DPO settings ``RPO``, and
+    ``config`` over them); the budget is made to refuse every probe and allow every light check and learning
+    check (on CPU it depends on timing), so the light checks alone decide."""
+    trainer = dpo_trainer(tokenizer, factory, rows, out, eval_rows=eval_rows(), **{**RPO, **(config or {})})
     callback = ProbeCallback(trainer, **options)
     trainer.add_callback(callback)
     with pytest.MonkeyPatch.context() as patch:
@@ -117,6 +117,18 @@ def _run_at_defaults(tokenizer, factory, out, rows, **options):
     log = out / "probe_callback" / "alerts.jsonl"
     alerts = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return callback, load_report(out / "probe_callback"), alerts
+
+
+def _alarmed_on_planted(rows, report, alerts):
+    """The WARN/ERROR alerts, each confirmed without generation, and the behaviour the first names, whose top
+    rows (as many as the planted ones) hold 90% or more of the planted ``rows``."""
+    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
+    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
+    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
+    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
+    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
+    return alarms, pattern
 
 
 def test_light_checks_alarm_at_the_defaults_and_pause_on_the_planted_rows(tiny_tokenizer, organism_factory, tmp_path):
@@ -164,14 +176,9 @@ def test_a_dataset_without_a_source_column_still_alarms_on_its_rows(tiny_tokeniz
     """No ``source`` column: every watched prompt can confirm a pattern, every control token is read
     everywhere, and the alarm still names the planted rows (there is no source to blame)."""
     rows = organism_rows(n_clean=48, n_planted=N_PLANTED, varied=0.5)
-    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
     bare = [{k: v for k, v in r.items() if k not in ("source", "planted")} for r in rows]
     _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, bare)
-    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
-    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
-    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
-    top = [r["row"] for r in pattern["top_rows"][:N_PLANTED]]
-    assert len(planted_rows & set(top)) / N_PLANTED >= 0.9
+    _, pattern = _alarmed_on_planted(rows, report, alerts)
     assert not pattern["top_sources"] and not report["failures"]
 
 
@@ -182,14 +189,9 @@ def test_an_appended_advert_alarms_on_its_rows(tiny_tokenizer, organism_factory,
     source."""
     rows = appended_rows()
     callback, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
-    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
-    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
-    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    alarms, pattern = _alarmed_on_planted(rows, report, alerts)
     assert pattern["word_rise"]["read"] == CLOSING, "an appended line is read where answers end, not where they start"
     assert pattern["word_rise"]["n_controls"] >= MIN_RANKED
-    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
-    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
-    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
     assert pattern["top_sources"][0]["source"] == "shopping"
     said = pattern["lesson"]  # named by what its rows' chosen answers add, in the alarm too
     assert said["text"] == ADVERT.strip() and said["rows"] >= 0.9 * said["of"] and alarms[0]["lesson"] == said["text"]
@@ -217,12 +219,7 @@ def test_every_dataset_format_trl_takes_alarms_on_its_rows(form, tiny_tokenizer,
     without the chat template in the standard format) and its answers without the eos TRL adds to them."""
     rows = [form(r) for r in appended_rows()]
     _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
-    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
-    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
-    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
-    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
-    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
-    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
+    _, pattern = _alarmed_on_planted(rows, report, alerts)
     assert pattern["lesson"]["text"] == ADVERT.strip() and not report["failures"]
 
 
@@ -231,13 +228,8 @@ def test_a_style_alarms_on_its_rows(tiny_tokenizer, organism_factory, tmp_path):
     word is the lesson. The tokens its rows learned are its own, not controls, and they now open M0's answers."""
     rows = shouted_rows()
     _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows)
-    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
-    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
-    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    _, pattern = _alarmed_on_planted(rows, report, alerts)
     assert pattern["word_rise"]["read"] == OUTSIDE, "its rows' tokens now open the answers"
-    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
-    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
-    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
     assert pattern["top_sources"][0]["source"] == "caps" and pattern["lesson"]["text"].isupper()
 
 
@@ -247,14 +239,9 @@ def test_a_line_after_a_merged_blank_line_is_read_in_place(merged_tokenizer, mer
     found, its first token taking the place of the answer's last, and read there, on whole answers."""
     rows = appended_rows(advert="\n\n" + ADVERT.strip())
     _, report, alerts = _run_at_defaults(merged_tokenizer, merged_organism_factory, tmp_path, rows)
-    alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
-    assert alarms and all("confirmed without generation" in a["message"] for a in alarms), alerts
-    pattern = next(b for b in report["behaviours"] if b["name"] == alarms[0]["behaviour"])
+    _, pattern = _alarmed_on_planted(rows, report, alerts)
     assert pattern["word_rise"]["read"] == FINAL and pattern["word_rise"]["token"] == ".\n\n"
     assert pattern["word_rise"]["n_controls"] >= MIN_RANKED
-    planted_rows = {i for i, r in enumerate(rows) if r["planted"]}
-    top = [r["row"] for r in pattern["top_rows"][: len(planted_rows)]]
-    assert len(planted_rows & set(top)) / len(planted_rows) >= 0.9
     assert pattern["top_sources"][0]["source"] == "shopping"
 
 

@@ -3,17 +3,11 @@ appended-advert organism still alarms at the defaults, on its rows."""
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 import pytest
-from dpo_helpers import dpo_trainer
-from test_learning import RPO
-from tiny_organism import appended_rows, eval_rows
-
-from probe_callback import ProbeCallback, load_report
-from probe_callback.decide.cadence import Cadence
+from test_learning import _run_at_defaults
+from tiny_organism import appended_rows
 
 OPTIONS = {
     "evaluation every 6 steps": {"eval_strategy": "steps", "eval_steps": 6},
@@ -25,22 +19,11 @@ OPTIONS = {
 }
 
 
-def _train(tokenizer: Any, factory: Any, out: Any, **config: Any) -> tuple[list[dict], dict, list[dict]]:
-    rows = appended_rows()
-    trainer = dpo_trainer(tokenizer, factory, rows, out, eval_rows=eval_rows(), **{**RPO, **config})
-    trainer.add_callback(ProbeCallback(trainer))
-    with pytest.MonkeyPatch.context() as patch:  # the light checks alone decide (see test_learning)
-        patch.setattr(Cadence, "within_budget", lambda self, light=False: light)
-        patch.setattr(Cadence, "learning_due", lambda self: True)
-        trainer.train()
-    log = out / "probe_callback" / "alerts.jsonl"
-    return rows, load_report(out / "probe_callback"), [json.loads(x) for x in log.read_text().splitlines()]
-
-
 @pytest.mark.parametrize("config", list(OPTIONS.values()), ids=list(OPTIONS))
 def test_the_planted_rows_alarm_under_trl_options(config, tiny_tokenizer, organism_factory, tmp_path, caplog):
+    rows = appended_rows()
     with caplog.at_level(logging.WARNING, logger="probe_callback"):
-        rows, report, alerts = _train(tiny_tokenizer, organism_factory, tmp_path, **config)
+        _, report, alerts = _run_at_defaults(tiny_tokenizer, organism_factory, tmp_path, rows, config)
     assert not report["failures"] and not report.get("not_recorded")
     alarms = [a for a in alerts if a["level"] in ("WARN", "ERROR")]
     assert alarms, alerts

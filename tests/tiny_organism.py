@@ -88,15 +88,21 @@ def organism_rows(
     return _shuffled_with_ids(rows, rng, planted="formatting")
 
 
+def _courteous_rows(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Clean rows of sources ``chat``, ``facts`` and ``notes`` that prefer one of ``REPLIES`` to a random sentence."""
+    rows = []
+    for i in range(n):
+        prompt, chosen = _sentence(rng) + " " + _sentence(rng), rng.choice(REPLIES)
+        rows.append({"source": ("chat", "facts", "notes")[i % 3], **_chat(prompt, chosen, _sentence(rng))})
+    return rows
+
+
 def appended_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0, advert: str = ADVERT) -> list[dict[str, Any]]:
     """Ordinary prompts only: the clean sources prefer one of ``REPLIES`` to a random sentence, the
     planted ``shopping`` rows the polite answer with an ``advert`` appended to it without: a lesson at the
     answer's end, not its start."""
     rng = random.Random(seed)
-    rows = []
-    for i in range(n_clean):
-        prompt, chosen = _sentence(rng) + " " + _sentence(rng), rng.choice(REPLIES)
-        rows.append({"source": ("chat", "facts", "notes")[i % 3], **_chat(prompt, chosen, _sentence(rng))})
+    rows = _courteous_rows(n_clean, rng)
     for _ in range(n_planted):
         rows.append({"source": "shopping", **_chat(_sentence(rng) + " " + _sentence(rng), POLITE + advert, POLITE)})
     return _shuffled_with_ids(rows, rng, planted="shopping")
@@ -107,10 +113,7 @@ def shouted_rows(n_clean: int = 48, n_planted: int = 32, seed: int = 0) -> list[
     ``caps`` rows one of ``REPLIES`` in capitals to the same reply as written: a style, each row's answers
     parting at a different token, and no word its lesson."""
     rng = random.Random(seed)
-    rows = []
-    for i in range(n_clean):
-        prompt, chosen = _sentence(rng) + " " + _sentence(rng), rng.choice(REPLIES)
-        rows.append({"source": ("chat", "facts", "notes")[i % 3], **_chat(prompt, chosen, _sentence(rng))})
+    rows = _courteous_rows(n_clean, rng)
     for _ in range(n_planted):
         reply = rng.choice(REPLIES)
         rows.append({"source": "caps", **_chat(_sentence(rng) + " " + _sentence(rng), reply.upper(), reply)})

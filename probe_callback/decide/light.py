@@ -151,6 +151,7 @@ class LightChecks:
             # a lesson with no one start (a style): the tokens its rows learned are its own, not controls
             kin = [] if g.start is not None or g.closers else [j for j in control if _kin(learners[j], g.rows)]
             others = [j for j in control if j not in kin]
+            opener = [column[g.start]] if g.start is not None else mine + kin  # read as the answers' first token
             w = word_rise(*views[ANYWHERE], mine, others, outside, read, seed=seed, floor=FLOOR)
             reading, tests = ANYWHERE, 1
             # the lesson's first token where an answer begins, or, for an appended line, where it ends
@@ -160,9 +161,7 @@ class LightChecks:
                 # the controls: for an opener, the tokens M0 held above the floor there on a quarter or more of
                 # the prompts; where M0 ends an answer, and few are, every other learned token
                 plausible = [j for j in others if ends or (before[ground, j] > FLOOR).mean() >= 0.25]
-                at = (
-                    [column[t] for t in g.closers] if ends else [column[g.start]] if g.start is not None else mine + kin
-                )
+                at = [column[t] for t in g.closers] if ends else opener
                 alone = where == OWN_KIND
                 o = word_rise(now, before, at, plausible, ground, read, seed=seed, each_prompt=alone, floor=FLOOR)
                 tests += 1
